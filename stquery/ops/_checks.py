@@ -1,0 +1,195 @@
+"""Input validation (SPEC §1): every error names the argument, the shape it got and the one it needs.
+
+Each ``*_args`` / ``*_problem`` function validates the public arguments of one op and returns them
+normalised (what the backends receive). Checks read only shapes, dtypes and devices, never tensor
+values, so they cost no device synchronisation.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..backends.base import MODES, NONE, AttnProblem
+from .masks import MaskSet
+
+FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+MAX_HEAD_DIM = 256
+
+
+def _shape(t) -> str:
+    return str(list(t.shape))
+
+
+def tensor(name: str, t, rank: int, layout: str, dtypes=FLOATS) -> None:
+    """``t`` is a tensor of the given rank and dtype whose last dim is contiguous."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a tensor {layout}, got {type(t).__name__}")
+    if t.dim() != rank:
+        raise ValueError(f"{name}: expected shape {layout}, got {_shape(t)}")
+    if t.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name}: expected dtype in ({names}), got {t.dtype}")
+    if t.numel() and t.stride(-1) != 1 and t.shape[-1] != 1:
+        raise ValueError(f"{name}: the last dim must be contiguous (stride 1), got strides {list(t.stride())}")
+
+
+def same_device(ref_name: str, ref: torch.Tensor, **others) -> None:
+    for name, t in others.items():
+        if t is not None and t.device != ref.device:
+            raise ValueError(f"{name}: expected device {ref.device} (that of {ref_name}), got {t.device}")
+
+
+def _positive(name: str, n: int, what: str) -> None:
+    if n < 1:
+        raise ValueError(f"{name}: {what} must be at least 1, got shape with {what} = {n}")
+
+
+def attention_problem(q, k, v, frames, masks, alpha, mode, scale, key_padding, frame_lengths):
+    """Validate the arguments of ``attention`` (``frames=None``) or ``temporal_attention``.
+
+    Returns ``(alpha expanded to [G, H, p] / [B, L, H, p] or None, dense buffer or None, AttnProblem)``.
+    """
+    temporal = frames is not None
+    qlay = "[B*T, L, H, d]" if temporal else "[G, Nq, H, d]"
+    klay = "[B*T, L, H, d]" if temporal else "[G, Nk, H, d]"
+    tensor("q", q, 4, qlay)
+    tensor("k", k, 4, klay)
+    tensor("v", v, 4, klay)
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name}: expected dtype {q.dtype} (that of q), got {t.dtype}")
+    same_device("q", q, k=k, v=v)
+    G, Nq, H, d = q.shape
+    if temporal:
+        for name, t in (("k", k), ("v", v)):
+            if t.shape != q.shape:
+                raise ValueError(f"{name}: expected shape {list(q.shape)} (that of q, {qlay}), got {_shape(t)}")
+    else:
+        for name, t in (("k", k), ("v", v)):
+            if (t.shape[0], t.shape[2], t.shape[3]) != (G, H, d):
+                raise ValueError(f"{name}: expected shape [{G}, Nk, {H}, {d}] (G, H, d of q), got {_shape(t)}")
+        if k.shape[1] != v.shape[1]:
+            raise ValueError(f"v: expected shape {list(k.shape)} (that of k), got {_shape(v)}")
+    if not 1 <= d <= MAX_HEAD_DIM:
+        raise ValueError(f"q: head width d must be in 1..{MAX_HEAD_DIM}, got shape {_shape(q)} (d = {d})")
+    for name, n in (("q", G), ("q", Nq), ("k", k.shape[1]), ("q", H)):
+        _positive(name, n, "every dim")
+
+    if temporal:
+        if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+            raise ValueError(f"frames: expected a positive int, got {frames!r}")
+        if G % frames:
+            raise ValueError(f"frames: must divide dim 0 of q ({qlay}), got frames = {frames} and shape {_shape(q)}")
+        nq = nk = frames
+        groups = (G // frames, Nq, H)  # alpha's leading dims: [B, L, H]
+        group_layout = "[B, L, H, p]"
+    else:
+        nq, nk = Nq, k.shape[1]
+        groups = (G, H)
+        group_layout = "[G, H, p]"
+
+    if scale is None:
+        scale = 1.0 / math.sqrt(d)
+    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"scale: expected a finite float, got {scale!r}")
+
+    if key_padding is not None:
+        tensor("key_padding", key_padding, 2, f"[{G}, {nk}] (bool)", dtypes=(torch.bool,))
+        if tuple(key_padding.shape) != (G, nk):
+            raise ValueError(f"key_padding: expected shape [{G}, {nk}] ([G, Nk]), got {_shape(key_padding)}")
+        same_device("q", q, key_padding=key_padding)
+    if frame_lengths is not None:
+        ints = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+        tensor("frame_lengths", frame_lengths, 1, f"[{G // frames}] (int)", dtypes=ints)
+        if frame_lengths.shape[0] != G // frames:
+            raise ValueError(f"frame_lengths: expected shape [{G // frames}] ([B]), got {_shape(frame_lengths)}")
+        same_device("q", q, frame_lengths=frame_lengths)
+
+    if masks is None:
+        if alpha is not None:
+            raise ValueError("alpha: routing weights need masks (a stq.MaskSet); got alpha with masks=None")
+        return None, None, AttnProblem(frames or 0, (), (), 0, 0, NONE, float(scale))
+
+    if not isinstance(masks, MaskSet):
+        raise TypeError(f"masks: expected a stq.MaskSet, got {type(masks).__name__}")
+    if mode not in MODES:
+        raise ValueError(f"mode: expected 'mix' or 'scale', got {mode!r}")
+    p = len(masks)
+    if masks.dense_shape is not None and masks.dense_shape != (nq, nk):
+        raise ValueError(f"masks: dense masks must be [Nq, Nk] = [{nq}, {nk}], got {list(masks.dense_shape)}")
+    gs, ge = masks.global_tokens
+    if ge > gs:
+        if nq != nk:
+            raise ValueError(f"masks: global_tokens apply to self-attention only (Nq == Nk), got Nq = {nq}, Nk = {nk}")
+        if ge > nq:
+            raise ValueError(f"masks: global_tokens {masks.global_tokens} exceed the sequence length {nq}")
+
+    full = groups + (p,)
+    if alpha is None:
+        alpha = torch.full((p,), 1.0 / p, dtype=torch.float32, device=q.device)
+    if not isinstance(alpha, torch.Tensor):
+        raise TypeError(f"alpha: expected a float tensor broadcastable to {group_layout} = {list(full)}, got {type(alpha).__name__}")
+    if not alpha.is_floating_point():
+        raise TypeError(f"alpha: expected a float dtype, got {alpha.dtype}")
+    same_device("q", q, alpha=alpha)
+    r = alpha.dim()
+    if not 1 <= r <= len(full) or alpha.shape[-1] != p or any(
+        a not in (1, f) for a, f in zip(alpha.shape[:-1], full[: r - 1])
+    ):
+        prefixes = ", ".join(str(list(full[:i]) + ["p"]) for i in range(len(full)))
+        raise ValueError(
+            f"alpha: expected a shape broadcastable to {group_layout} = {list(full)} (one of {prefixes}"
+            f" with p = {p}), got {_shape(alpha)}"
+        )
+    while alpha.dim() < len(full):  # [G, p] means per group: insert the missing dims before p
+        alpha = alpha.unsqueeze(-2)
+    alpha = alpha.expand(full)
+    prob = AttnProblem(frames or 0, masks.kinds, masks.radii, gs, ge, MODES[mode], float(scale))
+    return alpha, masks.dense_buffer(q.device), prob
+
+
+GATES = {None: "none", "sigmoid": "sigmoid", "softmax": "softmax", "identity": "identity"}
+ORDERS = ("time", "score")
+
+
+def scales_arg(scales) -> tuple[int, ...]:
+    try:
+        scales = tuple(scales)
+    except TypeError:
+        raise TypeError(f"scales: expected a tuple of positive ints such as (1, 2, 4), got {scales!r}") from None
+    if not scales or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in scales):
+        raise ValueError(f"scales: expected a non-empty tuple of positive ints such as (1, 2, 4), got {scales!r}")
+    return scales
+
+
+def topk_args(x, scores, k, order, gate, scales):
+    """Validate ``topk_tokens``; returns ``(gate name, scales tuple (empty: no pooling))``."""
+    tensor("x", x, 3, "[B, N, C]")
+    tensor("scores", scores, 2, "[B, N]", dtypes=FLOATS)
+    B, N, C = x.shape
+    if tuple(scores.shape) != (B, N):
+        raise ValueError(f"scores: expected shape [{B}, {N}] ([B, N] of x), got {_shape(scores)}")
+    same_device("x", x, scores=scores)
+    _positive("x", N, "N")
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k: expected an int in 1..N = 1..{N}, got {k!r}")
+    if not 1 <= k <= N:
+        raise ValueError(f"k: expected 1 <= k <= N = {N} (x is {_shape(x)}), got k = {k}")
+    if order not in ORDERS:
+        raise ValueError(f"order: expected 'time' or 'score', got {order!r}")
+    if gate not in GATES:
+        raise ValueError(f"gate: expected None, 'sigmoid', 'softmax' or 'identity', got {gate!r}")
+    return GATES[gate], (() if scales is None else scales_arg(scales))
+
+
+def pool_args(y, scales) -> tuple[int, ...]:
+    tensor("y", y, 3, "[B, k, C]")
+    _positive("y", y.shape[1], "k")
+    return scales_arg(scales)
+
+
+def st_pool_args(x) -> None:
+    tensor("x", x, 4, "[B, T, P, C]")
+    _positive("x", x.shape[1], "T")
+    _positive("x", x.shape[2], "P")

@@ -1,0 +1,132 @@
+"""``stq.attention`` and ``stq.temporal_attention`` (SPEC §2.1–2.3).
+
+Each call validates its arguments, resolves a backend (SPEC §3) and runs the custom ops
+``stquery::attention_fwd`` / ``stquery::attention_bwd``, so autograd and ``torch.compile`` see one
+opaque op per direction whatever backend runs it.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import backends
+from ..backends.base import AttnProblem
+from . import _checks
+from .masks import MaskSet
+
+
+def _problem(frames, kinds, radii, global_start, global_end, mode, scale) -> AttnProblem:
+    return AttnProblem(frames, tuple(kinds), tuple(radii), global_start, global_end, mode, scale)
+
+
+@torch.library.custom_op("stquery::attention_fwd", mutates_args=())
+def _attention_fwd(
+    q: Tensor, k: Tensor, v: Tensor, alpha: Optional[Tensor], dense: Optional[Tensor],
+    key_padding: Optional[Tensor], frame_lengths: Optional[Tensor], frames: int, kinds: List[int],
+    radii: List[int], global_start: int, global_end: int, mode: int, scale: float, backend: str,
+) -> Tuple[Tensor, Tensor]:
+    prob = _problem(frames, kinds, radii, global_start, global_end, mode, scale)
+    return backends.get(backend).attention_fwd(q, k, v, alpha, dense, key_padding, frame_lengths, prob)
+
+
+@_attention_fwd.register_fake
+def _(q, k, v, alpha, dense, key_padding, frame_lengths, frames, kinds, radii, global_start, global_end, mode, scale, backend):
+    width = _problem(frames, kinds, radii, global_start, global_end, mode, scale).stats_width
+    return q.new_empty(q.shape), q.new_empty((*q.shape[:3], width), dtype=torch.float32)
+
+
+@torch.library.custom_op("stquery::attention_bwd", mutates_args=())
+def _attention_bwd(
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, stats: Tensor, alpha: Optional[Tensor],
+    dense: Optional[Tensor], key_padding: Optional[Tensor], frame_lengths: Optional[Tensor], frames: int,
+    kinds: List[int], radii: List[int], global_start: int, global_end: int, mode: int, scale: float, backend: str,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    prob = _problem(frames, kinds, radii, global_start, global_end, mode, scale)
+    dq, dk, dv, dalpha = backends.get(backend).attention_bwd(
+        grad_out, q, k, v, out, stats, alpha, dense, key_padding, frame_lengths, prob
+    )
+    return dq, dk, dv, dalpha if dalpha is not None else q.new_empty(0)
+
+
+@_attention_bwd.register_fake
+def _(grad_out, q, k, v, out, stats, alpha, dense, key_padding, frame_lengths, *static):
+    dalpha = q.new_empty(0) if alpha is None else alpha.new_empty(alpha.shape)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dalpha
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, alpha, dense, key_padding, frame_lengths, *static = inputs
+    ctx.save_for_backward(q, k, v, output[0], output[1], alpha, dense, key_padding, frame_lengths)
+    ctx.static = static
+
+
+def _backward(ctx, grad_out, grad_stats):
+    q, k, v, out, stats, alpha, dense, key_padding, frame_lengths = ctx.saved_tensors
+    dq, dk, dv, dalpha = _attention_bwd(
+        grad_out, q, k, v, out, stats, alpha, dense, key_padding, frame_lengths, *ctx.static
+    )
+    return dq, dk, dv, (dalpha if alpha is not None else None), *([None] * (3 + len(ctx.static)))
+
+
+_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _run(q, k, v, frames, masks, alpha, mode, scale, key_padding, frame_lengths, backend):
+    alpha, dense, prob = _checks.attention_problem(q, k, v, frames, masks, alpha, mode, scale, key_padding, frame_lengths)
+    tensors = (q, k, v, alpha, dense, key_padding, frame_lengths)
+    name = backends.resolve("attention", backend, q.device.type, *tensors, prob)
+    out, _ = _attention_fwd(
+        *tensors, prob.frames, list(prob.kinds), list(prob.radii), prob.global_start, prob.global_end,
+        prob.mode, prob.scale, name,
+    )
+    return out
+
+
+def attention(
+    q: Tensor, k: Tensor, v: Tensor, *, masks: MaskSet | None = None, alpha: Tensor | None = None,
+    mode: str = "mix", scale: float | None = None, key_padding: Tensor | None = None, backend: str | None = None,
+) -> Tensor:
+    """Spatial / cross attention along dim 1, with optional routed masks (SPEC §2.1, §2.3).
+
+    Args:
+        q: ``[G, Nq, H, d]`` (``[G, Nq, H*d]`` packed heads is the same memory: ``q.view(G, Nq, H, d)``).
+        k, v: ``[G, Nk, H, d]``. Only ``stride(-1) == 1`` is required; nothing is copied.
+        masks: a :class:`stq.MaskSet` of p masks over the ``Nq × Nk`` grid, or None (plain attention).
+        alpha: routing weights broadcastable to ``[G, H, p]`` (``[p]``, ``[G, p]`` or ``[G, H, p]``),
+            used as given; None means uniform ``1/p``. Receives gradients.
+        mode: ``"mix"``: ``o_i = Σ_j α_j Σ_{k∈M_j(i)} softmax_{k∈M_j(i)}(s_ik) v_k`` (one softmax per mask,
+            as in TRAR); ``"scale"``: ``o_i = Σ_k softmax_{k: w_ik>0}(s_ik · w_ik) v_k`` with
+            ``w = Σ_j α_j M_j`` (MTransLLaMA eq. 9).
+        scale: softmax scale, default ``1/sqrt(d)``; ``s_ik = scale · q_i·k_k``.
+        key_padding: bool ``[G, Nk]``, True = padded key, never attended.
+        backend: ``"torch"``, ``"triton"``, ``"cuda"`` or None (``$STQUERY_BACKEND``, else auto).
+
+    Returns ``[G, Nq, H, d]`` in q's dtype. A query row with no visible key gives 0.
+    """
+    return _run(q, k, v, None, masks, alpha, mode, scale, key_padding, None, backend)
+
+
+def temporal_attention(
+    q: Tensor, k: Tensor, v: Tensor, frames: int, *, masks: MaskSet | None = None, alpha: Tensor | None = None,
+    mode: str = "mix", scale: float | None = None, frame_lengths: Tensor | None = None, backend: str | None = None,
+) -> Tensor:
+    """Attention across frames in the native ``[B*T, L, H, d]`` layout: the BT×L ↔ BL×T channel swap
+    fused into attention (SPEC §2.2; MTransLLaMA eq. 7).
+
+    ``o[b*T+t, l, h] = Σ_s softmax_s(q[b*T+t, l, h] · k[b*T+s, l, h] · scale) v[b*T+s, l, h]``, i.e.
+    reshaping to ``[B*L, T, H, d]``, attending and reshaping back, without the two permute copies.
+
+    Args:
+        q, k, v: ``[B*T, L, H, d]``, row ``b*T + t`` is frame t of video b. Only ``stride(-1) == 1``.
+        frames: T; must divide dim 0.
+        masks: a :class:`stq.MaskSet` over the ``T × T`` frame grid, or None.
+        alpha: routing weights broadcastable to ``[B, L, H, p]`` (``[p]``, ``[B, p]``, ``[B, L, p]``
+            or ``[B, L, H, p]``); None means uniform. Modes as in :func:`attention`.
+        frame_lengths: int ``[B]``: frames ``t >= frame_lengths[b]`` are padding, never attended,
+            and their outputs are 0 (values are clipped to ``[0, T]``).
+
+    Returns ``[B*T, L, H, d]`` in q's dtype.
+    """
+    return _run(q, k, v, frames, masks, alpha, mode, scale, None, frame_lengths, backend)

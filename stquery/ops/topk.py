@@ -1,0 +1,96 @@
+"""``stq.topk_tokens`` (SPEC §2.4): LinVT's score-based token selection with gating.
+
+Two custom ops: ``stquery::topk_select`` (integer selection, no gradient) and
+``stquery::gather_gate`` (the fused gather · gate · optional multi-scale pooling, differentiable
+in x and, with a gate, in scores).
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import backends
+from . import _checks
+
+
+@torch.library.custom_op("stquery::topk_select", mutates_args=())
+def _topk_select(scores: Tensor, k: int, order: str, backend: str) -> Tensor:
+    return backends.get(backend).topk_select(scores, k, order)
+
+
+@_topk_select.register_fake
+def _(scores, k, order, backend):
+    return scores.new_empty((scores.shape[0], k), dtype=torch.int64)
+
+
+def pooled_length(k: int, scales) -> int:
+    """Rows of a multi-scale pooled output: ``sum(ceil(k / s))``, or k with no scales."""
+    return sum(math.ceil(k / s) for s in scales) if scales else k
+
+
+@torch.library.custom_op("stquery::gather_gate", mutates_args=())
+def _gather_gate(x: Tensor, scores: Tensor, idx: Tensor, gate: str, scales: List[int], backend: str) -> Tensor:
+    return backends.get(backend).gather_gate(x, scores, idx, gate, tuple(scales))
+
+
+@_gather_gate.register_fake
+def _(x, scores, idx, gate, scales, backend):
+    return x.new_empty((x.shape[0], pooled_length(idx.shape[1], scales), x.shape[2]))
+
+
+@torch.library.custom_op("stquery::gather_gate_bwd", mutates_args=())
+def _gather_gate_bwd(
+    grad_y: Tensor, x: Tensor, scores: Tensor, idx: Tensor, gate: str, scales: List[int], backend: str
+) -> Tuple[Tensor, Tensor]:
+    dx, dscores = backends.get(backend).gather_gate_bwd(grad_y, x, scores, idx, gate, tuple(scales))
+    return dx, dscores if dscores is not None else scores.new_empty(0)
+
+
+@_gather_gate_bwd.register_fake
+def _(grad_y, x, scores, idx, gate, scales, backend):
+    return x.new_empty(x.shape), scores.new_empty(0 if gate == "none" else scores.shape)
+
+
+def _setup_gather(ctx, inputs, output):
+    x, scores, idx, *static = inputs
+    ctx.save_for_backward(x, scores, idx)
+    ctx.static = static
+
+
+def _backward_gather(ctx, grad_y):
+    x, scores, idx = ctx.saved_tensors
+    dx, dscores = _gather_gate_bwd(grad_y, x, scores, idx, *ctx.static)
+    return dx, (None if ctx.static[0] == "none" else dscores), None, None, None, None
+
+
+_gather_gate.register_autograd(_backward_gather, setup_context=_setup_gather)
+
+
+def topk_tokens(
+    x: Tensor, scores: Tensor, k: int, *, order: str = "time", gate: str | None = None,
+    scales: tuple[int, ...] | None = None, backend: str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Keep the k most significant tokens of each video (LinVT §3.2, score-based selection).
+
+    Args:
+        x: ``[B, N, C]`` tokens, N = T·P frame-major. Only ``stride(-1) == 1`` is required.
+        scores: float ``[B, N]`` significance scores.
+        k: tokens kept per video, ``1 <= k <= N``.
+        order: ``"time"``: idx ascending (temporal order kept); ``"score"``: descending score.
+            Ties go to the lower index; the result is deterministic.
+        gate: None (scores get no gradient, as in LinVT's code), ``"sigmoid"``, ``"softmax"``
+            (over the k selected) or ``"identity"``: ``y = x[idx] * g(scores[idx])``.
+        scales: e.g. ``(1, 2, 4)``: fuse :func:`multiscale_pool` into the gather.
+
+    Returns ``(y, idx)``: idx int64 ``[B, k]``; y ``[B, k, C]``, or ``[B, Σ ceil(k/s), C]`` with scales.
+    dx is zero except at the selected rows.
+    """
+    gate, scales = _checks.topk_args(x, scores, k, order, gate, scales)
+    dev = x.device.type
+    idx = _topk_select(scores.detach(), k, order, backends.resolve("topk_select", backend, dev, scores, k, order))
+    name = backends.resolve("gather_gate", backend, dev, x, scores, idx, gate, scales)
+    y = _gather_gate(x, scores if gate != "none" else scores.detach(), idx, gate, list(scales), name)
+    return y, idx

@@ -1,0 +1,99 @@
+"""SPEC §3: backend= > $STQUERY_BACKEND > auto; reasons; no silent fallback."""
+import logging
+
+import pytest
+import torch
+
+import stquery as stq
+from stquery import backends
+from stquery.backends import torch_backend
+
+
+class Refusing:
+    """A backend that runs on cpu and refuses every call with a fixed reason."""
+
+    devices = frozenset({"cpu"})
+
+    def __init__(self, name, reason):
+        self.name, self.reason = name, reason
+
+    def supports(self, op, *args):
+        return [self.reason]
+
+
+class Counting(torch_backend.TorchBackend):
+    """The torch backend under another name, counting forward calls."""
+
+    def __init__(self, name):
+        self.name, self.calls = name, 0
+
+    def attention_fwd(self, *args):
+        self.calls += 1
+        return super().attention_fwd(*args)
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    monkeypatch.setattr(backends, "_registry", dict(backends._registry))
+    monkeypatch.setattr(backends, "PREFERENCE", ("refusing", "counting") + backends.PREFERENCE)
+    monkeypatch.delenv(backends.ENV, raising=False)
+    return backends._registry
+
+
+q = torch.randn(4, 3, 2, 8)
+
+
+def test_unknown_backend_lists_the_registered_ones():
+    with pytest.raises(ValueError, match="backend.*'fast'.*torch"):
+        stq.attention(q, q, q, backend="fast")
+
+
+def test_explicit_backend_that_cannot_run_raises_its_reasons(registry):
+    backends.register(Refusing("refusing", "needs a quantum computer"))
+    with pytest.raises(stq.BackendUnavailable, match="backend='refusing'.*needs a quantum computer"):
+        stq.attention(q, q, q, backend="refusing")
+
+
+def test_environment_variable_chooses_and_argument_overrides(registry, monkeypatch):
+    counting = Counting("counting")
+    backends.register(counting)
+    monkeypatch.setenv(backends.ENV, "counting")
+    stq.attention(q, q, q)
+    assert counting.calls == 1
+    stq.attention(q, q, q, backend="torch")
+    assert counting.calls == 1
+    backends.register(Refusing("refusing", "switched off"))
+    monkeypatch.setenv(backends.ENV, "refusing")
+    with pytest.raises(stq.BackendUnavailable, match="STQUERY_BACKEND=.*switched off"):
+        stq.attention(q, q, q)
+
+
+def test_auto_passes_over_with_a_log_line(registry, caplog):
+    backends.register(Refusing("refusing", "out of order"))
+    counting = Counting("counting")
+    backends.register(counting)
+    with caplog.at_level(logging.INFO, logger="stquery"):
+        stq.attention(q, q, q)
+    assert counting.calls == 1
+    assert "passed over refusing: out of order" in caplog.text
+
+
+def test_auto_with_no_backend_lists_every_reason(registry, monkeypatch):
+    monkeypatch.setattr(backends, "_registry", {})
+    backends.register(Refusing("refusing", "reason one"))
+    backends.register(Refusing("counting", "reason two"))
+    with pytest.raises(stq.BackendUnavailable, match="(?s)refusing: reason one.*counting: reason two"):
+        stq.attention(q, q, q)
+
+
+def test_auto_on_cpu_picks_torch_and_says_why_not_triton():
+    assert backends.resolve("attention", None, "cpu", q) == "torch"
+    why = backends._auto_reasons(backends.get("triton"), "attention", "cpu", (q,))
+    assert "cuda" in why[0]
+
+
+def test_triton_on_cpu_without_interpreter_gives_a_reason(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    reasons = backends.reasons("st_pool", torch.randn(1, 2, 3, 4))
+    assert reasons["torch"] == []
+    assert any("cpu" in r for r in reasons["triton"])
