@@ -87,10 +87,11 @@ def _log_passed_over(op: str, passed: dict, chosen: str) -> None:
 
 
 def _register_builtin() -> None:
-    from . import torch_backend, triton_backend
+    from . import cuda_backend, torch_backend, triton_backend
 
     register(torch_backend.backend)
     register(triton_backend.backend)
+    register(cuda_backend.backend)
 
 
 _register_builtin()
