@@ -1,0 +1,167 @@
+"""Building blocks shared by the video tokenizers: LoRA, DAR routers, attention layers, masks.
+
+Every attention here runs through :func:`stquery.attention` / :func:`stquery.temporal_attention`;
+this file only holds the projections around them.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+import stquery as stq
+
+
+class LoRA(nn.Module):
+    """Low-rank update ``x -> (alpha / r) · x Aᵀ Bᵀ`` (Hu et al. 2021), added to a frozen Linear.
+
+    ``down`` (A, ``[r, in_features]``) is Kaiming-initialised, ``up`` (B, ``[out_features, r]``) is
+    zero-initialised, so the adapted layer equals the frozen one at init (MTransLLaMA eq. 8).
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float | None = None):
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"LoRA: rank must be >= 1, got {rank}")
+        self.down = nn.Linear(in_features, rank, bias=False)
+        self.up = nn.Linear(rank, out_features, bias=False)
+        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.up.weight)
+        self.scaling = (rank if alpha is None else alpha) / rank
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.up(self.down(x)) * self.scaling
+
+
+class Router(nn.Module):
+    """Dynamic Attention Routing weights (MTransLLaMA eq. 10): ``alpha = softmax(MLP(pooled))``.
+
+    MLP = Linear(dim, hidden) → ReLU → Linear(hidden, p), the last layer zero-initialised so that
+    alpha starts uniform (``1/p`` each). The caller average-pools the attention's sequence into
+    ``pooled`` (``[..., dim]``); the output is ``[..., p]``.
+    """
+
+    def __init__(self, dim: int, num_masks: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, num_masks)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        return torch.softmax(self.fc2(torch.relu(self.fc1(pooled))), dim=-1)
+
+
+def masked_mean(x: Tensor, valid: Tensor | None, dim: int) -> Tensor:
+    """Mean of ``x`` over ``dim`` counting only positions where ``valid`` (bool, broadcastable) is True."""
+    if valid is None:
+        return x.mean(dim)
+    w = valid.to(x.dtype)
+    return (x * w).sum(dim) / w.sum(dim).clamp(min=1)
+
+
+def frame_validity(frame_lengths: Tensor | None, batch: int, frames: int, device) -> Tensor | None:
+    """bool ``[B, T]``: True for real frames (``t < frame_lengths[b]``); None when nothing is padded."""
+    if frame_lengths is None:
+        return None
+    if frame_lengths.shape != (batch,):
+        raise ValueError(f"frame_lengths: expected shape ({batch},), got {tuple(frame_lengths.shape)}")
+    if frame_lengths.dtype.is_floating_point or frame_lengths.dtype == torch.bool:
+        raise TypeError(f"frame_lengths: expected an integer tensor, got {frame_lengths.dtype}")
+    if bool(((frame_lengths < 1) | (frame_lengths > frames)).any()):
+        raise ValueError(f"frame_lengths: every length must lie in [1, {frames}], got {frame_lengths.tolist()}")
+    return torch.arange(frames, device=device)[None, :] < frame_lengths.to(device)[:, None]
+
+
+def grid_neighbourhood_masks(num_queries: int, num_keys: int, radii) -> list[Tensor]:
+    """Cross-attention DAR masks (SPEC §4.1): bool ``[num_queries, num_keys]``, one per radius.
+
+    The ``num_queries`` queries are laid out row-major on a ``gh × gw`` grid (``gh`` the largest
+    divisor of L not above √L); the keys end with a ``side × side`` row-major patch grid
+    (``side = isqrt(num_keys)``) and any leading extra tokens (a ViT's CLS token) are visible to
+    every query. Query cell ``(i, j)`` maps to patch ``(⌊(i + ½)·side/gh⌋, ⌊(j + ½)·side/gw⌋)`` and
+    sees the patches within Chebyshev distance ``r`` of it.
+    """
+    side = math.isqrt(num_keys)
+    extra = num_keys - side * side
+    gh = max(d for d in range(1, math.isqrt(num_queries) + 1) if num_queries % d == 0)
+    gw = num_queries // gh
+    cell = torch.arange(num_queries)
+    ci = ((cell // gw + 0.5) * side / gh).floor()  # [L]
+    cj = ((cell % gw + 0.5) * side / gw).floor()  # [L]
+    patch = torch.arange(side * side)
+    pi, pj = (patch // side).float(), (patch % side).float()  # [side²]
+    di = (ci[:, None] - pi[None, :]).abs()  # [L, side²]
+    dj = (cj[:, None] - pj[None, :]).abs()
+    out = []
+    for r in radii:
+        grid = (di <= r) & (dj <= r)
+        out.append(torch.cat([torch.ones(num_queries, extra, dtype=torch.bool), grid], dim=1))
+    return out
+
+
+class Attention(nn.Module):
+    """Multi-head attention with its own projections, run by a stquery op.
+
+    ``forward(x [G, N, dim], context [G, M, kv_dim] | None)``. Spatial/cross attention along dim 1
+    (``stq.attention``), or temporal attention over ``frames`` (``stq.temporal_attention``, x
+    ``[B*T, N, dim]``). Output ``[G, N, dim]``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, kv_dim: int | None = None):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"Attention: dim {dim} is not divisible by num_heads {num_heads}")
+        if dim // num_heads > 256:
+            raise ValueError(f"Attention: head width dim/num_heads = {dim // num_heads} exceeds 256; use more heads")
+        kv_dim = dim if kv_dim is None else kv_dim
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(kv_dim, dim)
+        self.v = nn.Linear(kv_dim, dim)
+        self.o = nn.Linear(dim, dim)
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        *,
+        frames: int | None = None,
+        frame_lengths: Tensor | None = None,
+        key_padding: Tensor | None = None,
+    ) -> Tensor:
+        src = x if context is None else context
+        G, N, _ = x.shape
+        H, d = self.num_heads, self.head_dim
+        q = self.q(x).view(G, N, H, d)
+        k = self.k(src).view(G, src.shape[1], H, d)
+        v = self.v(src).view(G, src.shape[1], H, d)
+        if frames is None:
+            o = stq.attention(q, k, v, key_padding=key_padding)
+        else:
+            o = stq.temporal_attention(q, k, v, frames, frame_lengths=frame_lengths)
+        return self.o(o.reshape(G, N, H * d))
+
+
+class FeedForward(nn.Sequential):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+
+def parameter_counts(module: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts of ``module`` (shared parameters counted once)."""
+    seen, trainable, total = set(), 0, 0
+    for p in module.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return trainable, total
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
