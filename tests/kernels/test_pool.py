@@ -1,0 +1,59 @@
+"""``stq.multiscale_pool`` and ``stq.st_pool`` with backend="triton" against the torch reference
+(SPEC §2.5), outputs NaN-poisoned; same error bound as tests/kernels/test_topk.py."""
+import pytest
+import torch
+
+import stquery as stq
+from stquery.ops import reference as ref
+
+from .test_topk import DTYPES, _poison, assert_bounded, strided  # noqa: F401  (_poison: autouse)
+
+
+def check(fn, ref_fn, x, n_out):
+    """Outputs and input gradient of ``fn`` (triton) vs ``ref_fn`` at x's dtype and in float64."""
+    x = x.requires_grad_()
+    x64 = x.detach().double().requires_grad_()
+    got, same, exact = fn(x), ref_fn(x), ref_fn(x64)
+    if n_out == 1:
+        got, same, exact = (got,), (same,), (exact,)
+    grads = [torch.randn_like(e).to(x.dtype) for e in exact]
+    for i, (g, s, e) in enumerate(zip(got, same, exact)):
+        assert g.shape == e.shape
+        assert_bounded(g, s, e, 2, f"output {i}")
+    dx = torch.autograd.grad(got, x, grads)[0]
+    dx_same = torch.autograd.grad(same, x, grads)[0]
+    dx_exact = torch.autograd.grad(exact, x64, [g.double() for g in grads])[0]
+    assert_bounded(dx, dx_same, dx_exact, 3, "dx")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,scales", [
+    (45, (1, 2, 4)),        # tree pooling, partial last windows
+    (45, (4, 2, 1)),        # scale order is output order
+    (300, (256, 64, 32)),   # largest tree tile (256 tokens), two tiles
+    (45, (3, 5, 1)),        # non-power-of-two: one window-mean launch per scale
+    (7, (300,)),            # scale > k: one partial window
+    (1, (1, 2)),
+])
+def test_multiscale_pool(k, scales, dtype):
+    y = strided(2, k, 40, dtype=dtype)
+    check(lambda t: stq.multiscale_pool(t, scales, backend="triton"),
+          lambda t: ref.multiscale_pool(t, scales), y, 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [
+    (2, 3, 5, 40),      # one patch block: temporal means stored directly
+    (1, 4, 70, 24),     # two patch blocks: fp32 partials + fixed-order reduction
+    (2, 1, 1, 3),
+    (1, 9, 129, 65),    # three patch blocks, C not a multiple of the C block
+])
+def test_st_pool(shape, dtype):
+    x = strided(*shape, dtype=dtype)
+    check(lambda t: stq.st_pool(t, backend="triton"), ref.st_pool, x, 2)
+
+
+def test_st_pool_non_contiguous_frames():
+    # x[:, ::2] (every other frame) and a patch slice: only the last dim is contiguous.
+    x = torch.randn(2, 6, 80, 24)[:, ::2, 5:75]
+    check(lambda t: stq.st_pool(t, backend="triton"), ref.st_pool, x, 2)

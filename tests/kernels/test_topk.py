@@ -1,0 +1,172 @@
+"""``stq.topk_tokens(..., backend="triton")`` against the torch reference (SPEC §2.4).
+
+Indices must match exactly. Values and gradients: the kernel's error against the float64
+reference is at most 2x (3x for gradients) the error of the same-dtype reference, plus a tiny eps.
+Every output the kernels allocate is NaN-poisoned (index tensors: -1) through the kernel modules'
+``_empty`` hook, so an element a kernel forgets to write fails the comparison.
+"""
+import pytest
+import torch
+
+import stquery as stq
+from stquery.kernels import pool as pool_kernels
+from stquery.kernels import topk as topk_kernels
+from stquery.ops import reference as ref
+
+from ..conftest import DEVICE
+
+GATES = (None, "sigmoid", "softmax", "identity")
+DTYPES = (torch.float32, torch.float16)  # the interpreter's bfloat16 is broken; AOT covers bf16
+
+
+def _poisoned_empty(shape, dtype, device):
+    return torch.full(shape, float("nan") if dtype.is_floating_point else -1, dtype=dtype,
+                      device=device)
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch):
+    monkeypatch.setattr(topk_kernels, "_empty", _poisoned_empty)
+    monkeypatch.setattr(pool_kernels, "_empty", _poisoned_empty)
+
+
+def strided(*shape, dtype, scale=1.0):
+    """Random ``shape`` whose only contiguous dim is the last (a slice of a wider buffer)."""
+    *lead, d = shape
+    buf = torch.randn(*lead, d + 3, dtype=torch.float32, device=DEVICE) * scale
+    return buf.to(dtype)[..., :d]
+
+
+def assert_bounded(got, same, exact, factor, what):
+    """|got - exact| <= factor * |same - exact| + eps, elementwise maxima (flash-attention's bound)."""
+    assert got.dtype == same.dtype, f"{what}: dtype {got.dtype}, expected {same.dtype}"
+    assert torch.isfinite(got).all(), f"{what}: non-finite values (unwritten, poisoned elements?)"
+    err = (got.double() - exact).abs().max().item()
+    ref_err = (same.double() - exact).abs().max().item()
+    eps = 1e-7 * (1.0 + exact.abs().max().item())
+    assert err <= factor * ref_err + eps, f"{what}: error {err:.3g} > {factor} x reference's {ref_err:.3g}"
+
+
+def check_topk(x, scores, k, order="time", gate=None, scales=None):
+    """Forward and backward of the triton backend vs the reference at x's dtype and in float64."""
+    kw = dict(order=order, gate=gate, scales=scales)
+    x = x.requires_grad_()
+    scores = scores.requires_grad_(gate is not None)
+    x64 = x.detach().double().requires_grad_()
+    s64 = scores.detach().double().requires_grad_(gate is not None)
+
+    y, idx = stq.topk_tokens(x, scores, k, backend="triton", **kw)
+    y_same, idx_same = ref.topk_tokens(x, scores, k, **kw)
+    y_exact, idx_exact = ref.topk_tokens(x64, s64, k, **kw)
+    assert torch.equal(idx, idx_same) and torch.equal(idx, idx_exact), "indices differ"
+    assert_bounded(y, y_same, y_exact, 2, "y")
+
+    grad = torch.randn_like(y_exact).to(y.dtype)
+    inputs = (x, scores) if gate is not None else (x,)
+    got = torch.autograd.grad(y, inputs, grad)
+    same = torch.autograd.grad(y_same, inputs, grad)
+    exact = torch.autograd.grad(y_exact, (x64, s64) if gate is not None else (x64,), grad.double())
+    for name, g, gs, ge in zip(("dx", "dscores"), got, same, exact):
+        assert_bounded(g, gs, ge, 3, name)
+    return idx
+
+
+# ----------------------------------------------------------------------------- selection
+def _scores(kind, B, N, dtype):
+    if kind == "random":
+        return strided(B, N, dtype=dtype)
+    if kind == "ties":  # few distinct values: the k-th value is shared across selection chunks
+        return (torch.randint(0, 4, (B, N), device=DEVICE) - 2).to(dtype)
+    if kind == "signed_zeros":  # -0.0 and +0.0 tie (as in the reference's stable sort)
+        s = torch.zeros(B, N, device=DEVICE)
+        s[:, ::3] = -0.0
+        s[:, 1::7] = -1.5
+        s[:, 2::11] = 2.0
+        return s.to(dtype)
+    if kind == "constant":
+        return torch.full((B, N), 0.25, device=DEVICE, dtype=dtype)
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("order", ("time", "score"))
+@pytest.mark.parametrize("kind,N,k", [
+    ("random", 203, 1),
+    ("random", 203, 203),
+    ("random", 4099, 777),          # 3 selection chunks, N not a power of two
+    ("ties", 4500, 1234),           # the tie group at the threshold spans chunks
+    ("ties", 97, 97),
+    ("signed_zeros", 301, 150),
+    ("constant", 2050, 2049),       # every key equal: pure index tie-breaking
+])
+def test_select_matches_reference(kind, N, k, order, dtype):
+    B, C = 3, 2
+    scores = _scores(kind, B, N, dtype)
+    x = strided(B, N, C, dtype=dtype)
+    _, idx = stq.topk_tokens(x, scores, k, order=order, backend="triton")
+    assert torch.equal(idx, ref.select(scores, k, order))
+
+
+def test_select_is_deterministic():
+    scores = _scores("ties", 2, 3000, torch.float32)
+    first = topk_kernels.topk_select(scores, 1500, "score")
+    for _ in range(2):
+        assert torch.equal(topk_kernels.topk_select(scores, 1500, "score"), first)
+
+
+# ----------------------------------------------------------------------------- gather and gate
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("order", ("time", "score"))
+def test_gather_gate(order, gate, dtype):
+    B, N, C, k = 2, 203, 40, 37
+    check_topk(strided(B, N, C, dtype=dtype), strided(B, N, dtype=dtype), k, order, gate)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("scales", [(1, 2, 4), (16, 4), (3, 1, 5)])  # last: unfused path
+def test_gather_gate_scales(scales, gate, dtype):
+    B, N, C, k = 2, 113, 40, 45  # k not a multiple of any scale > 1: partial last windows
+    check_topk(strided(B, N, C, dtype=dtype), strided(B, N, dtype=dtype), k, "time", gate, scales)
+
+
+@pytest.mark.parametrize("gate", ("sigmoid", "softmax"))
+@pytest.mark.parametrize("k", [1, 59])
+def test_gather_gate_k_extremes(k, gate):
+    B, N, C = 2, 59, 24
+    for scales in (None, (1, 2, 4)):
+        check_topk(strided(B, N, C, dtype=torch.float32), strided(B, N, dtype=torch.float32),
+                   k, "score", gate, scales)
+
+
+def test_gather_gate_large_scales():
+    # LinVT's scales (64, 32, 16): 64-token tiles; k spans two tiles with a partial last window.
+    B, N, C, k = 1, 300, 24, 100
+    check_topk(strided(B, N, C, dtype=torch.float16), strided(B, N, dtype=torch.float16), k,
+               "time", "sigmoid", (64, 32, 16))
+
+
+def test_gather_gate_ties_with_gradients():
+    B, N, C, k = 2, 150, 130, 60  # C spans several C blocks (forward and backward loops)
+    scores = _scores("ties", B, N, torch.float32)
+    check_topk(strided(B, N, C, dtype=torch.float32), scores, k, "score", "softmax", (1, 2))
+
+
+def test_softmax_gate_over_many_selected():
+    # k > the softmax statistics block (1024): the online max/sum rescales across blocks.
+    B, N, C, k = 1, 2100, 3, 1100
+    check_topk(strided(B, N, C, dtype=torch.float32), strided(B, N, dtype=torch.float32, scale=4.0),
+               k, "score", "softmax")
+
+
+def test_dx_zero_off_selected_rows():
+    B, N, C, k = 2, 90, 8, 20
+    x = strided(B, N, C, dtype=torch.float32).requires_grad_()
+    scores = strided(B, N, dtype=torch.float32).requires_grad_()
+    y, idx = stq.topk_tokens(x, scores, k, gate="sigmoid", backend="triton")
+    dx, ds = torch.autograd.grad(y, (x, scores), torch.randn_like(y))
+    off = torch.ones(B, N, dtype=torch.bool)
+    off.scatter_(1, idx, False)
+    assert (dx[off] == 0).all() and (ds[off] == 0).all()
+    assert (dx[~off] != 0).any()
