@@ -1,5 +1,6 @@
 // pybind11 glue and checks for the CUDA backend; built just in time by
 // stquery/backends/cuda_backend.py. Host code only: kernels and launchers live in the .cu files.
+// The caller makes the tensors' device current and passes its current stream.
 #include <torch/extension.h>
 
 #include "st_pool.h"
@@ -30,6 +31,7 @@ std::vector<at::Tensor> st_pool_fwd(const at::Tensor& x, int64_t stream) {
   TORCH_CHECK(x.dim() == 4, "x: expected [B, T, P, C], got ", x.sizes());
   CHECK_LAST_CONTIGUOUS(x);
   const int B = x.size(0), T = x.size(1), P = x.size(2), C = x.size(3);
+  TORCH_CHECK(x.numel() > 0, "x: every dim of [B, T, P, C] must be at least 1, got ", x.sizes());
   auto temporal_sum = at::zeros({B, T, C}, x.options().dtype(at::kFloat));
   auto temporal = at::empty({B, T, C}, x.options());
   auto spatial = at::empty({B, P, C}, x.options());

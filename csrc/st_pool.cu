@@ -4,6 +4,8 @@
 // frames: each thread keeps its column's spatial sums in registers (one per patch of the chunk)
 // and adds its partial temporal sum into a float32 workspace: one atomic per (frame, chunk,
 // channel), P / kPatches of them per output element, instead of a second pass over x.
+// Float atomics make the temporal mean's rounding order, and so its last bits, vary run to run.
+// Grids are one-dimensional (up to 2^31 - 1 blocks), so no size hits the 65535 limit of y and z.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -20,9 +22,10 @@ template <typename scalar_t>
 __global__ void st_pool_fwd_kernel(const scalar_t* __restrict__ x, float* __restrict__ temporal_sum,
                                    scalar_t* __restrict__ spatial, int T, int P, int C, int64_t sxb,
                                    int64_t sxt, int64_t sxp, float inv_T) {
-  const int b = blockIdx.z;
-  const int p0 = blockIdx.y * kPatches;
-  const int c = blockIdx.x * kThreads + threadIdx.x;
+  const int c_blocks = (C + kThreads - 1) / kThreads, p_blocks = (P + kPatches - 1) / kPatches;
+  const int b = blockIdx.x / (c_blocks * p_blocks);
+  const int p0 = (blockIdx.x / c_blocks) % p_blocks * kPatches;
+  const int c = blockIdx.x % c_blocks * kThreads + threadIdx.x;
   if (c >= C) return;
   const int np = min(kPatches, P - p0);
   float spat[kPatches] = {0.f};
@@ -53,22 +56,23 @@ __global__ void scale_cast_kernel(const float* __restrict__ in, scalar_t* __rest
 
 template <typename scalar_t>
 __global__ void st_pool_bwd_kernel(const scalar_t* __restrict__ gt, const scalar_t* __restrict__ gs,
-                                   scalar_t* __restrict__ dx, int T, int P, int C, int64_t sgt_b, int64_t sgt_t,
+                                   scalar_t* __restrict__ dx, int B, int T, int P, int C, int64_t sgt_b, int64_t sgt_t,
                                    int64_t sgs_b, int64_t sgs_p, float inv_P, float inv_T) {
-  const int bt = blockIdx.y;  // b * T + t
-  const int b = bt / T, t = bt % T;
-  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;  // p * C + c
-  if (i >= (int64_t)P * C) return;
-  const int p = i / C, c = i % C;
-  const float v = static_cast<float>(gt[b * sgt_b + t * sgt_t + c]) * inv_P +
-                  static_cast<float>(gs[b * sgs_b + p * sgs_p + c]) * inv_T;
-  dx[(int64_t)bt * P * C + i] = static_cast<scalar_t>(v);
+  const int64_t n = (int64_t)B * T * P * C;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    const int c = i % C, p = (i / C) % P;
+    const int64_t bt = i / ((int64_t)P * C);  // b * T + t
+    const int b = bt / T, t = bt % T;
+    const float v = static_cast<float>(gt[b * sgt_b + t * sgt_t + c]) * inv_P +
+                    static_cast<float>(gs[b * sgs_b + p * sgs_p + c]) * inv_T;
+    dx[i] = static_cast<scalar_t>(v);
+  }
 }
 
 template <typename scalar_t>
 int fwd(const void* x, float* temporal_sum, void* temporal, void* spatial, int B, int T, int P, int C, int64_t sxb,
         int64_t sxt, int64_t sxp, cudaStream_t stream) {
-  const dim3 grid((C + kThreads - 1) / kThreads, (P + kPatches - 1) / kPatches, B);
+  const int64_t grid = (int64_t)((C + kThreads - 1) / kThreads) * ((P + kPatches - 1) / kPatches) * B;
   st_pool_fwd_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(static_cast<const scalar_t*>(x), temporal_sum,
                                                               static_cast<scalar_t*>(spatial), T, P, C, sxb, sxt,
                                                               sxp, 1.f / T);
@@ -81,10 +85,11 @@ int fwd(const void* x, float* temporal_sum, void* temporal, void* spatial, int B
 template <typename scalar_t>
 int bwd(const void* gt, const void* gs, void* dx, int B, int T, int P, int C, int64_t sgt_b, int64_t sgt_t,
         int64_t sgs_b, int64_t sgs_p, cudaStream_t stream) {
-  const dim3 grid(((int64_t)P * C + 255) / 256, B * T);
+  const int64_t blocks = ((int64_t)B * T * P * C + 255) / 256;
+  const int grid = blocks < (1 << 20) ? (int)blocks : (1 << 20);  // grid-stride loop beyond
   st_pool_bwd_kernel<scalar_t><<<grid, 256, 0, stream>>>(static_cast<const scalar_t*>(gt),
                                                          static_cast<const scalar_t*>(gs),
-                                                         static_cast<scalar_t*>(dx), T, P, C, sgt_b, sgt_t, sgs_b,
+                                                         static_cast<scalar_t*>(dx), B, T, P, C, sgt_b, sgt_t, sgs_b,
                                                          sgs_p, 1.f / P, 1.f / T);
   return cudaGetLastError();
 }

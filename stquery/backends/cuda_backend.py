@@ -13,10 +13,12 @@ import os
 from pathlib import Path
 
 import torch
+from torch.utils import cpp_extension
 
 SOURCES = ("bindings.cpp", "st_pool.cu")
 HEADERS = ("st_pool.h",)
 OPS = frozenset({"st_pool"})
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def source_dir() -> Path:
@@ -37,12 +39,11 @@ def build_name() -> str:
 @functools.cache
 def module():
     """The compiled extension (built on first call, then loaded from the cache directory)."""
-    from torch.utils.cpp_extension import _get_build_directory, load
-
     name = build_name()
-    build_dir = Path(os.environ.get("STQUERY_CUDA_CACHE", _get_build_directory(name, verbose=False)))
+    root = os.environ.get("STQUERY_CUDA_CACHE")
+    build_dir = Path(root) / name if root else Path(cpp_extension._get_build_directory(name, verbose=False))
     build_dir.mkdir(parents=True, exist_ok=True)
-    return load(
+    return cpp_extension.load(
         name=name,
         sources=[str(source_dir() / s) for s in SOURCES],
         extra_include_paths=[str(source_dir())],
@@ -60,23 +61,24 @@ class CudaBackend:
             return [f"no CUDA kernel for {op} (the cuda backend implements {', '.join(sorted(OPS))})"]
         if not torch.cuda.is_available():
             return ["CUDA is not available"]
-        device = next(a.device for a in args if isinstance(a, torch.Tensor))
-        if device.type != "cuda":
-            return [f"tensors are on {device.type}, the cuda backend needs CUDA tensors"]
-        if torch.utils.cpp_extension.CUDA_HOME is None:
-            return ["no CUDA toolkit found to build the extension (set CUDA_HOME)"]
-        return []
+        x = next(a for a in args if isinstance(a, torch.Tensor))
+        why = []
+        if x.device.type != "cuda":
+            why.append(f"tensors are on {x.device.type}, the cuda backend needs CUDA tensors")
+        if x.dtype not in DTYPES:
+            why.append(f"dtype {x.dtype} is not one of float32, float16, bfloat16")
+        if cpp_extension.CUDA_HOME is None:
+            why.append("no CUDA toolkit found to build the extension (set CUDA_HOME)")
+        return why
 
     def st_pool(self, x):
-        temporal, spatial = module().st_pool_fwd(x, _stream(x))
+        with torch.cuda.device(x.device):
+            temporal, spatial = module().st_pool_fwd(x, torch.cuda.current_stream().cuda_stream)
         return temporal, spatial
 
     def st_pool_bwd(self, grad_temporal, grad_spatial):
-        return module().st_pool_bwd(grad_temporal, grad_spatial, _stream(grad_temporal))
-
-
-def _stream(t: torch.Tensor) -> int:
-    return torch.cuda.current_stream(t.device).cuda_stream
+        with torch.cuda.device(grad_temporal.device):
+            return module().st_pool_bwd(grad_temporal, grad_spatial, torch.cuda.current_stream().cuda_stream)
 
 
 backend = CudaBackend()

@@ -34,21 +34,31 @@ def tensor(name: str, t, rank: int, layout: str, dtypes=FLOATS) -> None:
         raise ValueError(f"{name}: the last dim must be contiguous (stride 1), got strides {list(t.stride())}")
 
 
+def last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when ``stride(-1) == 1``, else a contiguous copy.
+
+    For incoming gradients only: autograd hands ``loss.sum()``'s gradient over as an expanded
+    scalar (all strides 0), which no kernel can read as rows.
+    """
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
 def same_device(ref_name: str, ref: torch.Tensor, **others) -> None:
     for name, t in others.items():
         if t is not None and t.device != ref.device:
             raise ValueError(f"{name}: expected device {ref.device} (that of {ref_name}), got {t.device}")
 
 
-def _positive(name: str, n: int, what: str) -> None:
-    if n < 1:
-        raise ValueError(f"{name}: {what} must be at least 1, got shape with {what} = {n}")
+def nonempty(name: str, t: torch.Tensor, layout: str) -> None:
+    if t.numel() == 0:
+        raise ValueError(f"{name}: every dim of {layout} must be at least 1, got shape {_shape(t)}")
 
 
 def attention_problem(q, k, v, frames, masks, alpha, mode, scale, key_padding, frame_lengths):
     """Validate the arguments of ``attention`` (``frames=None``) or ``temporal_attention``.
 
-    Returns ``(alpha expanded to [G, H, p] / [B, L, H, p] or None, dense buffer or None, AttnProblem)``.
+    Returns ``(alpha, dense, frame_lengths, prob)``: alpha expanded to ``[G, H, p]`` / ``[B, L, H, p]``
+    (or None), the dense-mask buffer (or None), frame_lengths as int64 (or None), the AttnProblem.
     """
     temporal = frames is not None
     qlay = "[B*T, L, H, d]" if temporal else "[G, Nq, H, d]"
@@ -73,8 +83,8 @@ def attention_problem(q, k, v, frames, masks, alpha, mode, scale, key_padding, f
             raise ValueError(f"v: expected shape {list(k.shape)} (that of k), got {_shape(v)}")
     if not 1 <= d <= MAX_HEAD_DIM:
         raise ValueError(f"q: head width d must be in 1..{MAX_HEAD_DIM}, got shape {_shape(q)} (d = {d})")
-    for name, n in (("q", G), ("q", Nq), ("k", k.shape[1]), ("q", H)):
-        _positive(name, n, "every dim")
+    nonempty("q", q, qlay)
+    nonempty("k", k, klay)
 
     if temporal:
         if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
@@ -100,21 +110,26 @@ def attention_problem(q, k, v, frames, masks, alpha, mode, scale, key_padding, f
             raise ValueError(f"key_padding: expected shape [{G}, {nk}] ([G, Nk]), got {_shape(key_padding)}")
         same_device("q", q, key_padding=key_padding)
     if frame_lengths is not None:
-        ints = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
-        tensor("frame_lengths", frame_lengths, 1, f"[{G // frames}] (int)", dtypes=ints)
+        layout = f"[{G // frames}] ([B], int)"
+        if not isinstance(frame_lengths, torch.Tensor) or frame_lengths.dim() != 1:
+            got = _shape(frame_lengths) if isinstance(frame_lengths, torch.Tensor) else type(frame_lengths).__name__
+            raise ValueError(f"frame_lengths: expected a tensor {layout}, got {got}")
+        if frame_lengths.dtype.is_floating_point or frame_lengths.dtype.is_complex or frame_lengths.dtype == torch.bool:
+            raise TypeError(f"frame_lengths: expected an integer dtype, got {frame_lengths.dtype}")
         if frame_lengths.shape[0] != G // frames:
-            raise ValueError(f"frame_lengths: expected shape [{G // frames}] ([B]), got {_shape(frame_lengths)}")
+            raise ValueError(f"frame_lengths: expected shape {layout}, got {_shape(frame_lengths)}")
         same_device("q", q, frame_lengths=frame_lengths)
+        frame_lengths = frame_lengths.to(torch.int64).contiguous()  # [B]: what backends receive
 
+    if mode not in MODES:
+        raise ValueError(f"mode: expected 'mix' or 'scale', got {mode!r}")
     if masks is None:
         if alpha is not None:
             raise ValueError("alpha: routing weights need masks (a stq.MaskSet); got alpha with masks=None")
-        return None, None, AttnProblem(frames or 0, (), (), 0, 0, NONE, float(scale))
+        return None, None, frame_lengths, AttnProblem(frames or 0, (), (), 0, 0, NONE, float(scale))
 
     if not isinstance(masks, MaskSet):
         raise TypeError(f"masks: expected a stq.MaskSet, got {type(masks).__name__}")
-    if mode not in MODES:
-        raise ValueError(f"mode: expected 'mix' or 'scale', got {mode!r}")
     p = len(masks)
     if masks.dense_shape is not None and masks.dense_shape != (nq, nk):
         raise ValueError(f"masks: dense masks must be [Nq, Nk] = [{nq}, {nk}], got {list(masks.dense_shape)}")
@@ -127,7 +142,7 @@ def attention_problem(q, k, v, frames, masks, alpha, mode, scale, key_padding, f
 
     full = groups + (p,)
     if alpha is None:
-        alpha = torch.full((p,), 1.0 / p, dtype=torch.float32, device=q.device)
+        alpha = torch.full((p,), 1.0 / p, dtype=torch.promote_types(q.dtype, torch.float32), device=q.device)
     if not isinstance(alpha, torch.Tensor):
         raise TypeError(f"alpha: expected a float tensor broadcastable to {group_layout} = {list(full)}, got {type(alpha).__name__}")
     if not alpha.is_floating_point():
@@ -146,7 +161,7 @@ def attention_problem(q, k, v, frames, masks, alpha, mode, scale, key_padding, f
         alpha = alpha.unsqueeze(-2)
     alpha = alpha.expand(full)
     prob = AttnProblem(frames or 0, masks.kinds, masks.radii, gs, ge, MODES[mode], float(scale))
-    return alpha, masks.dense_buffer(q.device), prob
+    return alpha, masks.dense_buffer(q.device), frame_lengths, prob
 
 
 GATES = {None: "none", "sigmoid": "sigmoid", "softmax": "softmax", "identity": "identity"}
@@ -171,7 +186,7 @@ def topk_args(x, scores, k, order, gate, scales):
     if tuple(scores.shape) != (B, N):
         raise ValueError(f"scores: expected shape [{B}, {N}] ([B, N] of x), got {_shape(scores)}")
     same_device("x", x, scores=scores)
-    _positive("x", N, "N")
+    nonempty("x", x, "[B, N, C]")
     if isinstance(k, bool) or not isinstance(k, int):
         raise TypeError(f"k: expected an int in 1..N = 1..{N}, got {k!r}")
     if not 1 <= k <= N:
@@ -185,11 +200,10 @@ def topk_args(x, scores, k, order, gate, scales):
 
 def pool_args(y, scales) -> tuple[int, ...]:
     tensor("y", y, 3, "[B, k, C]")
-    _positive("y", y.shape[1], "k")
+    nonempty("y", y, "[B, k, C]")
     return scales_arg(scales)
 
 
 def st_pool_args(x) -> None:
     tensor("x", x, 4, "[B, T, P, C]")
-    _positive("x", x.shape[1], "T")
-    _positive("x", x.shape[2], "P")
+    nonempty("x", x, "[B, T, P, C]")

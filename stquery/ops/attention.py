@@ -64,6 +64,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out, grad_stats):
     q, k, v, out, stats, alpha, dense, key_padding, frame_lengths = ctx.saved_tensors
+    grad_out = _checks.last_dim_contiguous(grad_out)
     dq, dk, dv, dalpha = _attention_bwd(
         grad_out, q, k, v, out, stats, alpha, dense, key_padding, frame_lengths, *ctx.static
     )
@@ -74,7 +75,9 @@ _attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _run(q, k, v, frames, masks, alpha, mode, scale, key_padding, frame_lengths, backend):
-    alpha, dense, prob = _checks.attention_problem(q, k, v, frames, masks, alpha, mode, scale, key_padding, frame_lengths)
+    alpha, dense, frame_lengths, prob = _checks.attention_problem(
+        q, k, v, frames, masks, alpha, mode, scale, key_padding, frame_lengths
+    )
     tensors = (q, k, v, alpha, dense, key_padding, frame_lengths)
     name = backends.resolve("attention", backend, q.device.type, *tensors, prob)
     out, _ = _attention_fwd(

@@ -82,6 +82,8 @@ class MaskSet:
             raise ValueError(f"MaskSet: dense masks must share one [Nq, Nk] shape, got {sorted(shapes)}")
         if global_tokens is None:
             global_tokens = (0, 0)
+        if not isinstance(global_tokens, (tuple, list)) or len(global_tokens) != 2:
+            raise ValueError(f"MaskSet: global_tokens must be a pair (start, end), got {global_tokens!r}")
         start, end = global_tokens
         if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end):
             raise ValueError(f"MaskSet: global_tokens must be (start, end) with 0 <= start <= end, got {global_tokens!r}")

@@ -37,7 +37,8 @@ def _setup_multiscale(ctx, inputs, output):
 
 
 _multiscale_pool.register_autograd(
-    lambda ctx, grad: (_multiscale_pool_bwd(grad, *ctx.static), None, None), setup_context=_setup_multiscale
+    lambda ctx, grad: (_multiscale_pool_bwd(_checks.last_dim_contiguous(grad), *ctx.static), None, None),
+    setup_context=_setup_multiscale,
 )
 
 
@@ -68,7 +69,11 @@ def _setup_st(ctx, inputs, output):
 
 
 _st_pool.register_autograd(
-    lambda ctx, g_t, g_s: (_st_pool_bwd(g_t, g_s, ctx.backend), None), setup_context=_setup_st
+    lambda ctx, g_t, g_s: (
+        _st_pool_bwd(_checks.last_dim_contiguous(g_t), _checks.last_dim_contiguous(g_s), ctx.backend),
+        None,
+    ),
+    setup_context=_setup_st,
 )
 
 

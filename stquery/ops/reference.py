@@ -131,13 +131,15 @@ def attend(q, k, v, alpha, dense, key_padding, frame_lengths, prob: AttnProblem)
 
 def attention(q, k, v, *, masks=None, alpha=None, mode="mix", scale=None, key_padding=None):
     """Reference for :func:`stquery.attention` (same arguments, no ``backend``)."""
-    alpha, dense, prob = _checks.attention_problem(q, k, v, None, masks, alpha, mode, scale, key_padding, None)
+    alpha, dense, _, prob = _checks.attention_problem(q, k, v, None, masks, alpha, mode, scale, key_padding, None)
     return attend(q, k, v, alpha, dense, key_padding, None, prob)
 
 
 def temporal_attention(q, k, v, frames, *, masks=None, alpha=None, mode="mix", scale=None, frame_lengths=None):
     """Reference for :func:`stquery.temporal_attention` (same arguments, no ``backend``)."""
-    alpha, dense, prob = _checks.attention_problem(q, k, v, frames, masks, alpha, mode, scale, None, frame_lengths)
+    alpha, dense, frame_lengths, prob = _checks.attention_problem(
+        q, k, v, frames, masks, alpha, mode, scale, None, frame_lengths
+    )
     return attend(q, k, v, alpha, dense, None, frame_lengths, prob)
 
 

@@ -62,7 +62,7 @@ def _setup_gather(ctx, inputs, output):
 
 def _backward_gather(ctx, grad_y):
     x, scores, idx = ctx.saved_tensors
-    dx, dscores = _gather_gate_bwd(grad_y, x, scores, idx, *ctx.static)
+    dx, dscores = _gather_gate_bwd(_checks.last_dim_contiguous(grad_y), x, scores, idx, *ctx.static)
     return dx, (None if ctx.static[0] == "none" else dscores), None, None, None, None
 
 

@@ -97,3 +97,47 @@ def test_triton_on_cpu_without_interpreter_gives_a_reason(monkeypatch):
     reasons = backends.reasons("st_pool", torch.randn(1, 2, 3, 4))
     assert reasons["torch"] == []
     assert any("cpu" in r for r in reasons["triton"])
+
+
+class StrictRows(torch_backend.TorchBackend):
+    """The torch backend, asserting the backend contract on what backward passes hand over."""
+
+    name = "strict"
+
+    def _check(self, *grads):
+        for g in grads:
+            assert g.stride(-1) == 1, g.stride()
+
+    def attention_bwd(self, grad_out, q, k, v, out, stats, alpha, dense, key_padding, frame_lengths, prob):
+        self._check(grad_out)
+        assert frame_lengths is None or frame_lengths.dtype == torch.int64
+        return super().attention_bwd(grad_out, q, k, v, out, stats, alpha, dense, key_padding, frame_lengths, prob)
+
+    def gather_gate_bwd(self, grad_y, *args):
+        self._check(grad_y)
+        return super().gather_gate_bwd(grad_y, *args)
+
+    def multiscale_pool_bwd(self, grad, *args):
+        self._check(grad)
+        return super().multiscale_pool_bwd(grad, *args)
+
+    def st_pool_bwd(self, grad_temporal, grad_spatial):
+        self._check(grad_temporal, grad_spatial)
+        return super().st_pool_bwd(grad_temporal, grad_spatial)
+
+
+def test_backends_get_row_readable_gradients_from_sum(registry):
+    """loss.sum() hands back an expanded scalar (strides 0); backends must get stride(-1) == 1."""
+    backends.register(StrictRows())
+    x = torch.randn(2, 12, 4, requires_grad=True)
+    scores = torch.randn(2, 12, requires_grad=True)
+    frames = torch.randn(2, 3, 4, 5, requires_grad=True)
+    qt = torch.randn(6, 3, 2, 8, requires_grad=True)
+    losses = [
+        stq.temporal_attention(qt, qt, qt, 3, frame_lengths=torch.tensor([3, 1], dtype=torch.int32), backend="strict").sum(),
+        stq.topk_tokens(x, scores, 5, gate="sigmoid", scales=(1, 2), backend="strict")[0].sum(),
+        stq.multiscale_pool(x, (1, 4), backend="strict").mean(),
+        sum(t.sum() for t in stq.st_pool(frames, backend="strict")),
+    ]
+    torch.autograd.backward(losses)
+    assert all(t.grad is not None for t in (x, scores, frames, qt))

@@ -37,6 +37,8 @@ CASES = [
     (lambda: _attn(key_padding=torch.zeros(6, 4)), TypeError, ["key_padding", "bool"]),
     (lambda: _attn(masks=[stq.masks.window(1)]), TypeError, ["masks", "MaskSet"]),
     (lambda: _attn(masks=W, mode="sum"), ValueError, ["mode", "'sum'"]),
+    (lambda: _attn(mode="sum"), ValueError, ["mode", "'sum'"]),
+    (lambda: _attn(q=torch.randn(6, 0, 2, 8)), ValueError, ["q", "at least 1", "[6, 0, 2, 8]"]),
     (lambda: _attn(alpha=torch.ones(2)), ValueError, ["alpha", "masks"]),
     (lambda: _attn(masks=W, alpha=torch.ones(3)), ValueError, ["alpha", "[6, 2, 2]", "[3]"]),
     (lambda: _attn(masks=W, alpha=torch.ones(5, 2)), ValueError, ["alpha", "[6, 2, 2]", "[5, 2]"]),
@@ -54,6 +56,8 @@ CASES = [
     (lambda: _temporal(masks=W, alpha=torch.ones(2, 3, 2)), ValueError, ["alpha", "[2, 4, 2, 2]", "[2, 3, 2]"]),
     (lambda: _temporal(masks=mask_set(("dense",), 4, 4)), ValueError, ["masks", "[3, 3]"]),
     (lambda: stq.MaskSet([]), ValueError, ["MaskSet", "1..8"]),
+    (lambda: stq.MaskSet([stq.masks.window(1)], global_tokens=5), ValueError, ["global_tokens", "(start, end)"]),
+    (lambda: stq.MaskSet([stq.masks.window(1)], global_tokens=(0, 1, 2)), ValueError, ["global_tokens", "(0, 1, 2)"]),
     (lambda: stq.MaskSet([stq.masks.window(1)] * 9), ValueError, ["MaskSet", "1..8"]),
     (lambda: stq.masks.window(-1), ValueError, ["window", "-1"]),
     (lambda: stq.masks.dense(torch.ones(3, 3)), TypeError, ["dense", "bool"]),
@@ -75,6 +79,7 @@ CASES += [
     (lambda: stq.multiscale_pool(x3, ()), ValueError, ["scales"]),
     (lambda: stq.multiscale_pool(s2, (1,)), ValueError, ["y", "[B, k, C]", "[2, 10]"]),
     (lambda: stq.st_pool(x3), ValueError, ["x", "[B, T, P, C]", "[2, 10, 4]"]),
+    (lambda: stq.st_pool(torch.randn(2, 3, 4, 0)), ValueError, ["x", "at least 1", "[2, 3, 4, 0]"]),
 ]
 
 
