@@ -1,4 +1,4 @@
-"""The ``stquery`` command: ``profile`` (frame-count scaling), ``train`` and ``evaluate``."""
+"""The ``stquery`` command: ``profile`` (frame-count scaling), ``train``, ``evaluate``, ``convert``."""
 from __future__ import annotations
 
 import argparse

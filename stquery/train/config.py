@@ -1,0 +1,147 @@
+"""Training configuration: a YAML file over built-in defaults, then ``--set key=value`` overrides.
+
+The config is a plain nested dict. ``load_config(path, overrides)`` merges, in order:
+:data:`DEFAULTS`, the YAML file, each override (``a.b.c=value``; the value is parsed as YAML, so
+``--set train.lr=3e-4``, ``--set model.temporal=false`` and ``--set data.frames=8`` all get the
+right type). A key that is not in the defaults is refused (a typo should not train silently with
+the default), except under the free-form sections listed in :data:`OPEN_SECTIONS`.
+
+Defaults follow MTransLLaMA §6.1: AdamW, lr 1e-4, betas (0.9, 0.95), weight decay 0.05, 4 frames
+(set ``data.frames: 8`` for MUStARD), batch 2.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "output_dir": "runs/default",
+    "data": {
+        # JSONL manifests (SPEC §5) or, for the synthetic set, a `shapes:` section instead.
+        "train": None,
+        "val": None,
+        "frames": 4,
+        "image_size": 224,
+        "mean": [0.48145466, 0.4578275, 0.40821073],  # CLIP / BLIP-2 EVA ViT normalisation
+        "std": [0.26862954, 0.26130258, 0.27577711],
+        "on_error": "raise",  # "raise" | "skip"
+        "num_workers": 0,
+        "shapes": None,  # moving-shapes generator options, see stquery.train.shapes
+    },
+    "model": {
+        "kind": "video_lmm",  # "video_lmm" | "shapes_classifier"
+        "temporal": True,
+        "dar": False,
+        "options": {},  # passed to the model builder (sizes, LoRA rank, checkpoints ...)
+    },
+    "train": {
+        "epochs": 25,
+        "batch_size": 2,  # global batch per optimizer step (all ranks, all accumulation steps)
+        "grad_accum": 1,
+        "lr": 1e-4,
+        "betas": [0.9, 0.95],
+        "weight_decay": 0.05,
+        "warmup_steps": 0,
+        "scheduler": "cosine",  # "cosine" | "constant"
+        "max_grad_norm": None,
+        "amp": "auto",  # "auto" (bf16 on GPU, off on CPU) | "bf16" | "off"
+        "activation_checkpointing": False,
+        "deterministic": True,
+        "stop_after": None,  # stop (and checkpoint) after this many optimizer steps; resume later
+        "log_every": 10,
+        "checkpoint_every": None,  # optimizer steps; a checkpoint is also written each epoch end
+        "eval_every_epoch": True,
+        "progress": True,
+        "threads": None,  # torch.set_num_threads on CPU; None leaves torch's choice
+    },
+    "eval": {
+        "batch_size": 16,
+        "max_new_tokens": 32,
+    },
+}
+
+OPEN_SECTIONS = ("model.options", "data.shapes")
+
+
+def _merge(base: dict, update: dict, prefix: str = "") -> dict:
+    for key, value in update.items():
+        path = f"{prefix}{key}"
+        open_section = any(path == s or path.startswith(s + ".") for s in OPEN_SECTIONS)
+        if key not in base and not open_section and not any(prefix.startswith(s + ".") for s in OPEN_SECTIONS):
+            raise KeyError(f"unknown config key {path!r}; known keys here: {sorted(base)}")
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value, path + ".")
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=3e-4"`` -> (["train", "lr"], 0.0003). The value is parsed as YAML."""
+    if "=" not in text:
+        raise ValueError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else None
+    # YAML 1.1 reads "1e-4" as a string; accept it as the float everyone means.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in "eE.") else value
+        except ValueError:
+            pass
+    return key.strip().split("."), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Defaults, then the YAML file at ``path``, then each ``key=value`` override."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        text = Path(path).read_text()
+        loaded = yaml.safe_load(text) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: the config must be a YAML mapping, got {type(loaded).__name__}")
+        _merge(cfg, _fix_floats(loaded))
+    for item in overrides:
+        keys, value = parse_override(item)
+        nested: Any = value
+        for k in reversed(keys):
+            nested = {k: nested}
+        _merge(cfg, nested)
+    _validate(cfg)
+    return cfg
+
+
+def _fix_floats(obj: Any) -> Any:
+    """YAML 1.1 (PyYAML) leaves ``1e-4`` a string; turn such strings into floats."""
+    if isinstance(obj, dict):
+        return {k: _fix_floats(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_fix_floats(v) for v in obj]
+    if isinstance(obj, str):
+        try:
+            return float(obj) if any(c in obj for c in "eE") and obj.strip()[0] in "0123456789.-+" else obj
+        except ValueError:
+            return obj
+    return obj
+
+
+def _validate(cfg: dict) -> None:
+    t = cfg["train"]
+    if cfg["data"]["on_error"] not in ("raise", "skip"):
+        raise ValueError(f"data.on_error must be 'raise' or 'skip', got {cfg['data']['on_error']!r}")
+    if t["amp"] not in ("auto", "bf16", "off"):
+        raise ValueError(f"train.amp must be 'auto', 'bf16' or 'off', got {t['amp']!r}")
+    if t["scheduler"] not in ("cosine", "constant"):
+        raise ValueError(f"train.scheduler must be 'cosine' or 'constant', got {t['scheduler']!r}")
+    for key in ("batch_size", "grad_accum", "epochs"):
+        if not isinstance(t[key], int) or t[key] < 1:
+            raise ValueError(f"train.{key} must be a positive integer, got {t[key]!r}")
+    if not isinstance(cfg["data"]["frames"], int) or cfg["data"]["frames"] < 1:
+        raise ValueError(f"data.frames must be a positive integer, got {cfg['data']['frames']!r}")
+
+
+def dump_config(cfg: dict, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False))
