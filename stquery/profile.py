@@ -112,6 +112,9 @@ FULL = Config()
 QUICK = Config(dtype="fp32", L=4, H=2, d=16, P=8, C=32, frames_total=32, batch=2, T=(4, 16),
                budget_ms=12.0, min_reps=3, max_reps=20, quick=True,
                cpu_threads=1)
+# The default on a machine without a GPU: the same sweeps at shapes a CPU finishes in minutes.
+CPU = Config(dtype="fp32", L=8, H=4, d=32, P=32, C=128, frames_total=256, batch=2,
+             T=(4, 8, 16, 32, 64, 128, 256), budget_ms=30.0, min_reps=3, max_reps=50)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1047,9 +1050,9 @@ def _names(allowed):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     case_names = ("temporal", "temporal-mix", "temporal-scale", "spatial", "topk", "st_pool")
-    p.add_argument("--quick", action="store_true", help="tiny float32 shapes and short timing: a sub-minute CPU run")
+    p.add_argument("--quick", action="store_true", help="tiny float32 shapes and short timing: a sub-minute CPU run (without it: GPU-sized shapes on a GPU, CPU-sized ones on a CPU)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default bf16 (fp32 with --quick)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default bf16 on a GPU, fp32 on CPU")
     p.add_argument("--T", type=_ints, default=None, help="frame counts, comma-separated (default 4,8,…,1024)")
     p.add_argument("--frames-total", type=int, default=None, help="B·T of the fixed-B·T sweep (default 2048)")
     p.add_argument("--batch", type=int, default=None, help="B of the fixed-B sweep (default 2)")
@@ -1082,8 +1085,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args) -> Config:
-    cfg = dataclasses.replace(QUICK if args.quick else FULL)
+def config_from_args(args, device: torch.device) -> Config:
+    cfg = dataclasses.replace(QUICK if args.quick else FULL if device.type == "cuda" else CPU)
     for name in ("L", "H", "d", "P", "C", "frames_total", "batch", "dtype", "T", "cases", "passes", "sweeps", "budget_ms"):
         value = getattr(args, name, None)
         if value is not None:
@@ -1105,10 +1108,7 @@ def run(args) -> int:
             print(f"stquery profile: --plot needs matplotlib (pip install matplotlib): {e}", file=sys.stderr)
             return 2
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    cfg = config_from_args(args)
-    if device.type == "cpu" and not args.quick and args.T is None and not args.from_json:
-        print("stquery profile: the default config is sized for a GPU (100 MB tensors, T up to 1024); "
-              "on CPU try --quick", file=sys.stderr)
+    cfg = config_from_args(args, device)
     t0 = time.perf_counter()
     if args.from_json:
         dev, cfg, rows, started = from_json(args.from_json)

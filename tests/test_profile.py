@@ -127,10 +127,12 @@ def test_register_adds_the_subcommand():
     profile.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["profile", "--quick", "--T", "4,16", "--cases", "topk", "--json"])
     assert args.func is profile.run
-    cfg = profile.config_from_args(args)
+    cfg = profile.config_from_args(args, torch.device("cpu"))
     assert cfg.T == (4, 16) and cfg.cases == ("topk",) and cfg.quick and args.json == "-"
-    full = profile.config_from_args(parser.parse_args(["profile"]))
+    full = profile.config_from_args(parser.parse_args(["profile"]), torch.device("cuda"))
     assert (full.dtype, full.L, full.H, full.d, full.frames_total) == ("bf16", 32, 12, 64, 2048)
     assert full.T == (4, 8, 16, 32, 64, 128, 256, 512, 1024)
+    on_cpu = profile.config_from_args(parser.parse_args(["profile"]), torch.device("cpu"))
+    assert on_cpu == profile.CPU and on_cpu.dtype == "fp32"
     with pytest.raises(SystemExit):
         parser.parse_args(["profile", "--cases", "nonsense"])
