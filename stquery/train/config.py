@@ -33,10 +33,21 @@ DEFAULTS: dict[str, Any] = {
         "shapes": None,  # moving-shapes generator options, see stquery.train.shapes
     },
     "model": {
-        "kind": "video_lmm",  # "video_lmm" | "shapes_classifier"
+        "kind": "video_lmm",  # "video_lmm" (the LLM head, default for real data) | "shapes_classifier"
         "temporal": True,
         "dar": False,
-        "options": {},  # passed to the model builder (sizes, LoRA rank, checkpoints ...)
+        # video_lmm only (stquery/train/lmm.py); all paths local, nothing is downloaded:
+        "instructblip": None,  # InstructBLIP directory (vision + Q-Former + projection + LLM)
+        "language_model": None,  # or: a causal LM directory (tokenizer_kind linvt / pool)
+        "vision_model": None,  # with language_model: a vision model directory (None: precomputed features)
+        "tokenizer_kind": "qformer",  # video tokenizer: "qformer" | "linvt" | "pool"
+        "tokenizer": None,  # LLM text tokenizer directory (default: instructblip / language_model)
+        "qformer_tokenizer": None,  # Q-Former tokenizer (default: <instructblip>/qformer_tokenizer)
+        "features_only": False,  # manifests hold precomputed features: drop the vision encoder
+        "drop_cls": None,  # drop each frame's first (CLS) token; None: the builder's choice
+        "dtype": None,  # None / "float32" | "bfloat16" | "float16" for the loaded checkpoints
+        "max_prompt_tokens": None,  # keep only the last N prompt tokens; None: all
+        "options": {},  # passed to the model builder (sizes, LoRA rank, video-tokenizer kwargs ...)
     },
     "train": {
         "epochs": 25,
@@ -139,6 +150,10 @@ def _validate(cfg: dict) -> None:
     for key in ("batch_size", "grad_accum", "epochs"):
         if not isinstance(t[key], int) or t[key] < 1:
             raise ValueError(f"train.{key} must be a positive integer, got {t[key]!r}")
+    if cfg["model"]["kind"] not in ("video_lmm", "shapes_classifier"):
+        raise ValueError(f"model.kind must be 'video_lmm' or 'shapes_classifier', got {cfg['model']['kind']!r}")
+    if cfg["model"]["tokenizer_kind"] not in ("qformer", "linvt", "pool"):
+        raise ValueError(f"model.tokenizer_kind must be 'qformer', 'linvt' or 'pool', got {cfg['model']['tokenizer_kind']!r}")
     if not isinstance(cfg["data"]["frames"], int) or cfg["data"]["frames"] < 1:
         raise ValueError(f"data.frames must be a positive integer, got {cfg['data']['frames']!r}")
 

@@ -1,19 +1,323 @@
-"""The LLM head (``model.kind: video_lmm``, SPEC §4.4) for the trainer: NOT WIRED YET.
+"""The LLM head (``model.kind: video_lmm``, SPEC §4.4 / §5) as a trainer task model.
 
-:class:`stquery.models.VideoLMM` exists (``forward(input_ids, attention_mask, labels, pixel_values=
-| frame_features=, qformer_input_ids=...)`` and ``generate``); what is missing here is the task
-wrapper: prompt building (context, question, lettered options, "Answer:"), LLM and Q-Former
-tokenisation (``AutoTokenizer`` from the local InstructBLIP directory and its
-``qformer_tokenizer``), answer-only labels (``VideoLMM.answer_labels``), left-padded generation and
-decoding for :func:`stquery.train.metrics.evaluate_predictions`. Until then this raises instead of
-training something else silently.
+:class:`LMMTask` wraps a :class:`stquery.models.VideoLMM` and its text tokenizer(s) so that the
+trainer can call ``forward(batch) -> loss`` and ``predict(batch) -> list[str]``.
+
+**Model** (config keys under ``model:``, all paths local; nothing is downloaded):
+
+- ``instructblip: DIR``: an ``InstructBlipForConditionalGeneration`` directory →
+  :meth:`VideoLMM.from_instructblip` with ``tokenizer_kind`` ``qformer`` (VideoQFormer over its
+  Q-Former and queries, its frozen ``language_projection``), ``linvt`` or ``pool`` (new trainable
+  ``Linear(Cv, K)``; CLS dropped);
+- or ``language_model: DIR`` (``AutoModelForCausalLM``, e.g. Vicuna) with ``tokenizer_kind``
+  ``linvt`` or ``pool`` and either ``vision_model: DIR`` (``AutoModel``; its ``.vision_model`` is
+  taken for CLIP/SigLIP/BLIP checkpoints) or precomputed features, whose width is then
+  ``model.options.visual_dim``. (``qformer`` needs the InstructBLIP Q-Former: use ``instructblip``.)
+- ``features_only: true`` drops the vision encoder (manifests with precomputed ``features``).
+- ``tokenizer: DIR``: the LLM's ``AutoTokenizer`` (default: the ``instructblip`` /
+  ``language_model`` directory); ``qformer_tokenizer: DIR``: the Q-Former's BERT tokenizer
+  (default ``<instructblip>/qformer_tokenizer`` when it exists; without one the Q-Former gets no
+  instruction text, only its queries).
+- ``temporal`` / ``dar`` go to the VideoQFormer; ``options`` are the video tokenizer's keyword
+  arguments (``lora_rank``, ``max_frames``, LinVT's ``k``, ``num_queries`` ...; ``visual_dim``
+  is taken out for the precomputed-feature width).
+- ``dtype``: ``float32`` (default), ``bfloat16`` or ``float16`` for the loaded checkpoints.
+- ``max_prompt_tokens``: keep only the last N prompt tokens (the question and options survive a
+  long context); None keeps all.
+
+**Prompt** (also the Q-Former's instruction text, as in InstructBLIP)::
+
+    {context}
+    Question: {question}
+    Options:
+    (A) {option 1}
+    (B) {option 2}
+    Answer:
+
+(the context and option lines only when present). The target is `` {answer}`` followed by the
+tokenizer's EOS; for multiple choice it is the option text (``parse_choice`` in
+:mod:`stquery.train.metrics` accepts the text or its letter). Labels are −100 everywhere except the
+answer and EOS tokens (:meth:`VideoLMM.answer_labels`). Training batches are right-padded;
+generation batches left-padded (the LLM continues right after each prompt). Predictions are the
+greedy continuation (``eval.max_new_tokens``), decoded without special tokens.
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 
-def build_lmm_task(cfg: dict):
-    raise NotImplementedError(
-        "model.kind=video_lmm: the trainer's LLM-head task wrapper (prompting, tokenisation, answer "
-        "labels, generation) is not implemented yet; stquery.models.VideoLMM itself is available. "
-        "Use model.kind=shapes_classifier for the moving-shapes demo."
-    )
+import torch
+from torch import nn
+
+DTYPES = {None: None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def build_prompt(record) -> str:
+    """Context, question, lettered options, "Answer:" (see the module docstring)."""
+    lines = []
+    if record.context:
+        lines.append(record.context.strip())
+    lines.append(f"Question: {record.question.strip()}")
+    if record.options:
+        lines.append("Options:")
+        lines += [f"({chr(ord('A') + i)}) {o}" for i, o in enumerate(record.options)]
+    lines.append("Answer:")
+    return "\n".join(lines)
+
+
+def _load_tokenizer(path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+class LMMTask(nn.Module):
+    """``forward(batch) -> loss``, ``predict(batch) -> answers`` over a :class:`VideoLMM`.
+
+    Args:
+        lmm: the video LMM.
+        tokenizer: the LLM's text tokenizer (``PreTrainedTokenizerBase``).
+        qformer_tokenizer: the Q-Former's tokenizer (VideoQFormer early fusion), or None.
+        max_new_tokens: generation length in :meth:`predict`.
+        max_prompt_tokens: keep only the last N prompt tokens (None: all).
+    """
+
+    def __init__(self, lmm, tokenizer, qformer_tokenizer=None, *, max_new_tokens: int = 32,
+                 max_prompt_tokens: int | None = None):
+        super().__init__()
+        from stquery.models import VideoQFormer
+
+        self.lmm = lmm
+        self.tokenizer = tokenizer
+        self.qformer_tokenizer = qformer_tokenizer if isinstance(lmm.video_tokenizer, VideoQFormer) else None
+        self.max_new_tokens = max_new_tokens
+        self.max_prompt_tokens = max_prompt_tokens
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+        self.pad_id = int(pad)
+        self.eos_id = tokenizer.eos_token_id
+        self.qformer_max_len = None
+        if self.qformer_tokenizer is not None:
+            qcfg = getattr(lmm.video_tokenizer.qformer, "config", None)
+            self.qformer_max_len = getattr(qcfg, "max_position_embeddings", None)
+        self.activation_checkpointing = False
+
+    # ------------------------------------------------------------------ tokenisation
+    def _truncate(self, ids: list[int]) -> list[int]:
+        if self.max_prompt_tokens and len(ids) > self.max_prompt_tokens:
+            keep_bos = self.tokenizer.bos_token_id is not None and ids[0] == self.tokenizer.bos_token_id
+            ids = ([ids[0]] if keep_bos else []) + ids[len(ids) - (self.max_prompt_tokens - int(keep_bos)):]
+        return ids
+
+    def _prompt_answer_ids(self, prompt: str, answer: str | None) -> tuple[list[int], list[int]]:
+        """Prompt ids (with BOS) and answer ids (with EOS). The answer is tokenised as it follows the
+        prompt (``prompt + " " + answer`` in one pass, split where the prompt's ids end), so that a
+        SentencePiece tokenizer does not add a spurious word-start token; if the joint ids do not
+        start with the prompt's, the answer is tokenised on its own."""
+        p = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        if answer is None:
+            return self._truncate(p), []
+        full = self.tokenizer(prompt + " " + answer.strip(), add_special_tokens=True)["input_ids"]
+        if self.eos_id is not None and full and full[-1] == self.eos_id:
+            full = full[:-1]  # tokenizers that append EOS themselves
+        a = full[len(p):] if full[:len(p)] == p and len(full) > len(p) else \
+            self.tokenizer(" " + answer.strip(), add_special_tokens=False)["input_ids"]
+        return self._truncate(p), a + ([self.eos_id] if self.eos_id is not None else [])
+
+    def encode(self, records, with_answers: bool):
+        """``(input_ids, attention_mask, labels | None)``; right-padded with answers, left-padded without."""
+        seqs, answer_masks = [], []
+        for r in records:
+            p, a = self._prompt_answer_ids(build_prompt(r), r.answer if with_answers else None)
+            seqs.append(p + a)
+            answer_masks.append([0] * len(p) + [1] * len(a))
+        n = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), n), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(seqs), n, dtype=torch.long)
+        amask = torch.zeros(len(seqs), n, dtype=torch.bool)
+        for i, (s, am) in enumerate(zip(seqs, answer_masks)):
+            sl = slice(0, len(s)) if with_answers else slice(n - len(s), n)
+            ids[i, sl] = torch.tensor(s)
+            mask[i, sl] = 1
+            amask[i, sl] = torch.tensor(am, dtype=torch.bool)
+        labels = self.lmm.answer_labels(ids, amask) if with_answers else None
+        return ids, mask, labels
+
+    def encode_qformer(self, records):
+        if self.qformer_tokenizer is None:
+            return None, None
+        kw = dict(padding=True, return_tensors="pt")
+        if self.qformer_max_len:
+            kw.update(truncation=True, max_length=self.qformer_max_len)
+        enc = self.qformer_tokenizer([build_prompt(r) for r in records], **kw)
+        return enc["input_ids"], enc["attention_mask"]
+
+    # ------------------------------------------------------------------ trainer interface
+    def _device(self) -> torch.device:
+        return next(self.lmm.parameters()).device
+
+    def _visual(self, batch: dict, device) -> dict:
+        # Features / pixels in the dtype the checkpoints were loaded in (model.dtype).
+        x = batch["visual"].to(device, dtype=next(self.lmm.video_tokenizer.parameters()).dtype)
+        key = "frame_features" if batch["visual_kind"] == "features" else "pixel_values"
+        if key == "pixel_values" and self.lmm.vision_model is None:
+            raise ValueError("this video_lmm has no vision encoder (model.features_only / no vision_model): "
+                             "the manifest must give precomputed 'features'")
+        return {key: x, "frame_lengths": batch["frame_lengths"].to(device)}
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """Checkpoint the frozen LLM's decoder layers (gradients still flow through them to the
+        visual tokens). VideoLMM keeps the LLM in eval mode, and transformers only checkpoints in
+        training mode, so the decoder layers' own ``training`` flag (not their submodules', hence
+        no dropout) is switched on in :meth:`forward`."""
+        lm = self.lmm.language_model
+        new_api = hasattr(lm, "activation_checkpointing_enable")  # transformers >= 5.x; the old name warns
+        if enabled:
+            if new_api:
+                lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        elif getattr(lm, "is_activation_checkpointing", getattr(lm, "is_gradient_checkpointing", False)):
+            (lm.activation_checkpointing_disable if new_api else lm.gradient_checkpointing_disable)()
+        self.activation_checkpointing = enabled
+
+    def _checkpoint_layers(self, on: bool) -> None:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        for m in self.lmm.language_model.modules():
+            if isinstance(m, GradientCheckpointingLayer):
+                m.training = on
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        records = batch["records"]
+        device = self._device()
+        ids, mask, labels = self.encode(records, with_answers=True)
+        qids, qmask = self.encode_qformer(records)
+        if qids is not None:
+            qids, qmask = qids.to(device), qmask.to(device)
+        ckpt = self.activation_checkpointing and self.training
+        if ckpt:
+            self._checkpoint_layers(True)
+        try:
+            out = self.lmm(ids.to(device), mask.to(device), labels.to(device), qformer_input_ids=qids,
+                           qformer_attention_mask=qmask, **self._visual(batch, device))
+        finally:
+            if ckpt:
+                self._checkpoint_layers(False)
+        return out.loss
+
+    @torch.no_grad()
+    def generate_ids(self, batch: dict, **kwargs) -> torch.Tensor:
+        records = batch["records"]
+        device = self._device()
+        ids, mask, _ = self.encode(records, with_answers=False)
+        qids, qmask = self.encode_qformer(records)
+        if qids is not None:
+            qids, qmask = qids.to(device), qmask.to(device)
+        kwargs.setdefault("max_new_tokens", self.max_new_tokens)
+        kwargs.setdefault("do_sample", False)
+        kwargs.setdefault("num_beams", 1)
+        kwargs.setdefault("pad_token_id", self.pad_id)
+        if self.eos_id is not None:
+            kwargs.setdefault("eos_token_id", self.eos_id)
+        return self.lmm.generate(ids.to(device), mask.to(device), qformer_input_ids=qids,
+                                 qformer_attention_mask=qmask, **self._visual(batch, device), **kwargs)
+
+    @torch.no_grad()
+    def predict(self, batch: dict) -> list[str]:
+        out = self.generate_ids(batch)
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Builder
+
+
+def _hidden_size(path) -> int:
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    return cfg.hidden_size
+
+
+def build_lmm(m: dict):
+    """The :class:`VideoLMM` of the ``model`` config section (see the module docstring)."""
+    from stquery.models import LinVTTokenizer, TemporalPoolAdapter, VideoLMM
+
+    kind = m["tokenizer_kind"]
+    if kind not in ("qformer", "linvt", "pool"):
+        raise ValueError(f"model.tokenizer_kind: expected qformer, linvt or pool, got {kind!r}")
+    if m["dtype"] not in DTYPES:
+        raise ValueError(f"model.dtype: expected one of float32, bfloat16, float16, got {m['dtype']!r}")
+    dtype = DTYPES[m["dtype"]]
+    kw = dict(m.get("options") or {})
+    visual_dim = kw.pop("visual_dim", None)
+    if kind == "qformer":
+        kw.setdefault("temporal", m["temporal"])
+        kw.setdefault("dar", m["dar"])
+    if m.get("instructblip") and m.get("language_model"):
+        raise ValueError("model: give either instructblip or language_model, not both")
+    if m.get("instructblip"):
+        lmm = VideoLMM.from_instructblip(str(m["instructblip"]), tokenizer=kind, dtype=dtype, tokenizer_kwargs=kw)
+        if m.get("drop_cls") is not None:
+            lmm.drop_cls = bool(m["drop_cls"])
+    elif m.get("language_model"):
+        if kind == "qformer":
+            raise ValueError("model.tokenizer_kind=qformer needs InstructBLIP's Q-Former: set model.instructblip "
+                             "(or use tokenizer_kind linvt / pool with model.language_model)")
+        K = _hidden_size(m["language_model"])
+        vision = None
+        if m.get("vision_model") and not m.get("features_only"):
+            from transformers import AutoModel
+
+            vision = AutoModel.from_pretrained(str(m["vision_model"]), local_files_only=True, dtype=dtype)
+            vision = getattr(vision, "vision_model", vision)
+            cv = vision.config.hidden_size
+        elif visual_dim:
+            cv = int(visual_dim)
+        else:
+            raise ValueError("model.language_model without a vision_model: set model.options.visual_dim "
+                             "(the width of the precomputed frame features)")
+        if kind == "linvt":
+            tok = LinVTTokenizer(cv, text_dim=K, **kw)
+            proj, proj_trainable = nn.Linear(cv, K), True
+        else:
+            tok = TemporalPoolAdapter(nn.Linear(cv, K), train_alignment=True, **kw)
+            proj, proj_trainable = None, False
+        if dtype is not None:
+            tok = tok.to(dtype)
+            proj = proj.to(dtype) if proj is not None else None
+        drop_cls = m.get("drop_cls")
+        lmm = VideoLMM.from_pretrained(
+            str(m["language_model"]), tok, projection=proj, vision_model=vision, dtype=dtype,
+            drop_cls=bool(drop_cls) if drop_cls is not None else vision is not None,
+            projection_trainable=proj_trainable,
+        )
+    else:
+        raise ValueError("model.kind=video_lmm needs model.instructblip (an InstructBLIP directory) or "
+                         "model.language_model (a causal LM directory)")
+    if m.get("features_only"):
+        lmm.vision_model = None  # precomputed features only: free the encoder
+    return lmm
+
+
+def build_lmm_task(cfg: dict) -> LMMTask:
+    m = cfg["model"]
+    lmm = build_lmm(m)
+    tok_path = m.get("tokenizer") or m.get("instructblip") or m.get("language_model")
+    tokenizer = _load_tokenizer(tok_path)
+    qtok = None
+    if m["tokenizer_kind"] == "qformer":
+        qpath = m.get("qformer_tokenizer")
+        if qpath is None and m.get("instructblip") and (Path(m["instructblip"]) / "qformer_tokenizer").is_dir():
+            qpath = Path(m["instructblip"]) / "qformer_tokenizer"
+        if qpath is not None:
+            qtok = _load_tokenizer(qpath)
+        else:
+            print("[stquery] no Q-Former tokenizer (model.qformer_tokenizer): the Q-Former gets its queries "
+                  "only, no instruction text", file=sys.stderr)
+    return LMMTask(lmm, tokenizer, qtok, max_new_tokens=cfg["eval"]["max_new_tokens"],
+                   max_prompt_tokens=m.get("max_prompt_tokens"))
