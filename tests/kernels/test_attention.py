@@ -1,0 +1,220 @@
+"""The Triton attention kernels (``kernels/attention.py``) against the torch reference.
+
+Every case runs the public op (``stq.attention`` / ``stq.temporal_attention``, ``backend="triton"``)
+forward and backward (``torch.autograd.grad`` for q, k, v and alpha) and compares with
+``stquery.ops.reference`` in float64. The bound is flash-attention's: the kernel's error against
+float64 must be at most 2x (3x for gradients) the error of the same reference run in the input
+dtype, plus a tiny absolute eps. Outputs and gradients are NaN-poisoned before every launch
+(``STQUERY_POISON=1``), so an element a kernel forgets to write fails.
+
+The cases combine the parameters pairwise rather than as a full product (the interpreter is
+slow): both ops, modes none/mix/scale, p = 1..4 over window/causal/dense, global tokens,
+key_padding, frame_lengths (including empty videos), T in {1, 3, 8, 17} (and > 64 for the looping
+kernels), L in {1, 5}, d in {16, 40, 64}, Nq != Nk, inputs whose only contiguous dim is the last,
+float32 and float16 (not bfloat16: the interpreter's bfloat16 arithmetic is wrong).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+import stquery as stq
+from stquery.ops import reference
+
+pytest.importorskip("triton")
+if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# Absolute slack, relative to the largest reference value. The reference computes in float32 even
+# for float16 inputs, so its "same dtype" error is only the final rounding (flash-attention's
+# reference multiplies in float16); the kernels round P and dS to float16 for the tensor-core
+# products, about one more float16 ulp of the result: eps = 1e-3 (~2 ulps). In float32 the
+# reference's error is ~1e-7 and the kernels' ~1e-6 (exp2/log2, reduction order): eps = 1e-5.
+EPS = {torch.float32: 1e-5, torch.float16: 1e-3}
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch):
+    monkeypatch.setenv("STQUERY_POISON", "1")
+    with np.errstate(all="ignore"):  # the interpreter evaluates both sides of tl.where
+        yield
+
+
+@dataclass(frozen=True)
+class Case:
+    op: str  # "spatial" | "temporal"
+    mode: str  # "none" | "mix" | "scale"
+    kinds: tuple = ()  # mask kinds, "window" | "causal" | "dense"
+    n: int = 8  # T (temporal) or Nq (spatial)
+    nk: int = 0  # Nk (spatial; 0 = Nq)
+    groups: int = 2  # B (temporal) or G (spatial)
+    L: int = 1
+    H: int = 2
+    d: int = 16
+    dtype: torch.dtype = torch.float32
+    glob: bool = False  # global tokens (0, 2)
+    pad: bool = False  # key_padding (spatial) / frame_lengths (temporal)
+    alpha: str = "full"  # "p" | "group" | "full": the broadcast shape of the routing weights
+
+    def __str__(self):
+        dt = {torch.float32: "fp32", torch.float16: "fp16"}[self.dtype]
+        size = f"T{self.n}L{self.L}" if self.op == "temporal" else f"N{self.n}x{self.nk or self.n}"
+        masks = "+".join(self.kinds) or "nomask"
+        extra = ("-glob" if self.glob else "") + ("-pad" if self.pad else "") + (f"-a{self.alpha}" if self.kinds else "")
+        return f"{self.op}-{self.mode}-{masks}-{size}-H{self.H}-d{self.d}-{dt}{extra}"
+
+
+T, S = "temporal", "spatial"
+CASES = [
+    # temporal, packed tiles (T <= 64)
+    Case(T, "none", n=1, L=1, d=16),
+    Case(T, "mix", ("window",), n=3, groups=3, L=5, d=40, dtype=torch.float16, pad=True, alpha="group"),
+    Case(T, "mix", ("window", "causal", "dense", "window"), n=8, groups=3, L=5, d=64, glob=True, pad=True),
+    Case(T, "scale", ("causal", "dense"), n=17, L=1, d=16, dtype=torch.float16),
+    Case(T, "scale", ("window", "window", "causal"), n=8, L=1, d=40, glob=True, pad=True, alpha="p"),
+    Case(T, "none", n=17, L=5, d=64, dtype=torch.float16, pad=True),
+    Case(T, "mix", ("dense", "dense"), n=3, L=1, d=64, alpha="p"),
+    Case(T, "mix", ("causal",), n=8, L=5, d=16, dtype=torch.float16, alpha="group"),
+    Case(T, "scale", ("window",), n=1, L=5, d=16, dtype=torch.float16, pad=True),
+    Case(T, "mix", ("causal", "window", "dense"), n=17, L=1, d=40, dtype=torch.float16, glob=True),
+    Case(T, "mix", ("causal", "window"), n=8, L=1, d=100, dtype=torch.float16, pad=True),
+    # temporal, looping kernels (T > 64)
+    Case(T, "mix", ("window", "causal"), n=70, groups=1, L=1, H=1, d=16, pad=True),
+    Case(T, "scale", ("window", "dense"), n=70, groups=1, L=1, H=1, d=16, dtype=torch.float16, glob=True),
+    Case(T, "none", n=66, groups=2, L=1, H=1, d=40, pad=True),
+    # spatial / cross, packed
+    Case(S, "none", n=9, groups=3, d=16, pad=True),
+    Case(S, "mix", ("window", "dense"), n=7, nk=13, d=40, dtype=torch.float16, alpha="group"),
+    Case(S, "scale", ("window", "causal", "dense"), n=12, d=64, glob=True, pad=True),
+    Case(S, "scale", ("dense",), n=5, nk=11, d=16, dtype=torch.float16, alpha="p"),
+    Case(S, "mix", ("window", "causal", "dense", "causal"), n=20, d=40, glob=True, pad=True),
+    Case(S, "none", n=30, nk=60, d=64),
+    Case(S, "scale", ("window", "dense"), n=40, d=128, dtype=torch.float16, glob=True),
+    Case(S, "none", n=20, nk=24, H=1, d=200, dtype=torch.float16),
+    # spatial / cross, looping kernels
+    Case(S, "mix", ("window", "dense"), n=70, nk=90, groups=1, H=1, d=16, pad=True),
+    Case(S, "scale", ("causal", "window", "dense", "window"), n=80, groups=1, H=1, d=16,
+         dtype=torch.float16, glob=True, pad=True),
+    Case(S, "none", n=67, nk=33, groups=2, H=1, d=16, dtype=torch.float16),
+]
+
+
+def _strided(shape, dtype, pad=3):
+    """Random values whose only contiguous dim is the last (a slice of a wider buffer)."""
+    *lead, d = shape
+    return torch.randn(*lead, d + pad, device=DEVICE).to(dtype)[..., :d]
+
+
+def _mask_set(case: Case, nq: int, nk: int) -> stq.MaskSet | None:
+    if not case.kinds:
+        return None
+    masks = []
+    for j, kind in enumerate(case.kinds):
+        if kind == "window":
+            masks.append(stq.masks.window((None, 1, 2)[j % 3]))
+        elif kind == "causal":
+            masks.append(stq.masks.causal((2, None)[j % 2]))
+        else:
+            masks.append(stq.masks.dense(torch.rand(nq, nk, device=DEVICE) > 0.6))
+    return stq.MaskSet(masks, global_tokens=(0, 2) if case.glob else None)
+
+
+def _inputs(case: Case):
+    """(args, kwargs, differentiable tensors) for the op of ``case``."""
+    p = len(case.kinds)
+    if case.op == T:
+        B, n = case.groups, case.n
+        q, k, v = (_strided((B * n, case.L, case.H, case.d), case.dtype) for _ in range(3))
+        groups = {"p": (p,), "group": (B, case.L, p), "full": (B, case.L, case.H, p)}[case.alpha]
+        masks = _mask_set(case, n, n)
+        kwargs = {}
+        if case.pad:  # partial, empty and full videos
+            lengths = [max(n - 1, 1), 0, n] * B if B > 1 else [max(n - 5, 1)]
+            kwargs["frame_lengths"] = torch.tensor(lengths[:B], device=DEVICE)
+        args = (q, k, v, n)
+    else:
+        G, nq, nk = case.groups, case.n, case.nk or case.n
+        q = _strided((G, nq, case.H, case.d), case.dtype)
+        k, v = (_strided((G, nk, case.H, case.d), case.dtype) for _ in range(2))
+        groups = {"p": (p,), "group": (G, p), "full": (G, case.H, p)}[case.alpha]
+        masks = _mask_set(case, nq, nk)
+        kwargs = {}
+        if case.pad:  # random padding, and group 0 with every key padded (rows with no visible key)
+            kp = torch.rand(G, nk, device=DEVICE) > 0.7
+            kp[0] = True if G > 1 else kp[0]
+            kwargs["key_padding"] = kp
+        args = (q, k, v)
+    kwargs["masks"] = masks
+    if masks is not None:
+        kwargs["alpha"] = (torch.rand(*groups, device=DEVICE) + 0.1).to(case.dtype)
+        kwargs["mode"] = case.mode
+    diff = [q, k, v] + ([kwargs["alpha"]] if masks is not None else [])
+    return args, kwargs, diff
+
+
+def _run(case: Case, fn, args, kwargs, diff, dtype, grad_out, **extra):
+    """Output and gradients of ``fn`` with every float input cast to ``dtype``."""
+    cast = [t.detach().to(dtype).requires_grad_() for t in diff]
+    it = iter(cast)
+    args = tuple(next(it) if isinstance(a, torch.Tensor) else a for a in args)
+    kwargs = dict(kwargs)
+    if "alpha" in kwargs:
+        kwargs["alpha"] = cast[3]
+    out = fn(*args, **kwargs, **extra)
+    grads = torch.autograd.grad(out, cast, grad_out.to(dtype))
+    return [out] + list(grads)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_matches_reference(case: Case):
+    args, kwargs, diff = _inputs(case)
+    public = stq.temporal_attention if case.op == T else stq.attention
+    naive = reference.temporal_attention if case.op == T else reference.attention
+    grad_out = _strided(args[0].shape, case.dtype)
+
+    got = _run(case, public, args, kwargs, diff, case.dtype, grad_out, backend="triton")
+    exact = _run(case, naive, args, kwargs, diff, torch.float64, grad_out)
+    same_dtype = _run(case, naive, args, kwargs, diff, case.dtype, grad_out)
+
+    names = ["out", "dq", "dk", "dv", "dalpha"]
+    for i, (g, e, r) in enumerate(zip(got, exact, same_dtype)):
+        assert g.shape == e.shape and g.dtype == case.dtype, names[i]
+        assert torch.isfinite(g).all(), f"{names[i]}: non-finite values"
+        err = (g.double() - e).abs().max().item()
+        ref_err = (r.double() - e).abs().max().item()
+        factor = 2 if i == 0 else 3
+        bound = factor * ref_err + EPS[case.dtype] * max(1.0, e.abs().max().item())
+        assert err <= bound, f"{names[i]}: error {err:.3g} > {factor} x reference error {ref_err:.3g} + eps"
+
+    if case.op == T and "frame_lengths" in kwargs:  # padded frames: output and gradients exactly 0
+        B, n = case.groups, case.n
+        padded = torch.arange(n, device=DEVICE)[None, :] >= kwargs["frame_lengths"][:, None]
+        padded = padded.reshape(B * n)
+        for name, t in zip(names, got[:4]):
+            assert (t[padded] == 0).all(), f"{name}: padded frames not zero"
+
+
+def test_supports_reasons():
+    from stquery.backends.base import AttnProblem
+    from stquery.kernels import attention as kernels
+
+    q = torch.randn(2, 4, 1, 16)
+    prob = AttnProblem(0, (0,) * 9, (1,) * 9, 0, 0, 1, 0.25)
+    reasons = kernels.supports(q, q, q, torch.ones(2, 1, 9), None, None, None, prob)
+    assert any("p=9" in r for r in reasons)
+    big = torch.randn(1, 4, 1, 300)
+    reasons = kernels.supports(big, big, big, None, None, None, None, AttnProblem(0, (), (), 0, 0, 0, 0.1))
+    assert any("d=300" in r for r in reasons)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        half = torch.randn(2, 4, 1, 16, dtype=torch.bfloat16)
+        reasons = kernels.supports(half, half, half, None, None, None, None, AttnProblem(0, (), (), 0, 0, 0, 0.1))
+        assert any("bfloat16" in r for r in reasons)
+    wide = torch.randn(1, 4, 1, 128)
+    reasons = kernels.supports(wide, wide, wide, None, None, None, None, AttnProblem(0, (), (), 0, 0, 0, 0.1))
+    assert any("float32" in r and "d=128" in r for r in reasons)
+    assert kernels.supports(q, q, q, None, None, None, None, AttnProblem(0, (), (), 0, 0, 0, 0.25)) == []

@@ -1,0 +1,24 @@
+"""Ahead-of-time compile of every configuration the top-k and pooling launchers can launch, for
+sm_90 and sm_80, on the CPU (no GPU needed): the compile must succeed (the interpreter accepts
+programs a GPU compile rejects) and no kernel may spill to local memory (``cuobjdump -res-usage``
+and STL/LDL in the SASS). The configurations come from ``aot_configs()`` in ``kernels/topk.py`` and
+``kernels/pool.py``: fp16/bf16/fp32 x every block config x every gate/pool specialisation.
+"""
+import pytest
+
+from .aot import format_table, measure_in_subprocess
+
+pytest.importorskip("triton")
+
+
+@pytest.mark.parametrize("module", ["kernels.topk", "kernels.pool"])
+def test_compiles_without_spills(module):
+    # "kernels.<op>" is importable from the repository root, which aot.py puts on PYTHONPATH,
+    # whether or not stquery is installed.
+    rows = measure_in_subprocess(module, "aot_configs", archs=(90, 80), jobs=2)
+    print("\n" + format_table(rows))
+    assert rows, "no configurations compiled"
+    spills = [f"{r['name']} sm_{r['arch']}: {r['spill_stores']} spill stores, "
+              f"{r['spill_loads']} spill loads, {r['local']} B local"
+              for r in rows if r["spill_stores"] or r["spill_loads"] or r["local"]]
+    assert not spills, "local-memory spills:\n" + "\n".join(spills)
