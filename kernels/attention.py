@@ -32,7 +32,9 @@ Modes (``s = scale * q.k``, all exponentials in base 2 with ``scale * log2(e)`` 
   longer rows: pass 1 (QK^T only) for ``m, l_j``, pass 2 for the output.
   Stats saved: ``lse_j = m + log2 l_j`` per row (``-inf`` for an empty mask row): O(N * p).
   Limitation of sharing one max: a mask whose every visible score lies more than ~87 nats
-  (the float32 exponent range) below the row's maximum underflows to a zero contribution (no NaN).
+  (the float32 exponent range) below the row's maximum underflows to a zero contribution in the
+  forward (the reference keeps its share). No NaN: ``alpha_j / l_j`` is clamped to the float32
+  range, and the backward re-bases on the masks' own statistics (see ``_mix_inverse_norms``).
 - SCALE (MTransLLaMA eq. 9): one flash pass on ``s * w``, ``w = sum_j alpha_j M_j``, keys with
   ``w <= 0`` excluded; stats = ``lse`` of ``s * w``.
 
@@ -78,6 +80,7 @@ _CAUSAL = tl.constexpr(CAUSAL)
 _DENSE = tl.constexpr(DENSE)
 _PP = tl.constexpr(MAX_MASKS)  # width of the per-row, per-mask statistics tiles
 _BIG = tl.constexpr(2 ** 30)
+_FMAX = tl.constexpr(3.0e38)  # alpha_j / l_j is clamped here: a tiny l_j must not make inf · 0
 
 # Runtime integers that must not be specialised (a new T, N, G, mask set never recompiles).
 _RUNTIME_INTS = ["n_seq", "L", "H", "Nq", "Nk", "seqs_per_prog", "n_blocks", "n_masks",
@@ -358,7 +361,7 @@ def _attn_fwd(
 
     m_fix = tl.where(m_i == float("-inf"), 0.0, m_i)
     # [BLOCK_M, PP] per-mask weight alpha_j / l_j (MIX, two passes)
-    coef = tl.where(l_mix > 0, b_alpha / l_mix, 0.0)
+    coef = tl.where(l_mix > 0, tl.minimum(tl.maximum(b_alpha / l_mix, -_FMAX), _FMAX), 0.0)
     for kb in range(n_kblocks):
         offs_n = kb * BLOCK_N + offs_nb
         sl_n, pos_n, in_n, ok_n, b_n, l_n, h_n = _key_rows(
@@ -385,7 +388,7 @@ def _attn_fwd(
                     has_j = _has(bits, j)
                     # [BLOCK_M]
                     l_j = tl.sum(tl.where(has_j, p, 0.0), axis=1)
-                    c_j = tl.where(l_j > 0, _col(b_alpha, offs_p, j) / l_j, 0.0)
+                    c_j = tl.where(l_j > 0, tl.minimum(tl.maximum(_col(b_alpha, offs_p, j) / l_j, -_FMAX), _FMAX), 0.0)
                     w += tl.where(has_j, c_j[:, None], 0.0)
                     l_mix += tl.where(offs_p[None, :] == j, l_j[:, None], 0.0)
             else:
@@ -438,11 +441,17 @@ def _store_dalpha_segments(dalpha_ptr, vals, sl_m, seq0, n_seq, seqs_per_prog, j
 
 @triton.jit
 def _mix_inverse_norms(lse):
-    """From ``lse_j = m + log2 l_j`` (``[BM, PP]``): a reference ``m_ref = max_j lse_j`` (>= every
-    visible score) and ``1 / l_j`` relative to it (0 for an empty mask row)."""
-    m_ref = tl.max(lse, axis=1)
-    m_ref = tl.where(m_ref == float("-inf"), 0.0, m_ref)
-    r = tl.where(lse > float("-inf"), tl.exp2(m_ref[:, None] - lse), 0.0)
+    """From ``lse_j = m + log2 l_j`` (``[BM, PP]``): a reference ``m_ref`` and ``r_j = 2^(m_ref -
+    lse_j)`` (0 for an empty mask row), so that ``P_j = 2^(s - m_ref) · r_j``.
+
+    ``m_ref = max_j lse_j`` (>= every visible score) unless the masks' lse spread exceeds 120
+    (log2 units): then ``m_ref = min_j lse_j + 120`` keeps every ``r_j`` finite (a mask whose
+    scores all sit far below the others' would otherwise overflow r_j and give inf · 0 = NaN)."""
+    m_hi = tl.max(lse, axis=1)
+    m_lo = tl.min(tl.where(lse > float("-inf"), lse, float("inf")), axis=1)
+    m_ref = tl.minimum(m_hi, m_lo + 120.0)
+    m_ref = tl.where(m_hi == float("-inf"), 0.0, m_ref)
+    r = tl.where(lse > float("-inf"), tl.exp2(tl.minimum(m_ref[:, None] - lse, 126.0)), 0.0)
     return m_ref, r
 
 
@@ -840,13 +849,15 @@ def _args(prefix, x, prob):
     return {f"{prefix}_{n}": s for n, s in zip("blhn", _strides(x, prob))}
 
 
-def _mask_descriptors(prob: AttnProblem) -> dict:
+def _mask_descriptors(prob: AttnProblem, n_max: int) -> dict:
+    """One int32 per mask: ``kind + 4 * (param + 1)``; a radius of at least ``n_max = max(Nq, Nk)``
+    bounds nothing and is sent as unbounded (-1), which keeps huge radii inside int32."""
     descs, n_dense = [], 0
     for kind, radius in zip(prob.kinds, prob.radii):
         if kind == DENSE:
             param, n_dense = n_dense, n_dense + 1
         else:
-            param = -1 if radius is None or radius < 0 else int(radius)
+            param = -1 if radius is None or radius < 0 or radius >= n_max else int(radius)
         descs.append(kind + 4 * (param + 1))
     descs += [0] * (MAX_MASKS - len(descs))
     return {f"m{j}": descs[j] for j in range(MAX_MASKS)}
@@ -877,7 +888,7 @@ def _common(q, k, alpha, dense, key_padding, frame_lengths, prob: AttnProblem) -
         skp_b=skp[0], skp_n=skp[1],
         n_seq=B * L * H, L=L, H=H, Nq=Nq, Nk=Nk, d=q.shape[-1],
         qk_scale=prob.scale * LOG2E, n_masks=prob.p if prob.mode != NONE else 0,
-        **_mask_descriptors(prob), g_start=gs, g_end=ge,
+        **_mask_descriptors(prob, max(Nq, Nk)), g_start=gs, g_end=ge,
         has_kpad=int(key_padding is not None), has_flen=int(frame_lengths is not None),
         MODE=prob.mode, BLOCK_D=_block_d(q.shape[-1]), PRECISION=_precision(q.dtype),
     )

@@ -249,7 +249,9 @@ def _gather_gate_kernel(x_ptr, stride_xb, stride_xn, scores_ptr, stride_sb, idx_
     if GATE != 0:
         # [BLOCK_K]
         s = tl.load(scores_ptr + pid_b * stride_sb + idx, mask=mask_k, other=0.0).to(tl.float32)
-        tile = tile * _gate(s, stats_ptr, pid_b, GATE)[:, None]
+        # rows past k must stay 0 for the pooling tree: exp(0 - m) overflows for very negative m
+        g = tl.where(mask_k, _gate(s, stats_ptr, pid_b, GATE), 0.0)
+        tile = tile * g[:, None]
     y_row = y_ptr + pid_b * stride_yb
     if POOL:
         _store_pooled(tile, y_row, stride_yk, pid_k, k, offs_c, mask_c, tab_ptr, n_scales,
@@ -293,7 +295,7 @@ def _gather_gate_bwd_kernel(grad_ptr, stride_gb, stride_gk, x_ptr, stride_xb, st
     pos = tl.load(pos_ptr + pid_b * N + offs_n, mask=mask_n, other=-1)
     sel = pos >= 0
     s = tl.load(scores_ptr + pid_b * stride_sb + offs_n, mask=sel, other=0.0).to(tl.float32)
-    g = _gate(s, stats_ptr, pid_b, GATE)
+    g = tl.where(sel, _gate(s, stats_ptr, pid_b, GATE), 0.0)  # unselected rows: 0, never 0 * inf
     dg = tl.zeros([BLOCK_N], dtype=tl.float32)
     rows_x = offs_n.to(tl.int64)[:, None] * stride_xn
     rows_d = offs_n.to(tl.int64)[:, None] * stride_dn

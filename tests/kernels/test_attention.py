@@ -15,6 +15,7 @@ float32 and float16 (not bfloat16: the interpreter's bfloat16 arithmetic is wron
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -218,3 +219,39 @@ def test_supports_reasons():
     reasons = kernels.supports(wide, wide, wide, None, None, None, None, AttnProblem(0, (), (), 0, 0, 0, 0.1))
     assert any("float32" in r and "d=128" in r for r in reasons)
     assert kernels.supports(q, q, q, None, None, None, None, AttnProblem(0, (), (), 0, 0, 0, 0.25)) == []
+
+
+def test_mix_with_a_mask_far_below_the_others_stays_finite():
+    """The diagonal mask's only score sits 86 nats below the global mask's: the backward must not
+    overflow its normaliser into inf · 0 = NaN (SPEC §1), and its share of dv stays right."""
+    N, d = 16, 32
+    gap = math.sqrt(124.5 * math.log(2))
+    q = torch.zeros(1, N, 1, d, device=DEVICE)
+    k = torch.zeros(1, N, 1, d, device=DEVICE)
+    idx = torch.arange(N, device=DEVICE)
+    q[0, idx, 0, idx + 1] = -gap
+    k[0, idx, 0, idx + 1] = gap
+    v = torch.randn(1, N, 1, d, device=DEVICE)
+    masks = stq.MaskSet([stq.masks.window(0), stq.masks.window(None)])
+    alpha = torch.tensor([0.5, 0.5], device=DEVICE)
+
+    def run(fn, dtype, **kw):
+        xs = [t.to(dtype).requires_grad_() for t in (q, k, v, alpha)]
+        out = fn(*xs[:3], masks=masks, alpha=xs[3], mode="mix", scale=1.0, **kw)
+        return [out, *torch.autograd.grad(out, xs, torch.ones_like(out))]
+
+    got = run(stq.attention, torch.float32, backend="triton")
+    want = run(reference.attention, torch.float64)
+    for name, g, w in zip(["out", "dq", "dk", "dv", "dalpha"], got, want):
+        assert torch.isfinite(g).all(), name
+    torch.testing.assert_close(got[3].double(), want[3], rtol=1e-4, atol=1e-4)  # dv: both masks' shares
+
+
+def test_radius_beyond_the_sequence_is_unbounded():
+    """A huge radius must neither overflow the int32 mask descriptor nor change the result."""
+    q, k, v = (torch.randn(2 * 5, 3, 2, 16, device=DEVICE) for _ in range(3))
+    for huge in (2 ** 29, 2 ** 40):
+        masks = stq.MaskSet([stq.masks.window(huge), stq.masks.causal(huge)])
+        got = stq.temporal_attention(q, k, v, 5, masks=masks, backend="triton")
+        want = reference.temporal_attention(q.double(), k.double(), v.double(), 5, masks=masks)
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)

@@ -6,7 +6,7 @@ import torch
 import stquery as stq
 from stquery.ops import reference as ref
 
-from .test_topk import DTYPES, _poison, assert_bounded, strided  # noqa: F401  (_poison: autouse)
+from .test_topk import DEVICE, DTYPES, _poison, assert_bounded, strided  # noqa: F401  (_poison: autouse)
 
 
 def check(fn, ref_fn, x, n_out):
@@ -55,5 +55,5 @@ def test_st_pool(shape, dtype):
 
 def test_st_pool_non_contiguous_frames():
     # x[:, ::2] (every other frame) and a patch slice: only the last dim is contiguous.
-    x = torch.randn(2, 6, 80, 24)[:, ::2, 5:75]
+    x = torch.randn(2, 6, 80, 24, device=DEVICE)[:, ::2, 5:75]
     check(lambda t: stq.st_pool(t, backend="triton"), ref.st_pool, x, 2)
