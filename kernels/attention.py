@@ -11,7 +11,8 @@ Every attention *sequence* is a triple ``(b, l, h)`` with rows ``n``; a row's ad
 
 Tiling. Sequences are numbered ``seq = (b * L + l) * H + h`` and laid out back to back: a tile row
 ``r`` of a program holds row ``r % N`` of sequence ``seq0 + r // N``. When a whole sequence fits in
-a tile (forward: T <= 64 for d <= 64 in 16-bit types; backward: T <= 32; see ``CONFIGS``) a
+a tile (forward: T <= 64 for d <= 64 in 16-bit types; backward: T <= 64 without masks, T <= 32
+with them; see ``CONFIGS``) a
 program packs ``BLOCK // N`` sequences into one tile and masks the
 scores block-diagonally (``seq(row) == seq(key)``): no tile is padded to 128 rows per sequence and
 the short-T case runs at memory bandwidth (one read of q/k/v, one write of o, all in one program;
@@ -786,13 +787,18 @@ CONFIGS = {
     "bwd_dkdv": {"half": {64: (64, 32, 8, 2), 128: (32, 64, 8, 2), 256: (32, 32, 8, 1)},
                  "fp32": {64: (16, 16, 4, 1)}},
 }
+# Plain attention (no masks) needs fewer registers: its backward packs T <= 64 at d <= 64 (the
+# routed modes spill at 64x64 and stay at 32x32, looping for T = 33..64).
+PLAIN_CONFIGS = {"bwd_one": {"half": {64: (64, 64, 8, 1)}}}
 # float32 (three TF32 products per dot) needs about twice the registers of float16: beyond
 # d = 64 no tile size we tried compiles without spills, so wider float32 heads are declined.
 MAX_HEAD_DIM_FP32 = 64
 
 
-def _config(kernel: str, dtype: torch.dtype, block_d: int):
-    return CONFIGS[kernel]["fp32" if dtype == torch.float32 else "half"][block_d]
+def _config(kernel: str, dtype: torch.dtype, block_d: int, mode: int):
+    group = "fp32" if dtype == torch.float32 else "half"
+    plain = PLAIN_CONFIGS.get(kernel, {}).get(group, {}) if mode == NONE else {}
+    return plain.get(block_d) or CONFIGS[kernel][group][block_d]
 
 
 _DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
@@ -967,12 +973,12 @@ def attention_fwd(q, k, v, alpha, dense, key_padding, frame_lengths, prob: AttnP
     if Nk == 0:
         return out.zero_(), stats.fill_(float("-inf"))
     bd = args["BLOCK_D"]
-    seqs = _packing(Nq, Nk, *_config("fwd_one", q.dtype, bd)[:2])
+    seqs = _packing(Nq, Nk, *_config("fwd_one", q.dtype, bd, prob.mode)[:2])
     if seqs:
-        block_m, block_n, warps, stages = _config("fwd_one", q.dtype, bd)
+        block_m, block_n, warps, stages = _config("fwd_one", q.dtype, bd, prob.mode)
         n_blocks, grid, one_block = 1, triton.cdiv(n_seq, seqs), True
     else:
-        block_m, block_n, warps, stages = _config("fwd_loop", q.dtype, bd)
+        block_m, block_n, warps, stages = _config("fwd_loop", q.dtype, bd, prob.mode)
         seqs, n_blocks, one_block = 1, triton.cdiv(Nq, block_m), False
         grid = n_blocks * n_seq
     _attn_fwd[(grid,)](
@@ -1004,9 +1010,9 @@ def attention_bwd(grad_out, q, k, v, out, stats, alpha, dense, key_padding, fram
                 torch.zeros_like(alpha) if routed else None)
     strides = dict(**_args("sq", q, prob), **_args("sk", k, prob), **_args("sv", v, prob),
                    **_args("sdo", grad_out, prob), **_args("ss", stats, prob))
-    seqs = _packing(Nq, Nk, *_config("bwd_one", q.dtype, bd)[:2])
+    seqs = _packing(Nq, Nk, *_config("bwd_one", q.dtype, bd, prob.mode)[:2])
     if seqs:
-        block_m, block_n, warps, stages = _config("bwd_one", q.dtype, bd)
+        block_m, block_n, warps, stages = _config("bwd_one", q.dtype, bd, prob.mode)
         dalpha = _empty((1, n_seq, n_masks), torch.float32, q.device) if routed else _dummy(q.device, torch.float32)
         _attn_bwd_one_block[(triton.cdiv(n_seq, seqs),)](
             q, k, v, grad_out, dq, dk, dv, stats, dalpha_ptr=dalpha, **strides,
@@ -1015,7 +1021,7 @@ def attention_bwd(grad_out, q, k, v, out, stats, alpha, dense, key_padding, fram
             BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages,
         )
     else:
-        block_m, block_n, warps, stages = _config("bwd_dq", q.dtype, bd)
+        block_m, block_n, warps, stages = _config("bwd_dq", q.dtype, bd, prob.mode)
         n_qblocks = triton.cdiv(Nq, block_m)
         delta = _empty(stats.shape, torch.float32, q.device)
         dalpha = (_empty((n_qblocks, n_seq, n_masks), torch.float32, q.device) if routed
@@ -1026,7 +1032,7 @@ def attention_bwd(grad_out, q, k, v, out, stats, alpha, dense, key_padding, fram
             seqs_per_prog=1, n_blocks=n_qblocks, scale=prob.scale,
             BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages,
         )
-        block_m, block_n, warps, stages = _config("bwd_dkdv", q.dtype, bd)
+        block_m, block_n, warps, stages = _config("bwd_dkdv", q.dtype, bd, prob.mode)
         n_kblocks = triton.cdiv(Nk, block_n)
         _attn_bwd_dkdv[(n_kblocks * n_seq,)](
             q, k, v, grad_out, dk, dv, stats, delta, **strides,
@@ -1082,8 +1088,8 @@ def aot_configs() -> list[dict]:
     for torch_dtype, dtype in _DTYPES.items():
         for mode_name, mode in (("none", NONE), ("mix", MIX), ("scale", SCALE)):
             for kname, fn, extra in kernels:
-                for bd, (block_m, block_n, warps, stages) in CONFIGS[kname][
-                        "fp32" if torch_dtype == torch.float32 else "half"].items():
+                for bd in CONFIGS[kname]["fp32" if torch_dtype == torch.float32 else "half"]:
+                    block_m, block_n, warps, stages = _config(kname, torch_dtype, bd, mode)
                     constexprs = dict(MODE=mode, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=bd,
                                       PRECISION=_precision(torch_dtype), **extra)
                     sig = _signature(fn, dtype, constexprs)

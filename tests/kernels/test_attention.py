@@ -79,6 +79,7 @@ CASES = [
     Case(T, "scale", ("causal", "dense"), n=17, L=1, d=16, dtype=torch.float16),
     Case(T, "scale", ("window", "window", "causal"), n=8, L=1, d=40, glob=True, pad=True, alpha="p"),
     Case(T, "none", n=17, L=5, d=64, dtype=torch.float16, pad=True),
+    Case(T, "none", n=40, groups=2, L=2, d=64, dtype=torch.float16, pad=True),  # plain bwd packs T <= 64
     Case(T, "mix", ("dense", "dense"), n=3, L=1, d=64, alpha="p"),
     Case(T, "mix", ("causal",), n=8, L=5, d=16, dtype=torch.float16, alpha="group"),
     Case(T, "scale", ("window",), n=1, L=5, d=16, dtype=torch.float16, pad=True),
