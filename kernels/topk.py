@@ -35,6 +35,7 @@ RADIX_BITS = 8
 NUM_PASSES = 32 // RADIX_BITS
 # Launch configurations. The AOT test (tests/kernels/test_topk_aot.py) compiles every entry.
 SELECT_CONFIG = dict(BLOCK_N=2048, BLOCK_CH=256, num_warps=8)
+RANK_MAX_K = 8192  # order="score": the O(k^2) rank kernel up to here, a stable sort beyond
 RANK_CONFIG = dict(BLOCK_I=64, BLOCK_J=64, num_warps=4)
 STATS_CONFIG = dict(BLOCK_K=1024, num_warps=4)
 GATHER_CONFIG = dict(BLOCK_K=32, BLOCK_C=128, num_warps=8)
@@ -404,11 +405,16 @@ def topk_select(scores: torch.Tensor, k: int, order: str) -> torch.Tensor:
     _select_write_kernel[grid](scores, scores.stride(0), hist, counts, time_idx,
                                time_idx.stride(0), N, k, BLOCK_N=bn, BLOCK_CH=cfg["BLOCK_CH"],
                                BITS=RADIX_BITS, num_warps=cfg["num_warps"])
-    if order == "score":
+    if order == "score" and k <= RANK_MAX_K:
         rc = RANK_CONFIG
         _score_rank_kernel[(triton.cdiv(k, rc["BLOCK_I"]), B)](
             scores, scores.stride(0), time_idx, idx, idx.stride(0), k, BLOCK_I=rc["BLOCK_I"],
             BLOCK_J=rc["BLOCK_J"], num_warps=rc["num_warps"])
+    elif order == "score":
+        # The rank kernel is O(k^2); beyond RANK_MAX_K a stable sort of the k selected scores
+        # (already in index order, so equal scores stay lowest index first) is cheaper.
+        perm = torch.sort(scores.gather(1, time_idx), dim=1, descending=True, stable=True).indices
+        torch.gather(time_idx, 1, perm, out=idx)
     return idx
 
 

@@ -107,6 +107,16 @@ def test_select_matches_reference(kind, N, k, order, dtype):
     assert torch.equal(idx, ref.select(scores, k, order))
 
 
+@pytest.mark.parametrize("kind", ("ties", "signed_zeros", "random"))
+def test_score_order_beyond_the_rank_kernel(kind, monkeypatch):
+    """Past RANK_MAX_K, score order comes from a stable sort of the selected scores."""
+    monkeypatch.setattr(topk_kernels, "RANK_MAX_K", 16)
+    scores = _scores(kind, 2, 301, torch.float32)
+    x = strided(2, 301, 2, dtype=torch.float32)
+    _, idx = stq.topk_tokens(x, scores, 150, order="score", backend="triton")
+    assert torch.equal(idx, ref.select(scores, 150, "score"))
+
+
 def test_select_is_deterministic():
     scores = _scores("ties", 2, 3000, torch.float32)
     first = topk_kernels.topk_select(scores, 1500, "score")
