@@ -209,8 +209,10 @@ class LinVTTokenizer(nn.Module):
         B, M, C = q.shape
         n, Ha = y.shape[1], self.agg_heads
         da = C // Ha
-        qa = self.agg_q(q)[:, :, None].expand(B, M, Ha, da)  # same logits in every head
-        ka = self.agg_k(y)[:, :, None].expand(B, n, Ha, da)
+        # the weights follow the raw tokens' dtype (under autocast the projections come out in
+        # bf16 while y stays float32): the output stays a full-precision combination of y
+        qa = self.agg_q(q).to(y.dtype)[:, :, None].expand(B, M, Ha, da)  # same logits in every head
+        ka = self.agg_k(y).to(y.dtype)[:, :, None].expand(B, n, Ha, da)
         v = y.reshape(B, n, Ha, da)  # channel groups of the raw tokens
         return stq.attention(qa, ka, v).reshape(B, M, C)
 

@@ -29,6 +29,18 @@ def test_output_shape():
     assert model(feats).shape == out.shape  # text is optional
 
 
+def test_runs_under_bf16_autocast():
+    """GPU training runs under bf16 autocast: the projections come out in bf16, the raw tokens
+    don't, and the attention ops need one dtype."""
+    model = _model()
+    feats, text, text_mask = _inputs()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(feats, text, text_mask)
+    out.float().sum().backward()
+    assert out.shape == (B, sum(QUERIES), C) and torch.isfinite(out).all()
+    assert model.score_head.weight.grad is not None
+
+
 def test_selection_keeps_temporal_order_and_gates_raw_tokens():
     model = _model()
     feats, _, _ = _inputs()
