@@ -167,6 +167,24 @@ class VideoLMM(nn.Module):
             self.vision_model.eval()
         return self
 
+    def keep_trainable_float32(self) -> "VideoLMM":
+        """Trainable weights in float32 while the frozen LLM / vision encoder stay in their (low)
+        dtype: :meth:`VideoQFormer.keep_trainable_float32`; a LinVT / pooling tokenizer (new modules)
+        wholly float32; a trainable projection float32. :meth:`forward` casts at the boundaries."""
+        tok = self.video_tokenizer
+        if isinstance(tok, VideoQFormer):
+            tok.keep_trainable_float32()
+        else:
+            tok.float()
+        if any(p.requires_grad for p in self.projection.parameters()):
+            self.projection.float()
+        return self
+
+    def _tokenizer_dtype(self) -> torch.dtype:
+        """The dtype the video tokenizer takes its frame features in."""
+        tok = self.video_tokenizer
+        return next((tok.qformer if isinstance(tok, VideoQFormer) else tok).parameters()).dtype
+
     def encode_frames(self, pixel_values: Tensor) -> Tensor:
         """``[B, T, 3, H, W]`` → frame tokens ``[B, T, N, Cv]`` with the frozen vision model."""
         if self.vision_model is None:
@@ -191,6 +209,7 @@ class VideoLMM(nn.Module):
             frame_features = self.encode_frames(pixel_values)
         if self.drop_cls:
             frame_features = frame_features[:, :, 1:]
+        frame_features = frame_features.to(self._tokenizer_dtype())
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         embed = self.language_model.get_input_embeddings()
@@ -209,7 +228,8 @@ class VideoLMM(nn.Module):
             )
         else:
             vis, vis_mask = tok.visual_tokens(frame_features, frame_lengths)
-        vis = self.projection(vis).to(text.dtype)  # [B, M, K]
+        proj = next(self.projection.parameters(), None)
+        vis = self.projection(vis if proj is None else vis.to(proj.dtype)).to(text.dtype)  # [B, M, K]
         M = vis.shape[1]
         inputs_embeds = torch.cat([vis, text], dim=1)
         mask = torch.cat([vis_mask.to(attention_mask.dtype), attention_mask], dim=1)

@@ -18,6 +18,12 @@ import stquery as stq
 from .common import LoRA, Router, frame_validity, freeze, grid_neighbourhood_masks, masked_mean, parameter_counts
 
 
+def _run(module: nn.Module, x: Tensor) -> Tensor:
+    """``module(x)`` with ``x`` cast to the module's parameter dtype (float32 adapters on a
+    bfloat16 Q-Former: :meth:`VideoQFormer.keep_trainable_float32`)."""
+    return module(x.to(next(module.parameters()).dtype))
+
+
 class _LayerAdapters(nn.Module):
     """The trainable additions of one Q-Former layer: LoRA on Wq/Wv (spatial and temporal sets) and routers."""
 
@@ -133,6 +139,15 @@ class VideoQFormer(nn.Module):
         self.e_s = nn.Parameter(torch.zeros(L, D, device=ref.device, dtype=ref.dtype))  # [L, D]
         self._mask_cache: dict = {}
 
+    def keep_trainable_float32(self) -> "VideoQFormer":
+        """Trainable parts (LoRA, routers, ``e_t``, ``e_s``) in float32 whatever the frozen Q-Former's
+        dtype: with a bfloat16 / float16 Q-Former the optimizer then updates float32 weights (updates
+        of ~1e-4 do not round away); activations are cast at the adapters' boundaries."""
+        self.adapters.float()
+        for name in ("e_t", "e_s"):
+            getattr(self, name).data = getattr(self, name).data.float()
+        return self
+
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_qformer(cls, qformer: nn.Module, query_tokens: Tensor, **kwargs) -> "VideoQFormer":
@@ -211,9 +226,9 @@ class VideoQFormer(nn.Module):
         q = mha.query(hidden)
         v = mha.value(src)
         if lora_q is not None:
-            q = q + lora_q(hidden)
+            q = q + _run(lora_q, hidden).to(q.dtype)
         if lora_v is not None:
-            v = v + lora_v(src)
+            v = v + _run(lora_v, src).to(v.dtype)
         q = q.view(G, N, H, d)
         k = mha.key(src).view(G, src.shape[1], H, d)
         v = v.view(G, src.shape[1], H, d)
@@ -260,6 +275,7 @@ class VideoQFormer(nn.Module):
 
         queries = self.query_tokens[0] + self.e_s  # [L, D]
         queries = (queries[None] + self.e_t[:T, None]).expand(B, T, L, D)  # [B, T, L, D]
+        queries = queries.to(emb.layernorm.weight.dtype)  # float32 e_t / e_s on a low-precision Q-Former
         n = 0 if input_ids is None else input_ids.shape[1]
         key_padding = None
         if n:
@@ -285,7 +301,7 @@ class VideoQFormer(nn.Module):
             alpha = None
             if ad.router_spatial is not None:
                 tok_valid = None if key_padding is None else ~key_padding[:, :, None]
-                alpha = ad.router_spatial(masked_mean(x, tok_valid, dim=1))  # [B*T, p]
+                alpha = _run(ad.router_spatial, masked_mean(x, tok_valid, dim=1)).to(x.dtype)  # [B*T, p]
             x = self._attend(
                 layer.attention, x, ad.lora_q_spatial, ad.lora_v_spatial,
                 masks=spatial_masks, alpha=alpha, key_padding=key_padding,
@@ -296,14 +312,14 @@ class VideoQFormer(nn.Module):
                 masks = alpha = None
                 if ad.router_cross is not None:
                     masks = self._cross_maskset(Nv, x.device)
-                    alpha = ad.router_cross(q.mean(dim=1))  # [B*T, p]
+                    alpha = _run(ad.router_cross, q.mean(dim=1)).to(q.dtype)  # [B*T, p]
                 q = self._attend(layer.crossattention, q, None, None, context=vis, masks=masks, alpha=alpha)
             # 3. temporal self-attention, same Wq/Wk/Wv/dense/LayerNorm as step 1 (eq. 7)
             if self.temporal:
                 alpha = None
                 if ad.router_temporal is not None:
                     pooled = masked_mean(q.view(B, T, L, D), None if valid is None else valid[:, :, None, None], dim=1)
-                    alpha = ad.router_temporal(pooled)  # [B, L, p]
+                    alpha = _run(ad.router_temporal, pooled).to(q.dtype)  # [B, L, p]
                 q = self._attend(
                     layer.attention, q, ad.lora_q_temporal, ad.lora_v_temporal, frames=T,
                     masks=self.temporal_masks, alpha=alpha, frame_lengths=frame_lengths_op,

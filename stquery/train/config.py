@@ -45,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
         "qformer_tokenizer": None,  # Q-Former tokenizer (default: <instructblip>/qformer_tokenizer)
         "features_only": False,  # manifests hold precomputed features: drop the vision encoder
         "drop_cls": None,  # drop each frame's first (CLS) token; None: the builder's choice
-        "dtype": None,  # None / "float32" | "bfloat16" | "float16" for the loaded checkpoints
+        "dtype": None,  # None / "float32" | "bfloat16" | "float16" for the frozen checkpoints (trainable weights stay float32; training rejects float16)
         "max_prompt_tokens": None,  # keep only the last N prompt tokens; None: all
         "options": {},  # passed to the model builder (sizes, LoRA rank, video-tokenizer kwargs ...)
     },
@@ -62,7 +62,7 @@ DEFAULTS: dict[str, Any] = {
         "amp": "auto",  # "auto" (bf16 on GPU, off on CPU) | "bf16" | "off"
         "activation_checkpointing": False,
         "deterministic": True,
-        "stop_after": None,  # stop (and checkpoint) after this many optimizer steps; resume later
+        "stop_after": None,  # absolute step: a run starting before it stops (and checkpoints) there; ignored on a --resume at/after it
         "log_every": 10,
         "checkpoint_every": None,  # optimizer steps; a checkpoint is also written each epoch end
         "eval_every_epoch": True,

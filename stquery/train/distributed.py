@@ -67,6 +67,15 @@ def total(info: DistInfo, value: float) -> float:
     return float(t.item())
 
 
+def totals(info: DistInfo, values: list[float]) -> list[float]:
+    """Sums over ranks of several numbers, in one all-reduce."""
+    if not info.enabled:
+        return [float(v) for v in values]
+    t = torch.tensor(values, dtype=torch.float64, device=info.device if info.device.type == "cuda" else "cpu")
+    dist.all_reduce(t)
+    return t.tolist()
+
+
 def gather_objects(info: DistInfo, obj) -> list:
     if not info.enabled:
         return [obj]

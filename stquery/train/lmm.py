@@ -21,7 +21,10 @@ trainer can call ``forward(batch) -> loss`` and ``predict(batch) -> list[str]``.
 - ``temporal`` / ``dar`` go to the VideoQFormer; ``options`` are the video tokenizer's keyword
   arguments (``lora_rank``, ``max_frames``, LinVT's ``k``, ``num_queries`` ...; ``visual_dim``
   is taken out for the precomputed-feature width).
-- ``dtype``: ``float32`` (default), ``bfloat16`` or ``float16`` for the loaded checkpoints.
+- ``dtype``: ``float32`` (default), ``bfloat16`` or ``float16`` for the loaded (frozen) checkpoints;
+  the trainable weights stay float32 whatever it is (:meth:`VideoLMM.keep_trainable_float32`).
+  Training rejects ``float16`` (no loss scaling: small gradients would underflow); it is for
+  evaluation.
 - ``max_prompt_tokens``: keep only the last N prompt tokens (the question and options survive a
   long context); None keeps all.
 
@@ -91,6 +94,10 @@ class LMMTask(nn.Module):
         self.lmm = lmm
         self.tokenizer = tokenizer
         self.qformer_tokenizer = qformer_tokenizer if isinstance(lmm.video_tokenizer, VideoQFormer) else None
+        if self.qformer_tokenizer is not None:
+            # Too long an instruction loses its beginning (the context), never the question, options
+            # and "Answer:" at its end, as in the LLM prompt (max_prompt_tokens).
+            self.qformer_tokenizer.truncation_side = "left"
         self.max_new_tokens = max_new_tokens
         self.max_prompt_tokens = max_prompt_tokens
         pad = tokenizer.pad_token_id
@@ -159,12 +166,14 @@ class LMMTask(nn.Module):
         return next(self.lmm.parameters()).device
 
     def _visual(self, batch: dict, device) -> dict:
-        # Features / pixels in the dtype the checkpoints were loaded in (model.dtype).
-        x = batch["visual"].to(device, dtype=next(self.lmm.video_tokenizer.parameters()).dtype)
+        # Pixels in the vision encoder's dtype (model.dtype); features as they are (VideoLMM casts
+        # them to the video tokenizer's dtype).
         key = "frame_features" if batch["visual_kind"] == "features" else "pixel_values"
         if key == "pixel_values" and self.lmm.vision_model is None:
             raise ValueError("this video_lmm has no vision encoder (model.features_only / no vision_model): "
                              "the manifest must give precomputed 'features'")
+        dtype = next(self.lmm.vision_model.parameters()).dtype if key == "pixel_values" else None
+        x = batch["visual"].to(device, dtype=dtype)
         return {key: x, "frame_lengths": batch["frame_lengths"].to(device)}
 
     def set_activation_checkpointing(self, enabled: bool) -> None:
@@ -190,8 +199,23 @@ class LMMTask(nn.Module):
             if isinstance(m, GradientCheckpointingLayer):
                 m.training = on
 
-    def forward(self, batch: dict) -> torch.Tensor:
+    supports_sum_reduction = True  # the trainer normalises by the answer tokens of the whole optimizer step
+
+    def forward(self, batch: dict, reduction: str = "mean"):
+        """``reduction="mean"``: the mean cross-entropy over the batch's answer tokens (a scalar).
+        ``"sum"``: ``(summed cross-entropy, number of answer tokens)``; the trainer divides by the
+        answer tokens of the whole optimizer step (all accumulation steps and ranks), so that the
+        gradient does not depend on how the global batch is split (like transformers'
+        ``num_items_in_batch``). A batch with no records gives a zero loss connected to every
+        trainable parameter (and 0 tokens)."""
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
         records = batch["records"]
+        if not records:
+            from .tasks import zero_loss
+
+            zero = zero_loss(self)
+            return (zero, 0) if reduction == "sum" else zero
         device = self._device()
         ids, mask, labels = self.encode(records, with_answers=True)
         qids, qmask = self.encode_qformer(records)
@@ -201,12 +225,20 @@ class LMMTask(nn.Module):
         if ckpt:
             self._checkpoint_layers(True)
         try:
-            out = self.lmm(ids.to(device), mask.to(device), labels.to(device), qformer_input_ids=qids,
+            out = self.lmm(ids.to(device), mask.to(device), None, qformer_input_ids=qids,
                            qformer_attention_mask=qmask, **self._visual(batch, device))
         finally:
             if ckpt:
                 self._checkpoint_layers(False)
-        return out.loss
+        # Next-token cross-entropy on the answer tokens (the logits cover [visual tokens; text]).
+        logits = out.logits[:, out.visual_tokens:-1].float()
+        target = labels[:, 1:].to(logits.device)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                 ignore_index=-100, reduction="sum")
+        count = int((target != -100).sum())
+        if reduction == "sum":
+            return loss, count
+        return loss / max(count, 1)
 
     @torch.no_grad()
     def generate_ids(self, batch: dict, **kwargs) -> torch.Tensor:
@@ -301,6 +333,10 @@ def build_lmm(m: dict):
                          "model.language_model (a causal LM directory)")
     if m.get("features_only"):
         lmm.vision_model = None  # precomputed features only: free the encoder
+    if dtype in (torch.bfloat16, torch.float16):
+        # Frozen parts in model.dtype, trainable ones (LoRA, routers, e_t, e_s, new projections)
+        # in float32: the optimizer's updates do not round away (no separate master copy needed).
+        lmm.keep_trainable_float32()
     return lmm
 
 

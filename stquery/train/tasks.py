@@ -1,6 +1,11 @@
 """Task models: what the trainer trains. A task model is an ``nn.Module`` with
 
-- ``forward(batch) -> loss`` (a scalar tensor; ``batch`` from :func:`stquery.train.data.collate`),
+- ``forward(batch) -> loss`` (a scalar tensor, the mean over the batch's clips; ``batch`` from
+  :func:`stquery.train.data.collate`; a batch with no records, all skipped, must give a zero loss
+  connected to every trainable parameter: :func:`zero_loss`),
+- optionally ``supports_sum_reduction = True`` and ``forward(batch, reduction="sum") -> (summed
+  loss, item count)``: the trainer then divides by the item count of the whole optimizer step over
+  all accumulation steps and ranks (e.g. answer tokens, :class:`stquery.train.lmm.LMMTask`),
 - ``predict(batch) -> list[str]`` (one answer per record),
 - optionally ``set_activation_checkpointing(bool)``.
 
@@ -16,6 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+
+def zero_loss(module: nn.Module) -> torch.Tensor:
+    """``0 * sum(trainable params)``: a loss whose backward gives every trainable parameter a zero
+    gradient (for a micro-batch with no records; DDP then all-reduces as on every other rank)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    return sum(p.float().sum() for p in params) * 0.0
 
 
 class HashTokenizer:
@@ -124,6 +136,10 @@ class ShapesClassifier(nn.Module):
         return logits.masked_fill(~self._option_mask(records).to(device), float("-inf"))
 
     def forward(self, batch: dict) -> torch.Tensor:
+        if not batch["records"]:
+            # Every clip of the micro-batch was skipped (data.on_error: skip): a zero loss connected to
+            # every trainable parameter, so that under DDP this rank still joins the gradient all-reduce.
+            return zero_loss(self)
         targets = torch.tensor([self.label_index[r.answer] for r in batch["records"]], device=self.head.weight.device)
         return F.cross_entropy(self.logits(batch), targets)
 

@@ -4,7 +4,16 @@ Batching. ``train.batch_size`` is the **global** batch of one optimizer step, ov
 accumulation steps; each rank runs ``grad_accum`` micro-batches of ``batch_size / (world ×
 grad_accum)`` clips. Each micro-batch loss is a mean over its clips and is divided by
 ``grad_accum``; DDP averages over ranks, so the gradient is the mean over the global batch whatever
-the split. Hence the same loss curve for 1 process or N (to float rounding).
+the split (micro-batches are equal-sized). Hence the same loss curve for 1 process or N (to float
+rounding). Task models with ``supports_sum_reduction`` (the LLM head: a token loss) instead return
+the summed loss and its item count (answer tokens); the gradient is divided by the item count of
+the whole step, all-reduced over ranks (transformers' ``num_items_in_batch``), so it is the mean
+over the global batch's answer tokens whatever the split. A micro-batch whose clips were all
+skipped still runs through the (DDP) model, which returns a zero loss connected to every trainable
+parameter, so the all-reduce stays in step; it is left out of the logged loss.
+
+``train.stop_after``: an absolute optimizer step; a run that starts before it stops (and
+checkpoints) there; a run resumed at or after it ignores it and goes on to the end.
 
 Determinism. Everything random is seeded from ``seed`` (model init, data order per epoch:
 ``seed, epoch``); ``train.deterministic`` turns on ``torch.use_deterministic_algorithms``. A
@@ -18,8 +27,9 @@ BLIP-2 / LAVIS grouping). Linear warm-up, then cosine decay to 0 (or constant).
 
 Log. ``OUTPUT/metrics.jsonl`` (rank 0): one JSON object per line: ``{"event": "train", "step",
 "epoch", "loss", "lr", "clips_per_s"}`` every ``log_every`` steps, ``{"event": "eval", ...metrics}``
-each epoch, ``{"event": "skipped", "where", "reason", "split"}`` for each bad record dropped under
-``data.on_error: skip`` and ``{"event": "skip_summary", "split", "count"}``.
+each epoch, ``{"event": "skipped", "where", "reason", "split", "rank"}`` for each bad record dropped under
+``data.on_error: skip`` (training skips of every rank are gathered to rank 0 at each log point and
+epoch end) and ``{"event": "skip_summary", "split", "count"}`` (over all ranks).
 """
 from __future__ import annotations
 
@@ -162,6 +172,9 @@ def train(cfg: dict, resume: str | Path | None = None) -> dict:
 
 def _train(cfg: dict, resume, info: D.DistInfo) -> dict:
     t = cfg["train"]
+    if cfg["model"].get("kind") == "video_lmm" and str(cfg["model"].get("dtype")) in ("float16", "fp16"):
+        raise ValueError("model.dtype float16: training has no loss scaling (GradScaler), so small gradients "
+                         "underflow; train with bfloat16 or float32 (float16 is fine for evaluate)")
     if t["threads"]:
         torch.set_num_threads(int(t["threads"]))
     if t["deterministic"]:
@@ -242,28 +255,61 @@ def _train(cfg: dict, resume, info: D.DistInfo) -> dict:
     last_eval: dict = {}
     last_ckpt = None
     stop_after = t["stop_after"]
+    # stop_after is an absolute optimizer step; it applies only to a run that starts before it, so a
+    # --resume of the stopped run (same config) goes on to the end instead of stopping at once.
+    stop_at = stop_after if stop_after is not None and step < stop_after else None
     clips_window, time_window = 0, time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
+    sum_reduction = bool(getattr(model, "supports_sum_reduction", False))
+    pending_skips: list = []  # this rank's skipped clips since the last flush
+
+    def flush_skips() -> None:
+        # Collective (every rank calls it at the same points): rank 0 logs the skips of all ranks.
+        gathered = D.gather_objects(info, list(pending_skips))
+        pending_skips.clear()
+        if info.is_main:
+            for r, part in enumerate(gathered):
+                _report_skips(log, D.DistInfo(rank=r, world_size=info.world_size), "train", part, skip_counter)
+
     stopped = False
     while epoch < t["epochs"] and not stopped:
         micro_batches = [mb for group in sampler.epoch(epoch, step_in_epoch) for mb in group]
         loader = iter(_loader(train_set, micro_batches, data_cfg["num_workers"], cfg["seed"] * 1000003 + epoch))
         for _ in range(steps_per_epoch - step_in_epoch):
-            losses = []
+            loss_total, loss_count, items = 0.0, 0.0, 0.0
             for micro in range(t["grad_accum"]):
                 batch = next(loader)
-                if batch["skipped"]:
-                    _report_skips(log, info, "train", batch["skipped"], skip_counter)
+                pending_skips += batch["skipped"]
                 sync = micro == t["grad_accum"] - 1
                 ctx = ddp.no_sync() if (info.enabled and not sync) else nullcontext()
                 with ctx, _autocast(cfg, info.device):
-                    if batch["records"]:
+                    # Always through the (DDP) model, even when every clip was skipped: the task model
+                    # then returns a zero loss over all trainable parameters, so this rank still
+                    # takes part in the gradient all-reduce.
+                    if sum_reduction:
+                        loss, n = ddp(batch, reduction="sum")
+                        items += float(n)
+                        if n:
+                            loss_total += float(loss.detach())
+                            loss_count += float(n)
+                        loss.backward()  # normalised by the step's item count below
+                    else:
                         loss = ddp(batch)
-                        losses.append(loss.detach().float())
-                    else:  # every clip skipped: still take part in the gradient all-reduce
-                        loss = sum(p.sum() * 0.0 for p in params)
-                    (loss / t["grad_accum"]).backward()
+                        if batch["records"]:  # an empty micro-batch is not part of the logged mean
+                            loss_total += float(loss.detach())
+                            loss_count += 1.0
+                        (loss / t["grad_accum"]).backward()
                 clips_window += len(batch["records"])
+            if sum_reduction:
+                loss_total, loss_count, items = D.totals(info, [loss_total, loss_count, items])
+                # DDP averaged over ranks: × world / (items over all micro-batches and ranks).
+                scale = info.world_size / max(items, 1.0)
+                for p in params:
+                    if p.grad is not None:
+                        p.grad.mul_(scale)
+            else:
+                loss_total, loss_count = D.totals(info, [loss_total, loss_count])
+            loss_value = loss_total / loss_count if loss_count else float("nan")
             if t["max_grad_norm"]:
                 torch.nn.utils.clip_grad_norm_(params, t["max_grad_norm"])
             optimizer.step()
@@ -271,10 +317,9 @@ def _train(cfg: dict, resume, info: D.DistInfo) -> dict:
             scheduler.step()
             step += 1
             step_in_epoch += 1
-            local = torch.stack(losses).mean().item() if losses else float("nan")
-            loss_value = D.mean(info, local)
             bar.update(1)
             if step % t["log_every"] == 0 or step == total_steps:
+                flush_skips()
                 elapsed = time.perf_counter() - time_window
                 clips_per_s = D.total(info, clips_window) / max(elapsed, 1e-9)
                 clips_window, time_window = 0, time.perf_counter()
@@ -283,9 +328,10 @@ def _train(cfg: dict, resume, info: D.DistInfo) -> dict:
                 log.write(event="train", step=step, epoch=epoch, loss=loss_value, lr=lr, clips_per_s=clips_per_s)
             if t["checkpoint_every"] and step % t["checkpoint_every"] == 0:
                 last_ckpt = save_checkpoint()
-            if stop_after is not None and step >= stop_after and step < total_steps:
+            if stop_at is not None and step >= stop_at and step < total_steps:
                 stopped = True
                 break
+        flush_skips()
         if stopped:
             if last_ckpt is None or not str(last_ckpt).endswith(f"{step:06d}"):
                 last_ckpt = save_checkpoint()

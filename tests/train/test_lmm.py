@@ -280,3 +280,106 @@ def test_decoded_frames_through_the_frozen_vit(lmm_files, tmp_path):
     no_vit = tasks_module.build_task_model(load_config(_config(lmm_files, tmp_path)), records)
     with pytest.raises(ValueError, match="features"):
         no_vit(batch)
+
+
+def _no_dropout(build):
+    def wrapped(cfg, records):
+        model = build(cfg, records)
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        return model
+
+    return wrapped
+
+
+def test_token_loss_does_not_depend_on_the_accumulation_split(lmm_files, tmp_path, monkeypatch):
+    """One optimizer step on all 4 clips (answers of 2 and 3 tokens with EOS): grad_accum 1 and 2
+    give the gradient of the mean over all the batch's answer tokens (before: a mean of per-micro-
+    batch token means, which weights tokens by how the batch was split)."""
+    from stquery.train.data import VideoQADataset, collate
+
+    original = tasks_module.build_task_model
+    monkeypatch.setattr(tasks_module, "build_task_model", _no_dropout(original))
+    grads = {}
+
+    def run(accum):
+        captured = []
+        real_clip = torch.nn.utils.clip_grad_norm_
+
+        def capture(params, max_norm, *a, **k):
+            captured.append([p.grad.detach().clone() for p in params])
+            return real_clip(params, max_norm, *a, **k)
+
+        monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", capture)
+        cfg = _config(lmm_files, tmp_path, f"accum{accum}")
+        main(["train", str(cfg), "--set", "train.epochs=1", "--set", f"train.grad_accum={accum}",
+              "--set", "train.max_grad_norm=1.0e9", "--set", "data.val=", "--set", "train.lr=1.0e-4"])
+        monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", real_clip)
+        assert len(captured) == 1
+        grads[accum] = captured[0]
+        return load_file(str(tmp_path / f"accum{accum}" / "checkpoints" / "step_000001" / "trainable.safetensors"))
+
+    w1, w2 = run(1), run(2)
+    # The expected gradient: the token-mean loss of the whole batch in one pass.
+    cfg = load_config(_config(lmm_files, tmp_path))
+    records = read_manifest(cfg["data"]["train"]).records
+    seed_everything(cfg["seed"])
+    task = _no_dropout(original)(cfg, records).train()
+    task(collate([VideoQADataset(records, frames=FRAMES)[i] for i in range(4)])).backward()
+    expected = [p.grad for p in task.parameters() if p.requires_grad]
+    assert len(expected) == len(grads[1]) == len(grads[2])
+    for g1, g2, e in zip(grads[1], grads[2], expected):
+        torch.testing.assert_close(g1, e, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(g2, e, rtol=1e-5, atol=1e-7)
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], rtol=1e-6, atol=1e-6)
+
+
+def test_qformer_prompt_keeps_its_end(lmm_files, tmp_path):
+    """A context longer than the Q-Former's positions is cut from the left: the question, options
+    and "Answer:" survive (before: cut from the right, losing them)."""
+    cfg = load_config(_config(lmm_files, tmp_path))
+    records = read_manifest(cfg["data"]["train"]).records
+    task = tasks_module.build_task_model(cfg, records)
+    long = records[0].__class__(**{**records[0].__dict__, "context": " ".join(["clip of moving shapes ."] * 40)})
+    qids, qmask = task.encode_qformer([long, records[1]])
+    assert qids.shape[1] == task.qformer_max_len == 64
+    text = task.qformer_tokenizer.decode(qids[0], skip_special_tokens=True)
+    assert text.endswith("question : which way does the shape move ? options : ( a ) left ( b ) right answer :"), text
+    assert qids[0, 0] == task.qformer_tokenizer.bos_token_id or qids[0, 0] == qids[1, 0]  # special prefix kept
+
+
+def test_bfloat16_checkpoints_keep_float32_trainable_weights(lmm_files, tmp_path, monkeypatch):
+    """model.dtype bfloat16: the frozen LLM / Q-Former in bfloat16, every trainable weight (LoRA,
+    routers, e_t, e_s) in float32, and one training step of lr 1e-4 moves them even where they are
+    ~1 (bfloat16's spacing there, 2^-7, would swallow the update). float16 training is refused."""
+    original = tasks_module.build_task_model
+    start = {}
+
+    def build(cfg, records):
+        model = original(cfg, records)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if p.requires_grad:
+                    p.add_(1.0)
+                    start[name] = p.detach().clone()
+        start["model"] = model
+        return model
+
+    monkeypatch.setattr(tasks_module, "build_task_model", build)
+    cfg_path = _config(lmm_files, tmp_path, "bf16", dtype="bfloat16")
+    main(["train", str(cfg_path), "--set", "train.epochs=1", "--set", "train.lr=1.0e-4", "--set", "data.val="])
+    model = start.pop("model")
+    params = dict(model.named_parameters())
+    assert start and set(start) == {n for n, p in params.items() if p.requires_grad}
+    assert all(params[n].dtype == torch.float32 for n in start)
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
+    for name, before in start.items():
+        assert torch.isfinite(params[name]).all(), name
+    lora = [n for n in start if "lora" in n]
+    moved = [n for n in start if not torch.equal(params[n].detach(), start[n])]
+    assert set(lora) <= set(moved), sorted(set(lora) - set(moved))
+    with pytest.raises(ValueError, match="float16"):
+        main(["train", str(_config(lmm_files, tmp_path, "fp16", dtype="float16"))])
