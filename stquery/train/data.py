@@ -172,12 +172,15 @@ def decode_video(path: str | Path, num_frames: int, size: int | None = None,
 
     A folder is read as a sequence of frame images (sorted by name). ``size``: frames are resized
     to ``size`` x ``size`` by FFmpeg's scaler (None keeps the native size). ``start`` / ``end``
-    (seconds) restrict sampling to that range of the video.
+    (seconds) restrict sampling to that range of the video (video files only: a folder of frames
+    has no timestamps, and a range there is an error rather than silently the whole video).
     """
     import av  # PyAV; optional dependency "video"
 
     path = Path(path)
     if path.is_dir():
+        if start is not None or end is not None:
+            raise ValueError(f"frames folder {path} has no timestamps: start/end need a video file")
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise ValueError(f"frames folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
@@ -191,23 +194,30 @@ def decode_video(path: str | Path, num_frames: int, size: int | None = None,
         if not container.streams.video:
             raise ValueError(f"{path} has no video stream")
         stream = container.streams.video[0]
-        # Decode once, keeping each frame's time, then pick by index (exact, independent of how
-        # reliably the container reports its frame count). Clips here are short; for long videos
-        # give start/end so that only that range is kept.
-        frames, times = [], []
-        if start:
-            container.seek(int(start / stream.time_base), stream=stream, backward=True, any_frame=False)
-        for frame in container.decode(stream):
-            t = frame.time if frame.time is not None else len(frames) / float(stream.average_rate or 1)
-            if start is not None and t < start - 1e-6:
-                continue
-            if end is not None and t >= end:
-                break
-            frames.append(_to_rgb(frame, size))
-            times.append(t)
-        if not frames:
+        # Two decodes: the first counts the frames in range (exact, whatever the container
+        # reports), the second converts only the sampled ones, so memory holds num_frames frames
+        # however long the video is.
+        count = sum(1 for _ in _frames_in_range(container, stream, start, end))
+        if not count:
             raise ValueError(f"no decodable frames in {path}" + (f" within [{start}, {end})s" if start or end else ""))
-        return np.stack([frames[i] for i in uniform_indices(len(frames), num_frames)])
+        wanted = uniform_indices(count, num_frames)
+        keep = set(wanted)
+        picked = {i: _to_rgb(frame, size)
+                  for i, frame in enumerate(_frames_in_range(container, stream, start, end)) if i in keep}
+        return np.stack([picked[i] for i in wanted])
+
+
+def _frames_in_range(container, stream, start: float | None, end: float | None):
+    """The decoded frames of ``stream`` whose time lies in ``[start, end)`` (seconds)."""
+    container.seek(int(start / stream.time_base) if start else 0, stream=stream, backward=True, any_frame=False)
+    rate = float(stream.average_rate or 1)
+    for n, frame in enumerate(container.decode(stream)):
+        t = frame.time if frame.time is not None else n / rate
+        if start is not None and t < start - 1e-6:
+            continue
+        if end is not None and t >= end:
+            break
+        yield frame
 
 
 def _to_rgb(frame, size: int | None) -> np.ndarray:

@@ -65,6 +65,20 @@ def test_time_range_and_frames_folder(tmp_path, clip_video):
             for p in s.encode():
                 c.mux(p)
     assert np.array_equal(decode_video(folder, 4), video[[1, 3, 5, 7]])  # PNG is lossless
+    with pytest.raises(ValueError, match="no timestamps"):  # not silently the whole video
+        decode_video(folder, 2, start=0.5, end=1.0)
+
+
+def test_long_range_converts_only_the_sampled_frames(clip_video, monkeypatch):
+    """Memory holds num_frames frames, not the whole range: only sampled frames become RGB."""
+    from stquery.train import data
+
+    path, video = clip_video
+    converted = []
+    real = data._to_rgb
+    monkeypatch.setattr(data, "_to_rgb", lambda frame, size: converted.append(1) or real(frame, size))
+    frames = decode_video(path, 3)
+    assert len(converted) == 3 and frames.shape[0] == 3
 
 
 def test_malformed_line_names_file_and_line(tmp_path):
