@@ -141,3 +141,14 @@ def test_backends_get_row_readable_gradients_from_sum(registry):
     ]
     torch.autograd.backward(losses)
     assert all(t.grad is not None for t in (x, scores, frames, qt))
+
+
+def test_auto_prefers_triton_for_cuda_tensors_it_supports(monkeypatch):
+    """On CUDA tensors auto takes triton first when its supports() is empty (simulated here: the
+    interpreter makes triton's supports() accept these CPU tensors, the device type says cuda)."""
+    monkeypatch.delenv(backends.ENV, raising=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x = torch.randn(2, 3, 4, 5)
+    assert backends.get("triton").supports("st_pool", x) == []
+    assert backends.resolve("st_pool", None, "cuda", x) == "triton"
+    assert backends.resolve("st_pool", None, "cpu", x) == "torch"
