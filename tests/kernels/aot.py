@@ -155,3 +155,10 @@ def format_table(rows: list[dict]) -> str:
                          f" | {r['registers']:>12} {r['shared']:>8} {r['spill_stores']:>6}/{r['spill_loads']:<5}")
         lines.append(f"{name:<48}" + "".join(cells))
     return "\n".join(lines)
+
+
+def spills(rows: list[dict]) -> list[str]:
+    """One line per (configuration, arch) that spills to local memory; empty when none does."""
+    return [f"{r['name']} sm_{r['arch']}: {r['spill_stores']} spill stores, "
+            f"{r['spill_loads']} spill loads, {r['local']} B local"
+            for r in rows if r["spill_stores"] or r["spill_loads"] or r["local"]]

@@ -11,7 +11,7 @@ shared memory of every configuration are printed (``pytest -s``).
 """
 import pytest
 
-from .aot import format_table, measure_in_subprocess
+from .aot import format_table, measure_in_subprocess, spills
 
 pytest.importorskip("triton")
 
@@ -23,9 +23,7 @@ def test_attention_compiles_without_spills():
     rows = measure_in_subprocess("kernels.attention", "aot_configs", archs=(90, 80), jobs=2)
     print("\n" + format_table(rows))
     assert rows, "no configurations compiled"
-    spills = [f"{r['name']} sm_{r['arch']}: {r['spill_stores']} spill stores, "
-              f"{r['spill_loads']} spill loads, {r['local']} B local"
-              for r in rows if r["spill_stores"] or r["spill_loads"] or r["local"]]
-    assert not spills, "local-memory spills:\n" + "\n".join(spills)
+    spilled = spills(rows)
+    assert not spilled, "local-memory spills:\n" + "\n".join(spilled)
     too_big = [f"{r['name']} sm_{r['arch']}: {r['shared']} B" for r in rows if r["shared"] > SHARED_LIMIT]
     assert not too_big, "shared memory over 99 KiB:\n" + "\n".join(too_big)

@@ -6,7 +6,7 @@ and STL/LDL in the SASS). The configurations come from ``aot_configs()`` in ``ke
 """
 import pytest
 
-from .aot import format_table, measure_in_subprocess
+from .aot import format_table, measure_in_subprocess, spills
 
 pytest.importorskip("triton")
 
@@ -18,7 +18,5 @@ def test_compiles_without_spills(module):
     rows = measure_in_subprocess(module, "aot_configs", archs=(90, 80), jobs=2)
     print("\n" + format_table(rows))
     assert rows, "no configurations compiled"
-    spills = [f"{r['name']} sm_{r['arch']}: {r['spill_stores']} spill stores, "
-              f"{r['spill_loads']} spill loads, {r['local']} B local"
-              for r in rows if r["spill_stores"] or r["spill_loads"] or r["local"]]
-    assert not spills, "local-memory spills:\n" + "\n".join(spills)
+    spilled = spills(rows)
+    assert not spilled, "local-memory spills:\n" + "\n".join(spilled)
