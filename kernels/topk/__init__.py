@@ -25,8 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import pool as _pool
-from .pool import _pool_grad_rows, _store_pooled
+from .. import pool as _pool
+from ..pool import _pool_grad_rows, _store_pooled
 
 GATES = {"none": 0, "sigmoid": 1, "softmax": 2, "identity": 3}
 
