@@ -18,12 +18,13 @@ copy, read + write) and :func:`matmul_rate` (a square matmul in the profiled dty
 """
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from dataclasses import dataclass
 
 import torch
+
+from .ops.pool.problem import pooled_length
 
 PASSES = ("fwd", "bwd", "fwd+bwd")
 INDEX_BYTES = 8  # int64 indices and frame lengths
@@ -84,11 +85,6 @@ def temporal_attention_cost(B: int, T: int, L: int, H: int, d: int, **kw) -> Cos
     return attention_cost(B * L, T, T, H, d, **kw)
 
 
-def pooled_length(k: int, scales) -> int:
-    """Tokens out of ``multiscale_pool`` over k tokens: ``sum(ceil(k / s))``."""
-    return sum(math.ceil(k / s) for s in scales)
-
-
 def topk_cost(
     B: int, N: int, C: int, k: int, *, itemsize: int, score_itemsize: int = 4, gate: bool = True,
     scales=(), passes: str = "fwd",
@@ -102,7 +98,7 @@ def topk_cost(
     whole dx ``[B, N, C]`` (zeros off the selected rows are outputs too) and dscores ``[B, N]``.
     """
     _check_pass(passes)
-    M = pooled_length(k, scales) if scales else k
+    M = pooled_length(k, scales)
     rows = B * k * C
     fwd = Cost(B * N * score_itemsize + rows * itemsize + B * k * INDEX_BYTES + B * M * C * itemsize,
                (rows if gate else 0) + rows * len(scales))

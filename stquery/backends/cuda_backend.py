@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 from torch.utils import cpp_extension
 
+from ..ops.common import KERNEL_DTYPES as DTYPES
+
 SOURCES = ("bindings.cpp", "st_pool.cu")
 HEADERS = ("st_pool.h",)
 OPS = frozenset({"st_pool"})
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def source_dir() -> Path:
