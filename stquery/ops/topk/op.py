@@ -83,6 +83,13 @@ def topk_tokens(
 
     Returns ``(y, idx)``: idx int64 ``[B, k]``; y ``[B, k, C]``, or ``[B, Σ ceil(k/s), C]`` with scales.
     dx is zero except at the selected rows.
+
+    Differences from LinVT's released code (docs/linvt.md): it pools the kept tokens in score-rank
+    order (here ``order="score"``; the default ``"time"`` pools tokens close in time) and its
+    ``avg_pool1d`` drops a trailing partial window (``floor(k/s)`` rows per scale), where this op
+    averages what the window has (``ceil(k/s)``). For LinVT's exact output use ``order="score"``,
+    no gate, and either a k divisible by every scale, or keep the first ``k // s`` rows of each
+    scale's block (block i starts at row ``Σ_{j<i} ceil(k/s_j)``).
     """
     gate, scales = topk_args(x, scores, k, order, gate, scales)
     dev = x.device.type
