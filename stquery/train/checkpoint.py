@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import dump_config
 
+
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 

@@ -87,7 +87,7 @@ def _run_evaluate(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stquery train")
+    parser = argparse.ArgumentParser(prog="stquery")
     sub = parser.add_subparsers(dest="command", required=True)
     register(sub)
     args = parser.parse_args(argv)

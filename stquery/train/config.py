@@ -3,9 +3,10 @@
 The config is a plain nested dict. ``load_config(path, overrides)`` merges, in order:
 :data:`DEFAULTS`, the YAML file, each override (``a.b.c=value``; the value is parsed as YAML, so
 ``--set train.lr=3e-4``, ``--set model.temporal=false`` and ``--set data.frames=8`` all get the
-right type). Every problem with the file, a key or a value raises :class:`ConfigError` naming it
-(the ``stquery`` command prints it as one line). A key that is not in the defaults is refused (a typo should not train silently with
-the default), except under the free-form sections listed in :data:`OPEN_SECTIONS`.
+right type). A key that is not in the defaults is refused (a typo should not train silently with
+the default), except under the free-form sections listed in :data:`OPEN_SECTIONS`. Every problem
+with the file, a key or a value raises :class:`ConfigError` naming it (the ``stquery`` command
+prints it as one line, without a traceback).
 
 Defaults follow MTransLLaMA §6.1: AdamW, lr 1e-4, betas (0.9, 0.95), weight decay 0.05, 4 frames
 (set ``data.frames: 8`` for MUStARD), batch 2.

@@ -25,6 +25,10 @@ Optimiser. AdamW over the parameters with ``requires_grad`` only; weight decay o
 dims (LoRA matrices, router weights, position embeddings), none on biases and norms (the usual
 BLIP-2 / LAVIS grouping). Linear warm-up, then cosine decay to 0 (or constant).
 
+Output. ``output_dir`` gets ``config.yaml``, ``metrics.jsonl`` and ``checkpoints/`` (see
+:mod:`stquery.train.checkpoint`: written atomically, the newest ``train.keep_checkpoints`` kept). A
+run refuses an ``output_dir`` that already holds one unless it resumes it or is told to overwrite it.
+
 Log. ``OUTPUT/metrics.jsonl`` (rank 0): one JSON object per line: ``{"event": "train", "step",
 "epoch", "loss", "lr", "clips_per_s"}`` every ``log_every`` steps, ``{"event": "eval", ...metrics}``
 each epoch, ``{"event": "skipped", "where", "reason", "split", "rank"}`` for each bad record dropped under
