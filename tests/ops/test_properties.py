@@ -35,6 +35,7 @@ from stquery import backends
 from stquery.backends import BackendUnavailable
 from stquery.ops import reference
 
+from ..conftest import DEVICE
 from ..kernels.test_attention import EPS as ATTENTION_EPS
 from ..kernels.test_topk import _poison, assert_bounded  # noqa: F401  (_poison: autouse, NaN-fills kernel outputs)
 
@@ -91,15 +92,14 @@ def _run_examples(backend: str, strategy, check, examples: int | None = None) ->
 
 
 def _tensor(shape, dtype, layout: str, gen: torch.Generator, scale: float = 1.0) -> torch.Tensor:
-    """Random ``shape``: contiguous, a slice of a wider last dim, or with its leading dims permuted."""
+    """Random ``shape`` on DEVICE: contiguous, a slice of a wider last dim, or with its leading dims permuted."""
     *lead, d = shape
+    n = len(lead)
+    full = {"padded": (*lead, d + 3), "permuted": (*reversed(lead), d)}.get(layout, tuple(shape))
+    buf = (torch.randn(*full, generator=gen, dtype=torch.float64) * scale).to(DEVICE, dtype)
     if layout == "padded":
-        return (torch.randn(*lead, d + 3, generator=gen, dtype=torch.float64) * scale).to(dtype)[..., :d]
-    if layout == "permuted":
-        n = len(lead)
-        buf = (torch.randn(*reversed(lead), d, generator=gen, dtype=torch.float64) * scale).to(dtype)
-        return buf.permute(*reversed(range(n)), n)
-    return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
+        return buf[..., :d]
+    return buf.permute(*reversed(range(n)), n) if layout == "permuted" else buf
 
 
 def _mask_set(specs, nq: int, nk: int, empty_rows: bool, global_tokens, gen) -> stq.MaskSet:
@@ -174,17 +174,17 @@ def _attention_inputs(c: dict):
         alpha = torch.rand(*c["alpha_shape"], generator=gen, dtype=torch.float64)
         if c["alpha_zeros"]:
             alpha[..., 0] = 0.0
-        kwargs["alpha"], kwargs["mode"] = alpha.to(dtype), c["mode"]
+        kwargs["alpha"], kwargs["mode"] = alpha.to(DEVICE, dtype), c["mode"]
         diff.append(kwargs["alpha"])
     if c["temporal"]:
         if c["frame_lengths"] is not None:
-            kwargs["frame_lengths"] = torch.tensor(c["frame_lengths"])
+            kwargs["frame_lengths"] = torch.tensor(c["frame_lengths"], device=DEVICE)
         return stq.temporal_attention, reference.temporal_attention, (c["T"],), kwargs, diff
     if c["key_padding"] is not None:
         kp = torch.rand(c["G"], c["nk"], generator=gen) > 0.6
         if c["key_padding"] == "first_group_all":
             kp[0] = True
-        kwargs["key_padding"] = kp
+        kwargs["key_padding"] = kp.to(DEVICE)
     return stq.attention, reference.attention, (), kwargs, diff
 
 
@@ -201,7 +201,8 @@ def _grads(fn, diff, args, kwargs, dtype, grad_out, **extra):
 def _check_attention(c: dict, backend: str) -> None:
     public, naive, args, kwargs, diff = _attention_inputs(c)
     dtype = c["dtype"]
-    grad_out = torch.randn(diff[0].shape, generator=torch.Generator().manual_seed(c["seed"] + 1), dtype=torch.float64)
+    grad_out = torch.randn(diff[0].shape, generator=torch.Generator().manual_seed(c["seed"] + 1),
+                           dtype=torch.float64).to(DEVICE)
     got = _grads(public, diff, args, kwargs, dtype, grad_out, backend=backend)
     exact = _grads(naive, diff, args, kwargs, torch.float64, grad_out)
     same = _grads(naive, diff, args, kwargs, dtype, grad_out)
@@ -215,7 +216,7 @@ def _check_attention(c: dict, backend: str) -> None:
         assert err <= bound, f"{name}: error {err:.3g} > {factor} x reference error {ref_err:.3g} + eps"
     if "frame_lengths" in kwargs:  # padded frames: output exactly 0
         lengths = kwargs["frame_lengths"].clamp(0, c["T"])
-        padded = (torch.arange(c["T"])[None, :] >= lengths[:, None]).reshape(-1)
+        padded = (torch.arange(c["T"], device=DEVICE)[None, :] >= lengths[:, None]).reshape(-1)
         assert (got[0][padded] == 0).all(), "padded frames' output is not 0"
 
 
@@ -247,7 +248,7 @@ def _check_topk(c: dict, backend: str) -> None:
     gen = torch.Generator().manual_seed(c["seed"])
     x = _tensor((c["B"], c["N"], c["C"]), c["dtype"], c["layout"], gen)
     if c["ties"]:  # few distinct values: the tie rule decides
-        scores = torch.randint(0, 3, (c["B"], c["N"]), generator=gen).to(c["dtype"])
+        scores = torch.randint(0, 3, (c["B"], c["N"]), generator=gen).to(DEVICE, c["dtype"])
     else:
         scores = _tensor((c["B"], c["N"]), c["dtype"], "contiguous", gen)
     kw = dict(order=c["order"], gate=c["gate"], scales=c["scales"])
@@ -259,7 +260,7 @@ def _check_topk(c: dict, backend: str) -> None:
     y_exact, idx_exact = reference.topk_tokens(x64, s64, c["k"], **kw)
     assert torch.equal(idx, idx_exact) and torch.equal(idx_same, idx_exact), "indices differ"
     assert_bounded(y, y_same, y_exact, 2, "y")
-    grad = torch.randn(y_exact.shape, generator=gen, dtype=torch.float64)
+    grad = torch.randn(y_exact.shape, generator=gen, dtype=torch.float64).to(DEVICE)
     inputs, inputs64 = ((x, scores), (x64, s64)) if with_scores else ((x,), (x64,))
     got = torch.autograd.grad(y, inputs, grad.to(y.dtype))
     same = torch.autograd.grad(y_same, inputs, grad.to(y.dtype))
@@ -291,7 +292,7 @@ def _check_pool(c: dict, backend: str, st_pool: bool) -> None:
         got, same, exact = ((f(t, c["scales"], **kw),) for f, t, kw in (
             (stq.multiscale_pool, x, {"backend": backend}), (reference.multiscale_pool, x, {}),
             (reference.multiscale_pool, x64, {})))
-    grads = [torch.randn(e.shape, generator=gen, dtype=torch.float64) for e in exact]
+    grads = [torch.randn(e.shape, generator=gen, dtype=torch.float64).to(DEVICE) for e in exact]
     for i, (g, s, e) in enumerate(zip(got, same, exact)):
         assert_bounded(g, s, e, 2, f"output {i}")
     dx = torch.autograd.grad(got, x, [g.to(c["dtype"]) for g in grads])[0]
@@ -328,7 +329,7 @@ def test_extreme_logits_stay_finite(backend):
         public, _, args, kwargs, diff = _attention_inputs(c)
         big = 2.0 ** (c["magnitude"] / 2)
         diff = [t * big if i < 2 else t for i, t in enumerate(diff)]
-        out, *grads = _grads(public, diff, args, kwargs, c["dtype"], torch.ones(diff[0].shape), backend=backend)
+        out, *grads = _grads(public, diff, args, kwargs, c["dtype"], torch.ones_like(diff[0]), backend=backend)
         assert torch.isfinite(out).all(), "output not finite"
         for name, g in zip(["dq", "dk", "dv", "dalpha"], grads):
             assert not torch.isnan(g).any(), f"{name}: NaN"
@@ -352,8 +353,8 @@ def test_extreme_token_values_stay_finite(backend):
     def check(c, backend):
         gen = torch.Generator().manual_seed(c["seed"])
         top = torch.finfo(c["dtype"]).max
-        x = (torch.rand(c["B"], c["N"], c["C"], generator=gen, dtype=torch.float64) * top / 512).to(c["dtype"])
-        scores = (torch.randn(c["B"], c["N"], generator=gen, dtype=torch.float64) * top ** 0.5).to(c["dtype"])
+        x = (torch.rand(c["B"], c["N"], c["C"], generator=gen, dtype=torch.float64) * top / 512).to(DEVICE, c["dtype"])
+        scores = (torch.randn(c["B"], c["N"], generator=gen, dtype=torch.float64) * top ** 0.5).to(DEVICE, c["dtype"])
         x, scores = x.requires_grad_(), scores.requires_grad_(c["gate"] is not None)
         y, _ = stq.topk_tokens(x, scores, c["k"], order=c["order"], gate=c["gate"], scales=c["scales"], backend=backend)
         assert torch.isfinite(y).all(), "y not finite"
@@ -380,7 +381,7 @@ def _attention_breakages(c: dict) -> dict:
         return lambda a, kw: (a[:i] + (f(a[i]),) + a[i + 1:], kw)
 
     out = {
-        "q": [tensor_op(0, lambda q: q[..., 0]), tensor_op(0, lambda q: q[None]), tensor_op(0, lambda q: q.numpy()),
+        "q": [tensor_op(0, lambda q: q[..., 0]), tensor_op(0, lambda q: q[None]), tensor_op(0, lambda q: q.tolist()),
               tensor_op(0, lambda q: q[:, :0]), tensor_op(0, lambda q: q.long())],
         "k": [tensor_op(1, lambda k: k.to(torch.float16 if k.dtype != torch.float16 else torch.float32)),
               tensor_op(1, lambda k: k.to(META)), tensor_op(1, lambda k: torch.cat([k, k], dim=2)),
