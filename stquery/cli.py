@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .train.checkpoint import CheckpointError
     from .train.config import ConfigError
 
     parser = build_parser()
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
         result = args.func(args)
-    except ConfigError as e:  # the user's config or command line: one line, no traceback
+    except (ConfigError, CheckpointError) as e:  # the user's config, command line or checkpoint: one line
         print(f"stquery {args.command}: error: {e}", file=sys.stderr)
         return 2
     return int(result or 0)

@@ -34,6 +34,10 @@ from safetensors.torch import load_file, save_file
 from .config import dump_config
 
 
+class CheckpointError(ValueError):
+    """No checkpoint where one was named, or a training state that is not plain data."""
+
+
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -134,7 +138,7 @@ def resolve(path: str | Path) -> Path:
             return candidate
         if (candidate / "latest").exists():
             return candidate / (candidate / "latest").read_text().strip()
-    raise FileNotFoundError(f"no checkpoint at {path} (expected trainable.safetensors or a 'latest' file)")
+    raise CheckpointError(f"no checkpoint at {path} (expected trainable.safetensors or a 'latest' file)")
 
 
 def load_weights(directory: Path, model: torch.nn.Module) -> None:
@@ -153,13 +157,13 @@ def load_weights(directory: Path, model: torch.nn.Module) -> None:
 
 def load_state(directory: Path) -> dict:
     """The training state of a checkpoint; a file holding anything but tensors and plain data is
-    refused (``ValueError``) without running any of it."""
+    refused (:class:`CheckpointError`) without running any of it."""
     path = Path(directory) / "state.pt"
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         why = next((line for line in lines if "global" in line.lower()), lines[0] if lines else type(e).__name__)
-        raise ValueError(f"{path}: refusing to load a training state that holds objects other than tensors "
+        raise CheckpointError(f"{path}: refusing to load a training state that holds objects other than tensors "
                          f"and plain data (a checkpoint from an untrusted source, or from an older stquery): "
                          f"{why}") from None

@@ -93,7 +93,9 @@ class _RunsCode:
         return os.mkdir, (self.marker,)
 
 
-def test_resume_refuses_a_checkpoint_whose_pickle_runs_code(make_config, tmp_path):
+def test_resume_refuses_a_checkpoint_whose_pickle_runs_code(make_config, tmp_path, capsys):
+    from stquery.cli import main as stquery
+
     cfg = make_config(train={"epochs": 1, "stop_after": 1})
     main(["train", str(cfg)])
     where = ckpt.resolve(tmp_path / "run")
@@ -102,4 +104,8 @@ def test_resume_refuses_a_checkpoint_whose_pickle_runs_code(make_config, tmp_pat
     torch.save(dict(state, step=_RunsCode(marker)), where / "state.pt")
     with pytest.raises(ValueError, match=r"state\.pt: refusing to load .*posix\.mkdir"):
         main(["train", str(cfg), "--resume"])
+    assert not marker.exists()
+    assert stquery(["train", str(cfg), "--resume"]) == 2  # the command: one line, no traceback
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("stquery train: error: ") and "Traceback" not in "".join(err)
     assert not marker.exists()
