@@ -188,10 +188,11 @@ RUN_OUTPUTS = ("metrics.jsonl", "checkpoints")
 
 
 def _check_output_dir(out_dir: Path, resume, overwrite: bool, info: D.DistInfo) -> None:
-    held = sorted(p.name for p in out_dir.iterdir() if p.name not in ("config.yaml", "data")) if out_dir.is_dir() else []
+    existing = list(out_dir.iterdir()) if out_dir.is_dir() else []
+    held = sorted(p.name for p in existing if p.name not in ("config.yaml", "data"))
     if held and resume is None and not overwrite:
         raise ConfigError(f"output_dir {out_dir} already holds a run ({', '.join(held)}): continue it with "
-                              "--resume, replace it with --overwrite, or choose another with --set output_dir=DIR")
+                          "--resume, replace it with --overwrite, or choose another with --set output_dir=DIR")
     D.barrier(info)  # every rank has looked before rank 0 deletes
     if info.is_main and overwrite:
         for name in RUN_OUTPUTS:

@@ -238,7 +238,8 @@ def topk_cases(draw):
     N = draw(st.integers(1, 16))
     return {"B": draw(st.integers(1, 3)), "N": N, "C": draw(st.sampled_from([1, 3, 8, 40])),
             "k": draw(st.one_of(st.just(1), st.just(N), st.integers(1, N))),
-            "order": draw(st.sampled_from(["time", "score"])), "gate": draw(st.sampled_from([None, "sigmoid", "softmax", "identity"])),
+            "order": draw(st.sampled_from(["time", "score"])),
+            "gate": draw(st.sampled_from([None, "sigmoid", "softmax", "identity"])),
             "scales": draw(st.one_of(st.none(), st.lists(st.integers(1, 8), min_size=1, max_size=3).map(tuple))),
             "ties": draw(st.booleans()), "dtype": draw(st.sampled_from(DTYPES)), "layout": draw(LAYOUTS),
             "seed": draw(st.integers(0, 2**31))}
@@ -346,7 +347,8 @@ def test_extreme_token_values_stay_finite(backend):
     @st.composite
     def cases(draw):
         c = draw(topk_cases())
-        c.update(dtype=draw(st.sampled_from([torch.float32, torch.float16])), gate=draw(st.sampled_from([None, "sigmoid", "softmax"])),
+        c.update(dtype=draw(st.sampled_from([torch.float32, torch.float16])),
+                 gate=draw(st.sampled_from([None, "sigmoid", "softmax"])),
                  scales=draw(st.sampled_from([None, (1, 2, 4), (8,)])))
         return c
 

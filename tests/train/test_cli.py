@@ -53,4 +53,5 @@ def test_train_output_dir_retention_and_summary(make_config, tmp_path, capsys):
     assert stquery(["train", str(cfg), "--overwrite", "--set", "train.keep_checkpoints=null",
                     "--set", "train.epochs=1"]) == 0
     assert [r["step"] for r in read_log(out, "train")] == [1, 2, 3, 4]  # the first run's log is gone
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest"] + [f"step_00000{i}" for i in (1, 2, 3, 4)]
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert kept == ["latest"] + [f"step_00000{i}" for i in (1, 2, 3, 4)]
