@@ -29,13 +29,14 @@ def _add_verbose(parser: argparse.ArgumentParser, top: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__, profile
+    from . import __version__
+    from .profile import cli as profile_cli
     from .train import cli as train_cli
 
     parser = _Parser(prog="stquery", description=__doc__)
     parser.add_argument("--version", action="version", version=f"stquery {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    profile.register(sub)
+    profile_cli.register(sub)
     train_cli.register(sub)
     _add_verbose(parser, top=True)
     return parser
