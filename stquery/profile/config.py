@@ -75,7 +75,7 @@ CPU = Config(dtype="fp32", L=8, H=4, d=32, P=32, C=128, frames_total=256, batch=
              T=(4, 8, 16, 32, 64, 128, 256), batch_ms=20.0, samples=7)
 # --quick: tiny float32 shapes, one thread (tiny ops on a shared CPU otherwise stall in OpenMP barriers).
 QUICK = Config(dtype="fp32", L=4, H=2, d=16, P=8, C=32, frames_total=32, batch=2, T=(4, 16),
-               batch_ms=8.0, samples=5, quick=True, cpu_threads=1)
+               batch_ms=20.0, samples=7, quick=True, cpu_threads=1)
 
 
 def defaults(device: torch.device, quick: bool = False) -> Config:

@@ -66,6 +66,7 @@ class DeviceInfo:
     copy_gbps: float  # measured: a large copy
     matmul_tflops: float  # measured: a square matmul with the threads the rows use
     matmul_dtype: str
+    timer: str = ""  # what the ms are (see harness.timer)
     peak_gbps: float = 0.0  # max(copy_gbps, the best GB/s of any row)
     peak_tflops: float = 0.0  # max(matmul_tflops, the best TFLOP/s of any row)
     peak_note: str = ""
@@ -142,14 +143,24 @@ def check(out, ref, dtype: torch.dtype) -> tuple:
 _flush_buffer: dict = {}
 
 
+def timer(device: torch.device) -> str:
+    """What a run's times are: on a CPU run with one thread, the CPU time of the calling thread
+    (every op runs on it; a neighbour's time slice is not counted); with more threads, wall clock;
+    on CUDA, events."""
+    if device.type == "cuda":
+        return "CUDA events"
+    return "thread CPU time" if torch.get_num_threads() == 1 else "wall clock"
+
+
 def run_batch(fn: Callable[[], Any], n: int, device: torch.device) -> float:
-    """ms per call of ``n`` calls of ``fn``: wall clock on CPU; CUDA events after an L2 flush (a
-    256 MB write) before each call."""
+    """ms per call of ``n`` calls of ``fn``, by :func:`timer`; on CUDA after an L2 flush (a 256 MB
+    write) before each call."""
     if device.type != "cuda":
-        t0 = time.perf_counter()
+        clock = time.thread_time if timer(device) == "thread CPU time" else time.perf_counter
+        t0 = clock()
         for _ in range(n):
             fn()
-        return (time.perf_counter() - t0) * 1e3 / n
+        return (clock() - t0) * 1e3 / n
     if device not in _flush_buffer:
         _flush_buffer[device] = torch.empty(256 << 20, dtype=torch.int8, device=device)
     flush = _flush_buffer[device]
@@ -182,7 +193,7 @@ def interleaved(fns: dict, device: torch.device, batch_ms: float, samples: int) 
     counts = {name: calls_per_batch(fn, device, batch_ms) for name, fn in fns.items()}
     times: dict = {name: [] for name in fns}
     names = list(fns)
-    for r in range(samples):
+    for r in range(samples if names else 0):
         for name in names[r % len(names):] + names[:r % len(names)]:
             times[name].append(run_batch(fns[name], counts[name], device))
     return {name: (times[name], counts[name] * samples) for name in names}
@@ -206,11 +217,11 @@ def device_info(device: torch.device, dtype: torch.dtype, quick: bool) -> Device
         name = torch.cuda.get_device_name(device)
         bw = roofline.copy_bandwidth(device, (256 << 20) if quick else None)
         return DeviceInfo(name, "cuda", bw, roofline.matmul_rate(device, dtype, 2048 if quick else None),
-                          str(dtype).replace("torch.", ""))
+                          str(dtype).replace("torch.", ""), timer(device))
     name = f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s) on {os.cpu_count()} cores"
     bw = roofline.copy_bandwidth(device, (16 << 20) if quick else None, reps=5)
     mm = roofline.matmul_rate(device, torch.float32, 256 if quick else None, reps=5)
-    return DeviceInfo(name, "cpu", bw, mm, "float32")
+    return DeviceInfo(name, "cpu", bw, mm, "float32", timer(device))
 
 
 # --- a run ---------------------------------------------------------------------------------------

@@ -147,7 +147,7 @@ def markdown(dev: DeviceInfo, cfg: Config, rows: list, started: str = "") -> str
         f"- torch {torch.__version__}; dtype {cfg.dtype}; L={cfg.L}, H={cfg.H}, d={cfg.d}; selection/pool P={cfg.P}, "
         f"C={cfg.C}, k = T·P/{cfg.topk_div}; fixed-B sweep B={cfg.batch}, fixed-BT sweep B·T={cfg.frames_total}; "
         f"T = {', '.join(map(str, cfg.T))}; FlexAttention compiled with {'dynamic' if cfg.flex_dynamic else 'static'} shapes",
-        f"- ms: median (p20, p80) of the per-call time over {cfg.samples} batches of at least {cfg.batch_ms:g} ms each, "
+        f"- ms: {dev.timer or 'time'}, median (p20, p80) of the per-call time over {cfg.samples} batches of at least {cfg.batch_ms:g} ms each, "
         "the implementations of a shape taking turns; a row whose p20–p80 spread exceeds "
         f"{100 * cfg.max_spread:.0f}% of its median is marked WIDE SPREAD and not ranked. GB/s and TFLOP/s from the "
         "roofline counts of docs/profiling.md §6 (stquery/roofline.py); %BW and %roof against the peaks above "
