@@ -17,7 +17,9 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import yaml
+from .._optional import require
+
+yaml = require("yaml", extra="train", feature="stquery train")
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,

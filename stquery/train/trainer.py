@@ -47,14 +47,16 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from .._optional import require
 from . import checkpoint as ckpt
 from . import distributed as D
 from .config import ConfigError, dump_config
 from .data import GlobalBatchSampler, VideoQADataset, collate, eval_shards, read_manifest
 from .metrics import evaluate_predictions
+
+np = require("numpy", extra="train", feature="stquery train")
 
 
 def seed_everything(seed: int) -> None:
@@ -289,7 +291,7 @@ def _train(cfg: dict, resume, overwrite: bool, info: D.DistInfo) -> dict:
         return path
 
     show = t["progress"] and info.is_main
-    from tqdm import tqdm
+    tqdm = require("tqdm", extra="train", feature="stquery train's progress bar").tqdm
 
     bar = tqdm(total=total_steps, initial=step, disable=not show, dynamic_ncols=True, desc="train")
     last_eval: dict = {}
