@@ -1,4 +1,4 @@
-"""A kernel-only install: ``import stquery`` and the ops need only torch; every optional part names
+"""A kernel-only install: ``import stquery`` and the ops need only the core dependencies; every optional part names
 the extra that brings what it misses (pyproject's [models], [train], [video], [bench], [test])."""
 import subprocess
 import sys
@@ -7,7 +7,7 @@ import pytest
 
 from stquery._optional import require
 
-OPTIONAL = ("transformers", "safetensors", "numpy", "yaml", "tqdm", "nltk", "rouge_score", "av", "matplotlib")
+OPTIONAL = ("transformers", "safetensors", "yaml", "tqdm", "nltk", "rouge_score", "av", "matplotlib")
 
 
 def _without_optional(code: str) -> subprocess.CompletedProcess:

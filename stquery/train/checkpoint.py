@@ -27,12 +27,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .._optional import require
 from .config import dump_config
 
-np = require("numpy", extra="train", feature="stquery train")
 _safetensors = require("safetensors.torch", extra="train", feature="stquery train's checkpoints")
 load_file, save_file = _safetensors.load_file, _safetensors.save_file
 

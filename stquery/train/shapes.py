@@ -25,11 +25,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .._optional import require
 
-np = require("numpy", extra="train", feature="stquery train")
 
 COLORS = np.array([[255, 40, 40], [40, 220, 40], [60, 90, 255], [240, 220, 40], [230, 60, 230], [40, 220, 230]],
                   dtype=np.uint8)

@@ -47,6 +47,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .._optional import require
@@ -55,8 +56,6 @@ from . import distributed as D
 from .config import ConfigError, dump_config
 from .data import GlobalBatchSampler, VideoQADataset, collate, eval_shards, read_manifest
 from .metrics import evaluate_predictions
-
-np = require("numpy", extra="train", feature="stquery train")
 
 
 def seed_everything(seed: int) -> None:
