@@ -197,4 +197,4 @@ def test_register_adds_the_subcommand_with_this_device_defaults(capsys):
         with pytest.raises(SystemExit):
             parser.parse_args(["profile", "--help"])
         help_text = " ".join(capsys.readouterr().out.split())
-        assert "(cpu): fp32" in help_text and "4,8,16,32,64,128,256" in help_text and "1024" not in help_text
+        assert "cpu: fp32" in help_text and "4,8,16,32,64,128,256" in help_text and "1024" not in help_text

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 import warnings
 
@@ -44,11 +45,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options; their help gives the defaults of the device this machine profiles by default."""
     device = _default_device()
     d = defaults(device)
-    here = f"default on this machine ({device.type})"
+    here = f"default on this machine's {device.type}"
     p.add_argument("--quick", action="store_true",
                    help=f"tiny {QUICK.dtype} shapes (L={QUICK.L}, H={QUICK.H}, d={QUICK.d}, T={','.join(map(str, QUICK.T))}), "
                         "one CPU thread, short batches: about a minute on a CPU")
-    p.add_argument("--device", default=None, help=f"cuda or cpu ({here}: {device.type})")
+    gpu = "a GPU" if device.type == "cuda" else "no GPU"
+    p.add_argument("--device", default=None, help=f"cuda or cpu (default: {device.type}, as this machine has {gpu})")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help=f"{here}: {d.dtype}")
     p.add_argument("--T", type=_ints, default=None, help=f"frame counts, comma-separated ({here}: {','.join(map(str, d.T))})")
     p.add_argument("--frames-total", type=int, default=None, help=f"B·T of the fixed-B·T sweep ({here}: {d.frames_total})")
@@ -60,7 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--passes", type=_names(PASSES), default=None, help="fwd,fwd+bwd (default: both)")
     p.add_argument("--sweeps", type=_names(SWEEPS), default=None, help="fixed-B,fixed-BT (default: both)")
     p.add_argument("--impls", default=None, help="only implementations whose name contains one of these (comma-separated)")
-    p.add_argument("--batch-ms", type=float, default=None, help=f"least wall time of one timed batch ({here}: {d.batch_ms:g})")
+    p.add_argument("--batch-ms", type=float, default=None, help=f"least time of one timed batch, ms ({here}: {d.batch_ms:g})")
     p.add_argument("--samples", type=int, default=None, help=f"timed batches per implementation and shape ({here}: {d.samples})")
     p.add_argument("--max-spread", type=float, default=None,
                    help=f"mark (and don't rank) a row whose p20-p80 spread exceeds this share of its median (default {d.max_spread})")
@@ -109,12 +111,16 @@ def _measure(cfg: Config, device: torch.device, args) -> tuple:
     tqdm = require("tqdm", extra="bench", feature="stquery profile's progress bar").tqdm
     impl_filter = [x for x in args.impls.split(",") if x] if args.impls else None
     bar = tqdm(total=len(harness.units(cfg)), unit="shape", file=sys.stderr, disable=args.quiet, dynamic_ncols=True)
+    stop = threading.Event()
+    # The clock keeps running while one call takes long (FlexAttention's first compile on a CPU).
+    threading.Thread(target=lambda: [bar.refresh() for _ in iter(lambda: stop.wait(1.0), True)], daemon=True).start()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return harness.profile(cfg, device, impl_filter=impl_filter,
                                    status=lambda text: bar.set_description_str(text[:70]), advance=bar.update)
     finally:
+        stop.set()
         bar.close()
 
 

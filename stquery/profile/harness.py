@@ -298,6 +298,7 @@ def profile(cfg: Config, device: torch.device, *, impl_filter=None, status=None,
     if device.type == "cpu" and cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
     status = status or (lambda text: None)
+    status("loading torch.compile (for FlexAttention)")
     try:
         with dynamo_limits():
             status("measuring the device's copy bandwidth and matmul rate")
