@@ -277,7 +277,7 @@ def measure_shape(case: Case, impls: list, s: Shape, passes: str, device: torch.
             row.reason = str(e) if isinstance(e, Unavailable) else first_line(e)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    status(f"{case.name} {passes} T={s.T} B={s.B}: timing {len(calls)}")
+    status(f"{case.name} {passes} T={s.T} B={s.B}: timing {len(calls)} in turn")
     input_bytes = sum(t.numel() * t.element_size() for t in inp.values())
     for name, (times, reps) in interleaved(calls, device, cfg.batch_ms, cfg.samples).items():
         row = rows[name]
