@@ -33,8 +33,10 @@ import torch
 from .._optional import require
 from .config import dump_config
 
-_safetensors = require("safetensors.torch", extra="train", feature="stquery train's checkpoints")
-load_file, save_file = _safetensors.load_file, _safetensors.save_file
+
+def _safetensors():
+    """safetensors, imported on use: ``stquery --help`` imports this module for :class:`CheckpointError`."""
+    return require("safetensors.torch", extra="train", feature="stquery train's checkpoints")
 
 
 class CheckpointError(ValueError):
@@ -98,7 +100,7 @@ def save(directory: Path, model, optimizer, scheduler, *, step: int, epoch: int,
     for stale in folder.glob(".step_*"):  # left by a process killed while writing
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=folder))
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+    _safetensors().save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
     torch.save({
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -146,7 +148,7 @@ def resolve(path: str | Path) -> Path:
 
 def load_weights(directory: Path, model: torch.nn.Module) -> None:
     """Load trainable weights; every trainable parameter must be in the file and vice versa."""
-    weights = load_file(str(Path(directory) / "trainable.safetensors"))
+    weights = _safetensors().load_file(str(Path(directory) / "trainable.safetensors"))
     params = dict(model.named_parameters())
     expected = {n for n, p in params.items() if p.requires_grad}
     missing, unexpected = expected - set(weights), set(weights) - set(params)

@@ -19,7 +19,11 @@ from typing import Any
 
 from .._optional import require
 
-yaml = require("yaml", extra="train", feature="stquery train")
+
+def _yaml():
+    """PyYAML, imported on use: ``stquery --help`` imports this module for :class:`ConfigError`."""
+    return require("yaml", extra="train", feature="stquery train's configs")
+
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
@@ -107,7 +111,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"--set expects key=value, got {text!r}")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else None
+    value = _yaml().safe_load(raw) if raw != "" else None
     # YAML 1.1 reads "1e-4" as a string; accept it as the float everyone means.
     if isinstance(value, str):
         try:
@@ -121,6 +125,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """Defaults, then the YAML file at ``path``, then each ``key=value`` override."""
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
+        yaml = _yaml()
         try:
             text = Path(path).read_text()
         except OSError as e:
@@ -180,4 +185,4 @@ def _validate(cfg: dict) -> None:
 
 
 def dump_config(cfg: dict, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    Path(path).write_text(_yaml().safe_dump(cfg, sort_keys=False))
