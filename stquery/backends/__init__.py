@@ -21,7 +21,7 @@ import torch
 log = logging.getLogger("stquery")
 
 # Auto's order: fastest first.
-PREFERENCE = ("triton", "cuda", "torch")
+PREFERENCE = ("triton", "cuda", "cpu", "torch")
 ENV = "STQUERY_BACKEND"
 # The ops a backend's supports() is asked about, and the primitives each one calls.
 OPS = {
@@ -156,8 +156,9 @@ def _log_passed_over(op: str, passed: dict, chosen: str) -> None:
 
 
 # The built-in backends. Each module only defines its object; registering happens here, in sight.
-from . import cuda_backend, torch_backend, triton_backend  # noqa: E402
+from . import cpu_backend, cuda_backend, torch_backend, triton_backend  # noqa: E402
 
 register(torch_backend.backend)
 register(triton_backend.backend)
 register(cuda_backend.backend)
+register(cpu_backend.backend)

@@ -1,20 +1,23 @@
-"""The Triton attention kernels (``kernels/attention.py``) against the torch reference.
+"""The attention kernels (Triton ``kernels/attention``, C++ ``csrc/attention``) against the torch
+reference.
 
-Every case runs the public op (``stq.attention`` / ``stq.temporal_attention``, ``backend="triton"``)
-forward and backward (``torch.autograd.grad`` for q, k, v and alpha) and compares with
-``stquery.ops.reference`` in float64. The bound is flash-attention's: the kernel's error against
-float64 must be at most 2x (3x for gradients) the error of the same reference run in the input
-dtype, plus a tiny absolute eps. Outputs and gradients are NaN-poisoned before every launch
-(``STQUERY_POISON=1``), so an element a kernel forgets to write fails.
+Every case runs the public op (``stq.attention`` / ``stq.temporal_attention``) on each kernel
+backend (``triton``, ``cpu``) forward and backward (``torch.autograd.grad`` for q, k, v and alpha)
+and compares with ``stquery.ops.reference`` in float64. The bound is flash-attention's: the kernel's
+error against float64 must be at most 2x (3x for gradients) the error of the same reference run in
+the input dtype, plus a tiny absolute eps. Outputs and gradients are NaN-poisoned before every
+launch (``STQUERY_POISON=1``), so an element a kernel forgets to write fails.
 
 The cases combine the parameters pairwise rather than as a full product (the interpreter is
 slow): both ops, modes none/mix/scale, p = 1..4 over window/causal/dense, global tokens,
 key_padding, frame_lengths (including empty videos), T in {1, 3, 8, 17} (and > 64 for the looping
 kernels), L in {1, 5}, d in {16, 40, 64}, Nq != Nk, inputs whose only contiguous dim is the last,
-float32 and float16 (not bfloat16: the interpreter's bfloat16 arithmetic is wrong).
+float32, float16 and bfloat16 (bfloat16 not under the Triton interpreter, whose bfloat16
+arithmetic is wrong).
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 from dataclasses import dataclass
@@ -26,17 +29,27 @@ import torch
 import stquery as stq
 from stquery.ops import reference
 
-pytest.importorskip("triton")
-if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
-
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TRITON = importlib.util.find_spec("triton") is not None and (
+    torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+)
+# Each kernel backend that can run on this machine's test device.
+BACKENDS = [
+    pytest.param("triton", marks=pytest.mark.skipif(not TRITON, reason="needs triton with CUDA or TRITON_INTERPRET=1")),
+    pytest.param("cpu", marks=pytest.mark.skipif(DEVICE != "cpu", reason="the cpu backend runs CPU tensors")),
+]
 # Absolute slack, relative to the largest reference value. The reference computes in float32 even
 # for float16 inputs, so its "same dtype" error is only the final rounding (flash-attention's
 # reference multiplies in float16); the kernels round P and dS to float16 for the tensor-core
-# products, about one more float16 ulp of the result: eps = 1e-3 (~2 ulps). In float32 the
-# reference's error is ~1e-7 and the kernels' ~1e-6 (exp2/log2, reduction order): eps = 1e-5.
-EPS = {torch.float32: 1e-5, torch.float16: 1e-3}
+# products, about one more float16 ulp of the result: eps = 1e-3 (~2 ulps), 8e-3 for bfloat16. In
+# float32 the reference's error is ~1e-7 and the kernels' ~1e-6 (exp2/log2, reduction order):
+# eps = 1e-5.
+EPS = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+
+
+def _skip_unsupported(backend: str, dtype: torch.dtype) -> None:
+    if backend == "triton" and dtype == torch.bfloat16 and not torch.cuda.is_available():
+        pytest.skip("the Triton interpreter's bfloat16 arithmetic is inexact")
 
 
 @pytest.fixture(autouse=True)
@@ -63,7 +76,7 @@ class Case:
     alpha: str = "full"  # "p" | "group" | "full": the broadcast shape of the routing weights
 
     def __str__(self):
-        dt = {torch.float32: "fp32", torch.float16: "fp16"}[self.dtype]
+        dt = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype]
         size = f"T{self.n}L{self.L}" if self.op == "temporal" else f"N{self.n}x{self.nk or self.n}"
         masks = "+".join(self.kinds) or "nomask"
         extra = ("-glob" if self.glob else "") + ("-pad" if self.pad else "") + (f"-a{self.alpha}" if self.kinds else "")
@@ -85,6 +98,8 @@ CASES = [
     Case(T, "scale", ("window",), n=1, L=5, d=16, dtype=torch.float16, pad=True),
     Case(T, "mix", ("causal", "window", "dense"), n=17, L=1, d=40, dtype=torch.float16, glob=True),
     Case(T, "mix", ("causal", "window"), n=8, L=1, d=100, dtype=torch.float16, pad=True),
+    Case(T, "mix", ("window", "window", "window"), n=8, groups=3, L=5, d=64, dtype=torch.bfloat16, pad=True),
+    Case(T, "none", n=17, L=5, d=40, dtype=torch.bfloat16),
     # temporal, looping kernels (T > 64)
     Case(T, "mix", ("window", "causal"), n=70, groups=1, L=1, H=1, d=16, pad=True),
     Case(T, "scale", ("window", "dense"), n=70, groups=1, L=1, H=1, d=16, dtype=torch.float16, glob=True),
@@ -103,6 +118,7 @@ CASES = [
     Case(S, "scale", ("causal", "window", "dense", "window"), n=80, groups=1, H=1, d=16,
          dtype=torch.float16, glob=True, pad=True),
     Case(S, "none", n=67, nk=33, groups=2, H=1, d=16, dtype=torch.float16),
+    Case(S, "scale", ("window", "dense"), n=9, nk=9, d=40, dtype=torch.bfloat16, glob=True, pad=True),
 ]
 
 
@@ -172,14 +188,16 @@ def _run(case: Case, fn, args, kwargs, diff, dtype, grad_out, **extra):
     return [out] + list(grads)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_matches_reference(case: Case):
+def test_matches_reference(case: Case, backend: str):
+    _skip_unsupported(backend, case.dtype)
     args, kwargs, diff = _inputs(case)
     public = stq.temporal_attention if case.op == T else stq.attention
     naive = reference.temporal_attention if case.op == T else reference.attention
     grad_out = _strided(args[0].shape, case.dtype)
 
-    got = _run(case, public, args, kwargs, diff, case.dtype, grad_out, backend="triton")
+    got = _run(case, public, args, kwargs, diff, case.dtype, grad_out, backend=backend)
     exact = _run(case, naive, args, kwargs, diff, torch.float64, grad_out)
     same_dtype = _run(case, naive, args, kwargs, diff, case.dtype, grad_out)
 
@@ -201,6 +219,7 @@ def test_matches_reference(case: Case):
             assert (t[padded] == 0).all(), f"{name}: padded frames not zero"
 
 
+@pytest.mark.skipif(not TRITON, reason="needs triton with CUDA or TRITON_INTERPRET=1")
 def test_supports_reasons():
     from stquery.ops.attention.problem import AttnProblem
     from stquery.kernels import attention as kernels
@@ -222,7 +241,8 @@ def test_supports_reasons():
     assert kernels.supports("attention", q, q, q, None, None, None, None, AttnProblem(0, (), (), 0, 0, 0, 0.25)) == []
 
 
-def test_mix_with_a_mask_far_below_the_others_stays_finite():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mix_with_a_mask_far_below_the_others_stays_finite(backend):
     """The diagonal mask's only score sits 86 nats below the global mask's: the backward must not
     overflow its normaliser into inf · 0 = NaN (SPEC §1), and its share of dv stays right."""
     N, d = 16, 32
@@ -241,18 +261,50 @@ def test_mix_with_a_mask_far_below_the_others_stays_finite():
         out = fn(*xs[:3], masks=masks, alpha=xs[3], mode="mix", scale=1.0, **kw)
         return [out, *torch.autograd.grad(out, xs, torch.ones_like(out))]
 
-    got = run(stq.attention, torch.float32, backend="triton")
+    got = run(stq.attention, torch.float32, backend=backend)
     want = run(reference.attention, torch.float64)
     for name, g, w in zip(["out", "dq", "dk", "dv", "dalpha"], got, want):
         assert torch.isfinite(g).all(), name
     torch.testing.assert_close(got[3].double(), want[3], rtol=1e-4, atol=1e-4)  # dv: both masks' shares
 
 
-def test_radius_beyond_the_sequence_is_unbounded():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_radius_beyond_the_sequence_is_unbounded(backend):
     """A huge radius must neither overflow the int32 mask descriptor nor change the result."""
     q, k, v = (torch.randn(2 * 5, 3, 2, 16, device=DEVICE) for _ in range(3))
     for huge in (2 ** 29, 2 ** 40):
         masks = stq.MaskSet([stq.masks.window(huge), stq.masks.causal(huge)])
-        got = stq.temporal_attention(q, k, v, 5, masks=masks, backend="triton")
+        got = stq.temporal_attention(q, k, v, 5, masks=masks, backend=backend)
         want = reference.temporal_attention(q.double(), k.double(), v.double(), 5, masks=masks)
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the cpu backend runs CPU tensors")
+@pytest.mark.parametrize("mode", ["none", "mix", "scale"])
+def test_cpu_results_do_not_depend_on_the_thread_count(mode):
+    """Forward, dq/dk/dv and dalpha are bitwise the same with 1 and 2 threads (one task per sequence,
+    dalpha summed per sequence in row order)."""
+    B, T, L, H, d = 3, 6, 5, 2, 24
+    q, k, v = (_strided((B * T, L, H, d), torch.float32) for _ in range(3))
+    masks = alpha = None
+    if mode != "none":
+        masks = stq.MaskSet([stq.masks.window(1), stq.masks.causal(None), stq.masks.dense(torch.rand(T, T) > 0.5)])
+        alpha = torch.rand(B, L, 3) + 0.1
+    grad = torch.randn(B * T, L, H, d)
+
+    def run():
+        xs = [t.detach().clone().requires_grad_() for t in (q, k, v)] + ([alpha.clone().requires_grad_()] if masks else [])
+        kw = dict(masks=masks, alpha=xs[3], mode=mode) if masks else {}
+        out = stq.temporal_attention(*xs[:3], T, frame_lengths=torch.tensor([6, 4, 0]), backend="cpu", **kw)
+        return [out, *torch.autograd.grad(out, xs, grad)]
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(2)
+        two = run()
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)

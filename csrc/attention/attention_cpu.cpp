@@ -1,0 +1,470 @@
+// Fused spatial / temporal attention with routed masks (DAR) on the CPU.
+//
+// Every attention sequence is a triple (b, l, h) whose row n sits at
+//     base + b * s_b + l * s_l + h * s_h + n * s_n
+// (spatial [G, N, H, d]: s_b = stride(0), s_l = 0, s_n = stride(1); temporal [B*T, L, H, d]:
+// s_b = T * stride(0), s_l = stride(1), s_n = stride(0)), so the BT x L <-> BL x T swap is only
+// an addressing choice. One thread owns a whole sequence (at::parallel_for over sequences): it
+// stages the sequence's rows as float32 in cache-sized scratch (the tile loads of a GPU kernel;
+// fp16/bf16 are converted there), then walks its queries in blocks of MR rows. A block's scores
+// against all keys (MR x Nk, never N x N) are computed, masked and normalised row by row, and
+// multiplied into V. Each output element depends only on its own sequence, in a fixed order:
+// results do not depend on the thread count.
+//
+// Masks are never materialised beyond one row: window/causal are key ranges computed from
+// integers, dense masks are read from the shared bool buffer, global tokens and key padding /
+// frame lengths are applied on the fly (row_masks).
+//
+// Modes (s = scale * q.k):
+// - NONE: softmax over the visible keys. stats = lse.
+// - MIX: o_i = sum_j alpha_j softmax_{M_j(i)}(s_i) V, each mask normalised against its own max
+//   (no shared-max underflow); stats = lse_j per mask (-inf for an empty mask row): O(N p).
+// - SCALE: softmax over {k : w_ik > 0} of s_ik * w_ik, w = sum_j alpha_j M_j. stats = lse.
+// Backward, per query row from the saved stats (the forward is not re-run):
+//   P = exp(s - lse) (per mask in MIX), dP = dO V^T, delta = sum_k P dP,
+//   NONE: dS = P (dP - delta); SCALE: dS' = P (dP - delta), dS = dS' w,
+//   dalpha_j = sum_k dS' s M_j; MIX: dS = sum_j alpha_j P_j (dP - delta_j), dalpha_j = sum_i delta_j.
+//   dq = scale dS K, dk = scale dS^T Q, dv = A^T dO with A the final attention weights.
+// dalpha is summed per sequence in row order: [B*L*H, p], which is alpha's expanded shape.
+#include "attention/attention_cpu.h"
+
+#include <ATen/Parallel.h>
+
+#include "common/cpu_math.h"
+
+namespace stquery::cpu {
+namespace {
+
+constexpr int MR = 4;  // query rows per block
+constexpr int kMaxMasks = 8;
+
+struct Rows {  // element strides of a sequence's rows
+  int64_t b, l, h, n;
+  int64_t at(int64_t b_, int64_t l_, int64_t h_, int64_t n_) const { return b_ * b + l_ * l + h_ * h + n_ * n; }
+};
+
+Rows rows_of(const at::Tensor& x, int64_t frames) {
+  if (frames) return {frames * x.stride(0), x.stride(1), x.stride(2), x.stride(0)};
+  return {x.stride(0), 0, x.stride(2), x.stride(1)};
+}
+
+struct Problem {
+  int64_t B, L, H, Nq, Nk, d, frames;
+  int mode, p;
+  int kinds[kMaxMasks];
+  int64_t radii[kMaxMasks], dense_index[kMaxMasks];
+  int64_t gs, ge;
+  float scale;
+  const bool* dense = nullptr;
+  int64_t sd_m = 0, sd_q = 0, sd_k = 0;
+  const bool* kpad = nullptr;
+  int64_t skp_b = 0, skp_n = 0;
+  const int64_t* flen = nullptr;
+  const float* alpha = nullptr;
+  int64_t sa_b = 0, sa_l = 0, sa_h = 0, sa_p = 0;
+
+  int64_t n_seq() const { return B * L * H; }
+  int64_t stats_width() const { return mode == kMix ? p : 1; }
+};
+
+Problem make_problem(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& alpha,
+                     const std::optional<at::Tensor>& dense, const std::optional<at::Tensor>& key_padding,
+                     const std::optional<at::Tensor>& frame_lengths, int64_t frames, const std::vector<int64_t>& kinds,
+                     const std::vector<int64_t>& radii, int64_t gs, int64_t ge, int64_t mode, double scale) {
+  Problem P{};
+  P.frames = frames;
+  if (frames) {
+    P.B = q.size(0) / frames, P.L = q.size(1), P.H = q.size(2), P.Nq = P.Nk = frames;
+  } else {
+    P.B = q.size(0), P.L = 1, P.H = q.size(2), P.Nq = q.size(1), P.Nk = k.size(1);
+  }
+  P.d = q.size(3);
+  P.mode = static_cast<int>(mode);
+  P.p = mode == kNone ? 0 : static_cast<int>(kinds.size());
+  TORCH_CHECK(P.p <= kMaxMasks, "attention: at most ", kMaxMasks, " masks, got ", P.p);
+  int64_t n_dense = 0;
+  for (int j = 0; j < P.p; ++j) {
+    P.kinds[j] = static_cast<int>(kinds[j]);
+    P.radii[j] = radii[j];
+    P.dense_index[j] = kinds[j] == kDense ? n_dense++ : -1;
+  }
+  P.gs = mode == kNone ? 0 : gs;
+  P.ge = mode == kNone ? 0 : ge;
+  P.scale = static_cast<float>(scale);
+  if (n_dense) {
+    TORCH_CHECK(dense.has_value() && dense->scalar_type() == at::kBool && dense->dim() == 3 &&
+                    dense->size(0) == n_dense && dense->size(1) == P.Nq && dense->size(2) == P.Nk,
+                "dense: expected bool [", n_dense, ", ", P.Nq, ", ", P.Nk, "]");
+    P.dense = dense->data_ptr<bool>();
+    P.sd_m = dense->stride(0), P.sd_q = dense->stride(1), P.sd_k = dense->stride(2);
+  }
+  if (key_padding.has_value()) {
+    TORCH_CHECK(key_padding->scalar_type() == at::kBool, "key_padding: expected bool");
+    P.kpad = key_padding->data_ptr<bool>();
+    P.skp_b = key_padding->stride(0), P.skp_n = key_padding->stride(1);
+  }
+  if (frame_lengths.has_value()) {
+    TORCH_CHECK(frames && frame_lengths->scalar_type() == at::kLong && frame_lengths->is_contiguous(),
+                "frame_lengths: expected contiguous int64 [B] (temporal attention)");
+    P.flen = frame_lengths->data_ptr<int64_t>();
+  }
+  if (P.p) {
+    TORCH_CHECK(alpha.has_value() && alpha->scalar_type() == at::kFloat && alpha->dim() == 4 &&
+                    alpha->size(3) == P.p,
+                "alpha: expected float32 [B, L, H, p]");
+    P.alpha = alpha->data_ptr<float>();
+    P.sa_b = alpha->stride(0), P.sa_l = alpha->stride(1), P.sa_h = alpha->stride(2), P.sa_p = alpha->stride(3);
+  }
+  return P;
+}
+
+// One sequence's coordinates, routing weights and key visibility.
+struct Seq {
+  int64_t b, l, h;
+  int64_t n_alive;  // queries < n_alive attend (frame_lengths); the others give 0
+  float alpha[kMaxMasks];
+};
+
+Seq make_seq(const Problem& P, int64_t seq, float* keyok, int64_t Nkp) {
+  Seq s;
+  s.b = seq / (P.L * P.H), s.l = (seq / P.H) % P.L, s.h = seq % P.H;
+  int64_t key_limit = P.Nk;
+  s.n_alive = P.Nq;
+  if (P.flen) {
+    const int64_t f = std::min<int64_t>(std::max<int64_t>(P.flen[s.b], 0), P.frames);
+    key_limit = s.n_alive = f;
+  }
+  for (int64_t k = 0; k < Nkp; ++k) {
+    const bool padded = P.kpad && k < P.Nk && P.kpad[s.b * P.skp_b + k * P.skp_n];
+    keyok[k] = (k < key_limit && !padded) ? 1.f : 0.f;
+  }
+  for (int j = 0; j < P.p; ++j) {
+    s.alpha[j] = P.alpha[s.b * P.sa_b + s.l * P.sa_l + s.h * P.sa_h + j * P.sa_p];
+  }
+  return s;
+}
+
+// mj[j * Nkp + k] = 1 iff key k is visible from query i under mask j (key padding applied).
+void row_masks(const Problem& P, int64_t i, const float* keyok, float* mj, int64_t Nkp) {
+  const bool global_row = i >= P.gs && i < P.ge;
+  const int64_t g_lo = std::min(P.gs, P.Nk), g_hi = std::min(P.ge, P.Nk);
+  for (int j = 0; j < P.p; ++j) {
+    float* m = mj + j * Nkp;
+    if (global_row) {
+      std::memcpy(m, keyok, Nkp * sizeof(float));
+      continue;
+    }
+    if (P.kinds[j] == kDense) {
+      const bool* row = P.dense + P.dense_index[j] * P.sd_m + i * P.sd_q;
+      for (int64_t k = 0; k < P.Nk; ++k) m[k] = row[k * P.sd_k] ? keyok[k] : 0.f;
+      std::fill(m + P.Nk, m + Nkp, 0.f);
+    } else {
+      int64_t lo, hi;
+      band(P.kinds[j], P.radii[j], i, lo, hi);
+      lo = std::max<int64_t>(lo, 0);
+      hi = std::min<int64_t>(hi, P.Nk - 1);
+      std::fill(m, m + Nkp, 0.f);
+      for (int64_t k = lo; k <= hi; ++k) m[k] = keyok[k];
+    }
+    for (int64_t k = g_lo; k < g_hi; ++k) m[k] = keyok[k];
+  }
+}
+
+// w = softmax of s over {k : vis[k] > 0}; returns lse (-inf and w = 0 for an empty row).
+float softmax_row(const float* s, const float* vis, float* w, int64_t n) {
+  const float m = masked_max(s, vis, n);
+  if (m == -kInf) {
+    std::fill(w, w + n, 0.f);
+    return -kInf;
+  }
+  const float l = masked_exp(s, vis, m, w, n);
+  const Vec inv(1.f / l);
+  for (int64_t k = 0; k < n; k += kV) (Vec::loadu(w + k) * inv).store(w + k);
+  return m + std::log(l);
+}
+
+// Forward for query row i: s (scaled scores, overwritten in SCALE mode) -> w (attention weights), st (stats).
+void fwd_row(const Problem& P, const Seq& q, int64_t i, float* s, const float* keyok, float* mj, float* tmp, float* w,
+             float* st, int64_t Nkp) {
+  if (i >= q.n_alive) {
+    std::fill(w, w + Nkp, 0.f);
+    std::fill(st, st + P.stats_width(), -kInf);
+    return;
+  }
+  if (P.mode == kNone) {
+    st[0] = softmax_row(s, keyok, w, Nkp);
+    return;
+  }
+  row_masks(P, i, keyok, mj, Nkp);
+  if (P.mode == kMix) {
+    std::fill(w, w + Nkp, 0.f);
+    for (int j = 0; j < P.p; ++j) {
+      const float* m_j = mj + j * Nkp;
+      const float m = masked_max(s, m_j, Nkp);
+      if (m == -kInf) {
+        st[j] = -kInf;
+        continue;
+      }
+      const float l = masked_exp(s, m_j, m, tmp, Nkp);
+      st[j] = m + std::log(l);
+      axpy(q.alpha[j] / l, tmp, w, Nkp);
+    }
+    return;
+  }
+  // SCALE: tmp = sum_j alpha_j M_j; softmax of s * tmp over tmp > 0
+  std::fill(tmp, tmp + Nkp, 0.f);
+  for (int j = 0; j < P.p; ++j) axpy(q.alpha[j], mj + j * Nkp, tmp, Nkp);
+  for (int64_t k = 0; k < Nkp; k += kV) (Vec::loadu(s + k) * Vec::loadu(tmp + k)).store(s + k);
+  st[0] = softmax_row(s, tmp, w, Nkp);
+}
+
+// Backward for query row i: from s (scaled scores), dp (dO . v_k) and the stats -> a (attention
+// weights), ds (gradient w.r.t. s); adds the row's share of dalpha.
+void bwd_row(const Problem& P, const Seq& q, int64_t i, const float* s, const float* dp, const float* keyok, float* mj,
+             float* tmp, const float* st, float* a, float* ds, double* dalpha, int64_t Nkp) {
+  std::fill(a, a + Nkp, 0.f);
+  std::fill(ds, ds + Nkp, 0.f);
+  if (i >= q.n_alive) return;
+  if (P.mode == kNone) {
+    if (st[0] == -kInf) return;
+    masked_exp(s, keyok, st[0], a, Nkp);
+    const Vec delta(dot(a, dp, Nkp));
+    for (int64_t k = 0; k < Nkp; k += kV) (Vec::loadu(a + k) * (Vec::loadu(dp + k) - delta)).store(ds + k);
+    return;
+  }
+  row_masks(P, i, keyok, mj, Nkp);
+  if (P.mode == kMix) {
+    for (int j = 0; j < P.p; ++j) {
+      if (st[j] == -kInf) continue;
+      masked_exp(s, mj + j * Nkp, st[j], tmp, Nkp);
+      const float delta = dot(tmp, dp, Nkp);
+      dalpha[j] += delta;
+      const Vec alpha(q.alpha[j]), vdelta(delta);
+      for (int64_t k = 0; k < Nkp; k += kV) {
+        const Vec pa = Vec::loadu(tmp + k) * alpha;
+        (Vec::loadu(a + k) + pa).store(a + k);
+        at::vec::fmadd(pa, Vec::loadu(dp + k) - vdelta, Vec::loadu(ds + k)).store(ds + k);
+      }
+    }
+    return;
+  }
+  // SCALE: ds holds s * w, then dS' = P (dP - delta); dalpha_j = sum_k dS' s M_j; dS = dS' w
+  if (st[0] == -kInf) return;
+  std::fill(tmp, tmp + Nkp, 0.f);
+  for (int j = 0; j < P.p; ++j) axpy(q.alpha[j], mj + j * Nkp, tmp, Nkp);
+  for (int64_t k = 0; k < Nkp; k += kV) (Vec::loadu(s + k) * Vec::loadu(tmp + k)).store(ds + k);
+  masked_exp(ds, tmp, st[0], a, Nkp);
+  const Vec delta(dot(a, dp, Nkp));
+  for (int64_t k = 0; k < Nkp; k += kV) {
+    const Vec g = Vec::loadu(a + k) * (Vec::loadu(dp + k) - delta);
+    (g * Vec::loadu(s + k)).store(ds + k);  // dS' * s, for dalpha
+  }
+  for (int j = 0; j < P.p; ++j) dalpha[j] += dot(ds, mj + j * Nkp, Nkp);
+  for (int64_t k = 0; k < Nkp; k += kV) {
+    (Vec::loadu(a + k) * (Vec::loadu(dp + k) - delta) * Vec::loadu(tmp + k)).store(ds + k);
+  }
+}
+
+// Rows [0, n) of one sequence as float32 [n, ld] (zero-padded columns).
+template <typename T>
+void stage(const T* base, int64_t stride_n, int64_t n, int64_t d, float* dst, int64_t ld) {
+  for (int64_t r = 0; r < n; ++r) load_row(base + r * stride_n, dst + r * ld, d, ld);
+}
+
+// dst [d, ldt] = src[n, ld]^T for the first d columns, zero past n.
+void transpose(const float* src, int64_t ld, int64_t n, int64_t d, float* dst, int64_t ldt) {
+  at::vec::transpose_mxn<float>(src, ld, dst, ldt, static_cast<int>(n), static_cast<int>(d));
+  for (int64_t c = 0; c < d; ++c) std::fill(dst + c * ldt + n, dst + (c + 1) * ldt, 0.f);
+}
+
+class Scratch {
+ public:
+  explicit Scratch(int64_t n) : buf_(n) {}
+  float* take(int64_t n) {
+    float* p = buf_.data() + used_;
+    used_ += n;
+    return p;
+  }
+
+ private:
+  std::vector<float> buf_;
+  int64_t used_ = 0;
+};
+
+template <typename T>
+void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, const at::Tensor& v_t, at::Tensor& o_t,
+              at::Tensor& stats_t) {
+  const int64_t d = P.d, dp = round_up(d, kV), Nq = P.Nq, Nk = P.Nk, Nkp = round_up(Nk, kV);
+  const int64_t Nqp = round_up(Nq, MR), Pw = P.stats_width();
+  const Rows qs = rows_of(q_t, P.frames), ks = rows_of(k_t, P.frames), vs = rows_of(v_t, P.frames);
+  const Rows os = rows_of(o_t, P.frames), ss = rows_of(stats_t, P.frames);
+  const T* q = q_t.const_data_ptr<T>();
+  const T* k = k_t.const_data_ptr<T>();
+  const T* v = v_t.const_data_ptr<T>();
+  T* o = o_t.data_ptr<T>();
+  float* stats = stats_t.data_ptr<float>();
+  at::parallel_for(0, P.n_seq(), 1, [&](int64_t s0, int64_t s1) {
+    Scratch w(Nqp * dp + 2 * Nk * dp + d * Nkp + (2 * MR + kMaxMasks + 2) * Nkp + MR * dp);
+    float* Qf = w.take(Nqp * dp);
+    float* Kf = w.take(Nk * dp);
+    float* Kt = w.take(d * Nkp);
+    float* Vf = w.take(Nk * dp);
+    float* keyok = w.take(Nkp);
+    float* S = w.take(MR * Nkp);
+    float* W = w.take(MR * Nkp);
+    float* mj = w.take(kMaxMasks * Nkp);
+    float* tmp = w.take(Nkp);
+    float* O = w.take(MR * dp);
+    std::fill(Qf, Qf + Nqp * dp, 0.f);
+    for (int64_t seq = s0; seq < s1; ++seq) {
+      const Seq sq = make_seq(P, seq, keyok, Nkp);
+      stage(q + qs.at(sq.b, sq.l, sq.h, 0), qs.n, Nq, d, Qf, dp);
+      stage(k + ks.at(sq.b, sq.l, sq.h, 0), ks.n, Nk, d, Kf, dp);
+      transpose(Kf, dp, Nk, d, Kt, Nkp);
+      stage(v + vs.at(sq.b, sq.l, sq.h, 0), vs.n, Nk, d, Vf, dp);
+      for (int64_t i0 = 0; i0 < Nq; i0 += MR) {
+        gemm_abt<MR>(Qf + i0 * dp, dp, Kt, Nkp, d, Nkp, P.scale, S, Nkp);
+        float st[kMaxMasks];
+        for (int r = 0; r < MR; ++r) {
+          const int64_t i = i0 + r;
+          if (i >= Nq) {
+            std::fill(W + r * Nkp, W + (r + 1) * Nkp, 0.f);
+            continue;
+          }
+          fwd_row(P, sq, i, S + r * Nkp, keyok, mj, tmp, W + r * Nkp, st, Nkp);
+          std::memcpy(stats + ss.at(sq.b, sq.l, sq.h, i), st, Pw * sizeof(float));
+        }
+        gemm_ab<MR>(W, Nkp, Vf, dp, Nk, dp, O, dp);
+        for (int r = 0; r < MR && i0 + r < Nq; ++r) store_row(O + r * dp, o + os.at(sq.b, sq.l, sq.h, i0 + r), d);
+      }
+    }
+  });
+}
+
+template <typename T>
+void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, const at::Tensor& k_t,
+              const at::Tensor& v_t, const at::Tensor& stats_t, at::Tensor& dq_t, at::Tensor& dk_t, at::Tensor& dv_t,
+              float* dalpha) {
+  const int64_t d = P.d, dp = round_up(d, kV), Nq = P.Nq, Nk = P.Nk, Nkp = round_up(Nk, kV);
+  const int64_t Nqp = round_up(Nq, MR);
+  const Rows dos = rows_of(do_t, P.frames), qs = rows_of(q_t, P.frames), ks = rows_of(k_t, P.frames);
+  const Rows vs = rows_of(v_t, P.frames), ss = rows_of(stats_t, P.frames);
+  const Rows dqs = rows_of(dq_t, P.frames), dks = rows_of(dk_t, P.frames), dvs = rows_of(dv_t, P.frames);
+  const T* g = do_t.const_data_ptr<T>();
+  const T* q = q_t.const_data_ptr<T>();
+  const T* k = k_t.const_data_ptr<T>();
+  const T* v = v_t.const_data_ptr<T>();
+  const float* stats = stats_t.const_data_ptr<float>();
+  T* dq = dq_t.data_ptr<T>();
+  T* dk = dk_t.data_ptr<T>();
+  T* dv = dv_t.data_ptr<T>();
+  at::parallel_for(0, P.n_seq(), 1, [&](int64_t s0, int64_t s1) {
+    Scratch w(2 * Nqp * dp + 4 * Nk * dp + 2 * d * Nkp + (4 * MR + kMaxMasks + 2) * Nkp + MR * dp);
+    float* Qf = w.take(Nqp * dp);
+    float* dOf = w.take(Nqp * dp);
+    float* Kf = w.take(Nk * dp);
+    float* Vf = w.take(Nk * dp);
+    float* Kt = w.take(d * Nkp);
+    float* Vt = w.take(d * Nkp);
+    float* dK = w.take(Nk * dp);
+    float* dV = w.take(Nk * dp);
+    float* keyok = w.take(Nkp);
+    float* S = w.take(MR * Nkp);
+    float* DP = w.take(MR * Nkp);
+    float* A = w.take(MR * Nkp);
+    float* DS = w.take(MR * Nkp);
+    float* mj = w.take(kMaxMasks * Nkp);
+    float* tmp = w.take(Nkp);
+    float* dQ = w.take(MR * dp);
+    std::fill(Qf, Qf + Nqp * dp, 0.f);
+    std::fill(dOf, dOf + Nqp * dp, 0.f);
+    for (int64_t seq = s0; seq < s1; ++seq) {
+      const Seq sq = make_seq(P, seq, keyok, Nkp);
+      stage(q + qs.at(sq.b, sq.l, sq.h, 0), qs.n, Nq, d, Qf, dp);
+      stage(g + dos.at(sq.b, sq.l, sq.h, 0), dos.n, Nq, d, dOf, dp);
+      stage(k + ks.at(sq.b, sq.l, sq.h, 0), ks.n, Nk, d, Kf, dp);
+      stage(v + vs.at(sq.b, sq.l, sq.h, 0), vs.n, Nk, d, Vf, dp);
+      transpose(Kf, dp, Nk, d, Kt, Nkp);
+      transpose(Vf, dp, Nk, d, Vt, Nkp);
+      std::fill(dK, dK + Nk * dp, 0.f);
+      std::fill(dV, dV + Nk * dp, 0.f);
+      double da[kMaxMasks] = {0};
+      for (int64_t i0 = 0; i0 < Nq; i0 += MR) {
+        gemm_abt<MR>(Qf + i0 * dp, dp, Kt, Nkp, d, Nkp, P.scale, S, Nkp);
+        gemm_abt<MR>(dOf + i0 * dp, dp, Vt, Nkp, d, Nkp, 1.f, DP, Nkp);
+        for (int r = 0; r < MR; ++r) {
+          const int64_t i = i0 + r;
+          float* a = A + r * Nkp;
+          float* ds = DS + r * Nkp;
+          if (i >= Nq) {
+            std::fill(a, a + Nkp, 0.f);
+            std::fill(ds, ds + Nkp, 0.f);
+            continue;
+          }
+          bwd_row(P, sq, i, S + r * Nkp, DP + r * Nkp, keyok, mj, tmp, stats + ss.at(sq.b, sq.l, sq.h, i), a, ds, da,
+                  Nkp);
+        }
+        gemm_atb<MR>(A, Nkp, dOf + i0 * dp, dp, Nk, dp, dV, dp);
+        gemm_atb<MR>(DS, Nkp, Qf + i0 * dp, dp, Nk, dp, dK, dp);
+        gemm_ab<MR>(DS, Nkp, Kf, dp, Nk, dp, dQ, dp);
+        for (int r = 0; r < MR && i0 + r < Nq; ++r) {
+          store_row(dQ + r * dp, dq + dqs.at(sq.b, sq.l, sq.h, i0 + r), d, P.scale);
+        }
+      }
+      for (int64_t n = 0; n < Nk; ++n) {
+        store_row(dK + n * dp, dk + dks.at(sq.b, sq.l, sq.h, n), d, P.scale);
+        store_row(dV + n * dp, dv + dvs.at(sq.b, sq.l, sq.h, n), d);
+      }
+      for (int j = 0; j < P.p; ++j) dalpha[seq * P.p + j] = static_cast<float>(da[j]);
+    }
+  });
+}
+
+void check_rows(const char* name, const at::Tensor& x, const at::Tensor& q) {
+  TORCH_CHECK(x.device().is_cpu(), name, ": expected a CPU tensor");
+  TORCH_CHECK(x.dim() == 4 && x.stride(3) == 1, name, ": expected a 4-d tensor with stride(-1) == 1, got strides ",
+              x.strides());
+  TORCH_CHECK(x.scalar_type() == q.scalar_type(), name, ": dtype ", x.scalar_type(), " differs from q's ",
+              q.scalar_type());
+}
+
+}  // namespace
+
+void attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out, at::Tensor& stats,
+                   const std::optional<at::Tensor>& alpha, const std::optional<at::Tensor>& dense,
+                   const std::optional<at::Tensor>& key_padding, const std::optional<at::Tensor>& frame_lengths,
+                   int64_t frames, const std::vector<int64_t>& kinds, const std::vector<int64_t>& radii,
+                   int64_t global_start, int64_t global_end, int64_t mode, double scale) {
+  for (auto [name, t] : {std::pair{"q", &q}, {"k", &k}, {"v", &v}, {"out", &out}}) check_rows(name, *t, q);
+  TORCH_CHECK(stats.scalar_type() == at::kFloat && stats.dim() == 4 && stats.stride(3) == 1,
+              "stats: expected float32 [.., P] with stride(-1) == 1");
+  const Problem P = make_problem(q, k, alpha, dense, key_padding, frame_lengths, frames, kinds, radii, global_start,
+                                 global_end, mode, scale);
+  dispatch_float(q.scalar_type(), "attention_fwd", [&](auto t) { fwd_impl<decltype(t)>(P, q, k, v, out, stats); });
+}
+
+void attention_bwd(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                   const at::Tensor& stats, const std::optional<at::Tensor>& alpha,
+                   const std::optional<at::Tensor>& dense, const std::optional<at::Tensor>& key_padding,
+                   const std::optional<at::Tensor>& frame_lengths, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv,
+                   const std::optional<at::Tensor>& dalpha, int64_t frames, const std::vector<int64_t>& kinds,
+                   const std::vector<int64_t>& radii, int64_t global_start, int64_t global_end, int64_t mode,
+                   double scale) {
+  for (auto [name, t] : {std::pair{"grad_out", &grad_out}, {"q", &q}, {"k", &k}, {"v", &v}, {"dq", &dq}, {"dk", &dk},
+                         {"dv", &dv}}) {
+    check_rows(name, *t, q);
+  }
+  const Problem P = make_problem(q, k, alpha, dense, key_padding, frame_lengths, frames, kinds, radii, global_start,
+                                 global_end, mode, scale);
+  float* da = nullptr;
+  if (P.p) {
+    TORCH_CHECK(dalpha.has_value() && dalpha->scalar_type() == at::kFloat && dalpha->is_contiguous() &&
+                    dalpha->numel() == P.n_seq() * P.p,
+                "dalpha: expected contiguous float32 [B*L*H, p]");
+    da = dalpha->data_ptr<float>();
+  }
+  dispatch_float(q.scalar_type(), "attention_bwd",
+                 [&](auto t) { bwd_impl<decltype(t)>(P, grad_out, q, k, v, stats, dq, dk, dv, da); });
+}
+
+}  // namespace stquery::cpu
