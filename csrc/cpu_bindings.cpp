@@ -3,9 +3,18 @@
 #include <torch/extension.h>
 
 #include "attention/attention_cpu.h"
+#include "pool/pool_cpu.h"
+#include "topk/topk_cpu.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using namespace stquery::cpu;
   m.def("attention_fwd", &attention_fwd, "fused attention forward (fills out, stats)");
   m.def("attention_bwd", &attention_bwd, "fused attention backward from the saved stats (fills dq, dk, dv, dalpha)");
+  m.def("topk_select", &topk_select, "top-k indices, ties to the lower index (fills idx)");
+  m.def("gather_gate_fwd", &gather_gate_fwd, "gather + gate (+ multi-scale pooling) (fills y)");
+  m.def("gather_gate_bwd", &gather_gate_bwd, "gather + gate backward (fills dx, dscores)");
+  m.def("multiscale_pool_fwd", &multiscale_pool_fwd, "multi-scale window means (fills pooled)");
+  m.def("multiscale_pool_bwd", &multiscale_pool_bwd, "multi-scale pooling backward (fills dy)");
+  m.def("st_pool_fwd", &st_pool_fwd, "spatio-temporal means in one pass (fills temporal, spatial)");
+  m.def("st_pool_bwd", &st_pool_bwd, "spatio-temporal pooling backward (fills dx)");
 }

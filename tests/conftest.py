@@ -3,6 +3,7 @@
 Without CUDA, Triton kernels run in the interpreter: TRITON_INTERPRET must be set before any
 ``@triton.jit`` function is defined, i.e. before ``stquery.kernels`` is imported.
 """
+import importlib.util
 import os
 
 import pytest
@@ -12,6 +13,14 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TRITON = importlib.util.find_spec("triton") is not None and (
+    torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+)
+# The kernel backends the kernel tests run on this machine's test device (tests/kernels).
+KERNEL_BACKENDS = [
+    pytest.param("triton", marks=pytest.mark.skipif(not TRITON, reason="needs triton with CUDA or TRITON_INTERPRET=1")),
+    pytest.param("cpu", marks=pytest.mark.skipif(DEVICE != "cpu", reason="the cpu backend runs CPU tensors")),
+]
 
 
 @pytest.fixture(autouse=True)

@@ -271,10 +271,22 @@ void stage(const T* base, int64_t stride_n, int64_t n, int64_t d, float* dst, in
   for (int64_t r = 0; r < n; ++r) load_row(base + r * stride_n, dst + r * ld, d, ld);
 }
 
-// dst [d, ldt] = src[n, ld]^T for the first d columns, zero past n.
+// dst [d, ldt] = src[n, ld]^T for the first d columns (columns past n are left as they are).
 void transpose(const float* src, int64_t ld, int64_t n, int64_t d, float* dst, int64_t ldt) {
   at::vec::transpose_mxn<float>(src, ld, dst, ldt, static_cast<int>(n), static_cast<int>(d));
-  for (int64_t c = 0; c < d; ++c) std::fill(dst + c * ldt + n, dst + (c + 1) * ldt, 0.f);
+}
+
+// Fewer keys than a vector: scores as dot products, no transposed copy (it would be mostly padding).
+bool few_keys(int64_t Nk) { return Nk < kV; }
+
+// S [MR, Nkp] = scale * Q[i0 : i0 + MR] K^T, from Kt (many keys) or Kf (few keys).
+void scores(const float* Qblk, int64_t dp, const float* Kf, const float* Kt, int64_t Nk, int64_t d, int64_t Nkp,
+            float scale, float* S) {
+  if (few_keys(Nk)) {
+    gemm_abt_dots<MR>(Qblk, dp, Kf, dp, dp, Nk, scale, S, Nkp);
+  } else {
+    gemm_abt<MR>(Qblk, dp, Kt, Nkp, d, Nkp, scale, S, Nkp);
+  }
 }
 
 class Scratch {
@@ -315,15 +327,17 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
     float* mj = w.take(kMaxMasks * Nkp);
     float* tmp = w.take(Nkp);
     float* O = w.take(MR * dp);
-    std::fill(Qf, Qf + Nqp * dp, 0.f);
+    std::fill(Qf, Qf + Nqp * dp, 0.f);  // rows past Nq, and the padding of S, stay zero
+    std::fill(Kt, Kt + d * Nkp, 0.f);
+    std::fill(S, S + MR * Nkp, 0.f);
     for (int64_t seq = s0; seq < s1; ++seq) {
       const Seq sq = make_seq(P, seq, keyok, Nkp);
       stage(q + qs.at(sq.b, sq.l, sq.h, 0), qs.n, Nq, d, Qf, dp);
       stage(k + ks.at(sq.b, sq.l, sq.h, 0), ks.n, Nk, d, Kf, dp);
-      transpose(Kf, dp, Nk, d, Kt, Nkp);
+      if (!few_keys(Nk)) transpose(Kf, dp, Nk, d, Kt, Nkp);
       stage(v + vs.at(sq.b, sq.l, sq.h, 0), vs.n, Nk, d, Vf, dp);
       for (int64_t i0 = 0; i0 < Nq; i0 += MR) {
-        gemm_abt<MR>(Qf + i0 * dp, dp, Kt, Nkp, d, Nkp, P.scale, S, Nkp);
+        scores(Qf + i0 * dp, dp, Kf, Kt, Nk, d, Nkp, P.scale, S);
         float st[kMaxMasks];
         for (int r = 0; r < MR; ++r) {
           const int64_t i = i0 + r;
@@ -376,22 +390,28 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
     float* mj = w.take(kMaxMasks * Nkp);
     float* tmp = w.take(Nkp);
     float* dQ = w.take(MR * dp);
-    std::fill(Qf, Qf + Nqp * dp, 0.f);
+    std::fill(Qf, Qf + Nqp * dp, 0.f);  // rows past Nq, and the padding of S / DP, stay zero
     std::fill(dOf, dOf + Nqp * dp, 0.f);
+    std::fill(Kt, Kt + d * Nkp, 0.f);
+    std::fill(Vt, Vt + d * Nkp, 0.f);
+    std::fill(S, S + MR * Nkp, 0.f);
+    std::fill(DP, DP + MR * Nkp, 0.f);
     for (int64_t seq = s0; seq < s1; ++seq) {
       const Seq sq = make_seq(P, seq, keyok, Nkp);
       stage(q + qs.at(sq.b, sq.l, sq.h, 0), qs.n, Nq, d, Qf, dp);
       stage(g + dos.at(sq.b, sq.l, sq.h, 0), dos.n, Nq, d, dOf, dp);
       stage(k + ks.at(sq.b, sq.l, sq.h, 0), ks.n, Nk, d, Kf, dp);
       stage(v + vs.at(sq.b, sq.l, sq.h, 0), vs.n, Nk, d, Vf, dp);
-      transpose(Kf, dp, Nk, d, Kt, Nkp);
-      transpose(Vf, dp, Nk, d, Vt, Nkp);
+      if (!few_keys(Nk)) {
+        transpose(Kf, dp, Nk, d, Kt, Nkp);
+        transpose(Vf, dp, Nk, d, Vt, Nkp);
+      }
       std::fill(dK, dK + Nk * dp, 0.f);
       std::fill(dV, dV + Nk * dp, 0.f);
       double da[kMaxMasks] = {0};
       for (int64_t i0 = 0; i0 < Nq; i0 += MR) {
-        gemm_abt<MR>(Qf + i0 * dp, dp, Kt, Nkp, d, Nkp, P.scale, S, Nkp);
-        gemm_abt<MR>(dOf + i0 * dp, dp, Vt, Nkp, d, Nkp, 1.f, DP, Nkp);
+        scores(Qf + i0 * dp, dp, Kf, Kt, Nk, d, Nkp, P.scale, S);
+        scores(dOf + i0 * dp, dp, Vf, Vt, Nk, d, Nkp, 1.f, DP);
         for (int r = 0; r < MR; ++r) {
           const int64_t i = i0 + r;
           float* a = A + r * Nkp;

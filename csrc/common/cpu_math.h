@@ -46,7 +46,7 @@ inline void load_row(const T* src, float* dst, int64_t n, int64_t n_pad) {
   } else {
     at::vec::convert(src, dst, n);
   }
-  std::fill(dst + n, dst + n_pad, 0.f);
+  if (n_pad > n) std::fill(dst + n, dst + n_pad, 0.f);
 }
 
 // dst[0, n) = T(src[0, n) * mul).
@@ -119,6 +119,22 @@ inline void axpy(float c, const float* x, float* y, int64_t n) {
 }
 
 // ------------------------------------------------------------------------ register-blocked products
+// C[r, j] = mul * A[r, :depth] . B[j, :depth] for r < MR, j < nb (B rows of ldb floats; depth a
+// multiple of kV): dot products, for few keys (a transposed B would be mostly padding).
+template <int MR>
+inline void gemm_abt_dots(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t depth, int64_t nb,
+                          float mul, float* C, int64_t ldc) {
+  for (int64_t j = 0; j < nb; ++j) {
+    Vec acc[MR];
+    for (int r = 0; r < MR; ++r) acc[r] = Vec(0.f);
+    for (int64_t c = 0; c < depth; c += kV) {
+      const Vec b = Vec::loadu(B + j * ldb + c);
+      for (int r = 0; r < MR; ++r) acc[r] = at::vec::fmadd(Vec::loadu(A + r * lda + c), b, acc[r]);
+    }
+    for (int r = 0; r < MR; ++r) C[r * ldc + j] = mul * hsum(acc[r]);
+  }
+}
+
 // C[r, j] = mul * sum_c A[r, c] * Bt[c, j] for r < MR, j < n (n a multiple of kV), c < depth.
 template <int MR>
 inline void gemm_abt(const float* A, int64_t lda, const float* Bt, int64_t ldb, int64_t depth, int64_t n,

@@ -23,9 +23,9 @@ from ..ops.attention.problem import NONE
 from ..ops.common import KERNEL_DTYPES as DTYPES
 from ..ops.pool.problem import pooled_length
 
-SOURCES = ("cpu_bindings.cpp", "attention/attention_cpu.cpp")
-HEADERS = ("common/cpu_math.h", "attention/attention_cpu.h")
-OPS = frozenset({"attention"})
+SOURCES = ("cpu_bindings.cpp", "attention/attention_cpu.cpp", "pool/pool_cpu.cpp", "topk/topk_cpu.cpp")
+HEADERS = ("common/cpu_math.h", "attention/attention_cpu.h", "pool/pool_cpu.h", "topk/topk_cpu.h")
+OPS = frozenset({"attention", "topk_select", "gather_gate", "multiscale_pool", "st_pool"})
 
 
 def source_dir() -> Path:
@@ -98,11 +98,11 @@ def _build_error() -> str | None:
 
 
 def _empty(shape, dtype) -> torch.Tensor:
-    """``torch.empty`` on CPU; NaN-filled when ``STQUERY_POISON=1`` (tests), so an element a
-    kernel forgets to write shows up."""
+    """``torch.empty`` on CPU; filled with NaN (integers: -1) when ``STQUERY_POISON=1`` (tests), so
+    an element a kernel forgets to write shows up."""
     out = torch.empty(shape, dtype=dtype)
-    if os.environ.get("STQUERY_POISON", "0") == "1" and dtype.is_floating_point:
-        out.fill_(float("nan"))
+    if os.environ.get("STQUERY_POISON", "0") == "1":
+        out.fill_(float("nan") if dtype.is_floating_point else -1)
     return out
 
 
@@ -132,6 +132,8 @@ class CpuBackend:
         x = tensors[0]
         if x.dtype not in DTYPES:
             why.append(f"dtype {x.dtype} is not one of float32, float16, bfloat16")
+        if op == "gather_gate" and args[1].dtype != x.dtype:
+            why.append(f"scores dtype {args[1].dtype} differs from x's {x.dtype}")
         if not why and _build_error():
             why.append(_build_error())
         return why
@@ -152,6 +154,44 @@ class CpuBackend:
         if not routed:
             return dq, dk, dv, None
         return dq, dk, dv, dalpha.view(alpha.shape).to(alpha.dtype)
+
+    def topk_select(self, scores, k, order):
+        idx = _empty((scores.shape[0], k), torch.int64)
+        module().topk_select(scores, k, order, idx)
+        return idx
+
+    def gather_gate(self, x, scores, idx, gate, scales):
+        y = _empty((x.shape[0], pooled_length(idx.shape[1], scales), x.shape[2]), x.dtype)
+        module().gather_gate_fwd(x, scores, idx, gate, list(scales), y)
+        return y
+
+    def gather_gate_bwd(self, grad_y, x, scores, idx, gate, scales):
+        dx = _empty(x.shape, x.dtype)
+        dscores = None if gate == "none" else _empty(scores.shape, scores.dtype)
+        module().gather_gate_bwd(grad_y, x, scores, idx, gate, list(scales), dx, dscores)
+        return dx, dscores
+
+    def multiscale_pool(self, y, scales):
+        pooled = _empty((y.shape[0], pooled_length(y.shape[1], scales), y.shape[2]), y.dtype)
+        module().multiscale_pool_fwd(y, list(scales), pooled)
+        return pooled
+
+    def multiscale_pool_bwd(self, grad, k, scales):
+        dy = _empty((grad.shape[0], k, grad.shape[2]), grad.dtype)
+        module().multiscale_pool_bwd(grad, list(scales), dy)
+        return dy
+
+    def st_pool(self, x):
+        B, T, P, C = x.shape
+        temporal, spatial = _empty((B, T, C), x.dtype), _empty((B, P, C), x.dtype)
+        module().st_pool_fwd(x, temporal, spatial)
+        return temporal, spatial
+
+    def st_pool_bwd(self, grad_temporal, grad_spatial):
+        (B, T, C), P = grad_temporal.shape, grad_spatial.shape[1]
+        dx = _empty((B, T, P, C), grad_temporal.dtype)
+        module().st_pool_bwd(grad_temporal, grad_spatial, dx)
+        return dx
 
 
 backend = CpuBackend()

@@ -17,7 +17,6 @@ arithmetic is wrong).
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 from dataclasses import dataclass
@@ -29,15 +28,8 @@ import torch
 import stquery as stq
 from stquery.ops import reference
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-TRITON = importlib.util.find_spec("triton") is not None and (
-    torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
-)
-# Each kernel backend that can run on this machine's test device.
-BACKENDS = [
-    pytest.param("triton", marks=pytest.mark.skipif(not TRITON, reason="needs triton with CUDA or TRITON_INTERPRET=1")),
-    pytest.param("cpu", marks=pytest.mark.skipif(DEVICE != "cpu", reason="the cpu backend runs CPU tensors")),
-]
+from ..conftest import DEVICE, TRITON
+from ..conftest import KERNEL_BACKENDS as BACKENDS
 # Absolute slack, relative to the largest reference value. The reference computes in float32 even
 # for float16 inputs, so its "same dtype" error is only the final rounding (flash-attention's
 # reference multiplies in float16); the kernels round P and dS to float16 for the tensor-core

@@ -1,22 +1,32 @@
-"""``stq.topk_tokens(..., backend="triton")`` against the torch reference (SPEC §2.4).
+"""``stq.topk_tokens`` on each kernel backend (``triton``, ``cpu``) against the torch reference (SPEC §2.4).
 
 Indices must match exactly. Values and gradients: the kernel's error against the float64
 reference is at most 2x (3x for gradients) the error of the same-dtype reference, plus a tiny eps.
-Every output the kernels allocate is NaN-poisoned (index tensors: -1) through the kernel modules'
-``_empty`` hook, so an element a kernel forgets to write fails the comparison.
+Every output the kernels allocate is NaN-poisoned (index tensors: -1), through the Triton kernel
+modules' ``_empty`` hook and ``STQUERY_POISON=1`` for the cpu backend, so an element a kernel
+forgets to write fails the comparison.
 """
 import pytest
 import torch
 
 import stquery as stq
-from stquery.kernels import pool as pool_kernels
-from stquery.kernels import topk as topk_kernels
 from stquery.ops import reference as ref
 
-from ..conftest import DEVICE
+from ..conftest import DEVICE, TRITON
+from ..conftest import KERNEL_BACKENDS as BACKENDS
+
+if TRITON:
+    from stquery.kernels import pool as pool_kernels
+    from stquery.kernels import topk as topk_kernels
+needs_triton = pytest.mark.skipif(not TRITON, reason="needs triton with CUDA or TRITON_INTERPRET=1")
 
 GATES = (None, "sigmoid", "softmax", "identity")
 DTYPES = (torch.float32, torch.float16)  # the interpreter's bfloat16 is broken; AOT covers bf16
+
+
+def skip_unsupported(backend, dtype):
+    if backend == "triton" and dtype == torch.bfloat16 and not torch.cuda.is_available():
+        pytest.skip("the Triton interpreter's bfloat16 arithmetic is inexact")
 
 
 def _poisoned_empty(shape, dtype, device):
@@ -26,8 +36,10 @@ def _poisoned_empty(shape, dtype, device):
 
 @pytest.fixture(autouse=True)
 def _poison(monkeypatch):
-    monkeypatch.setattr(topk_kernels, "_empty", _poisoned_empty)
-    monkeypatch.setattr(pool_kernels, "_empty", _poisoned_empty)
+    monkeypatch.setenv("STQUERY_POISON", "1")
+    if TRITON:
+        monkeypatch.setattr(topk_kernels, "_empty", _poisoned_empty)
+        monkeypatch.setattr(pool_kernels, "_empty", _poisoned_empty)
 
 
 def strided(*shape, dtype, scale=1.0):
@@ -47,15 +59,15 @@ def assert_bounded(got, same, exact, factor, what):
     assert err <= factor * ref_err + eps, f"{what}: error {err:.3g} > {factor} x reference's {ref_err:.3g}"
 
 
-def check_topk(x, scores, k, order="time", gate=None, scales=None):
-    """Forward and backward of the triton backend vs the reference at x's dtype and in float64."""
+def check_topk(backend, x, scores, k, order="time", gate=None, scales=None):
+    """Forward and backward of ``backend`` vs the reference at x's dtype and in float64."""
     kw = dict(order=order, gate=gate, scales=scales)
     x = x.requires_grad_()
     scores = scores.requires_grad_(gate is not None)
     x64 = x.detach().double().requires_grad_()
     s64 = scores.detach().double().requires_grad_(gate is not None)
 
-    y, idx = stq.topk_tokens(x, scores, k, backend="triton", **kw)
+    y, idx = stq.topk_tokens(x, scores, k, backend=backend, **kw)
     y_same, idx_same = ref.topk_tokens(x, scores, k, **kw)
     y_exact, idx_exact = ref.topk_tokens(x64, s64, k, **kw)
     assert torch.equal(idx, idx_same) and torch.equal(idx, idx_exact), "indices differ"
@@ -99,14 +111,16 @@ def _scores(kind, B, N, dtype):
     ("signed_zeros", 301, 150),
     ("constant", 2050, 2049),       # every key equal: pure index tie-breaking
 ])
-def test_select_matches_reference(kind, N, k, order, dtype):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_select_matches_reference(kind, N, k, order, dtype, backend):
     B, C = 3, 2
     scores = _scores(kind, B, N, dtype)
     x = strided(B, N, C, dtype=dtype)
-    _, idx = stq.topk_tokens(x, scores, k, order=order, backend="triton")
+    _, idx = stq.topk_tokens(x, scores, k, order=order, backend=backend)
     assert torch.equal(idx, ref.select(scores, k, order))
 
 
+@needs_triton
 @pytest.mark.parametrize("kind", ("ties", "signed_zeros", "random"))
 def test_score_order_beyond_the_rank_kernel(kind, monkeypatch):
     """Past RANK_MAX_K, score order comes from a stable sort of the selected scores."""
@@ -117,6 +131,7 @@ def test_score_order_beyond_the_rank_kernel(kind, monkeypatch):
     assert torch.equal(idx, ref.select(scores, 150, "score"))
 
 
+@needs_triton
 def test_select_is_deterministic():
     scores = _scores("ties", 2, 3000, torch.float32)
     first = topk_kernels.topk_select(scores, 1500, "score")
@@ -125,56 +140,64 @@ def test_select_is_deterministic():
 
 
 # ----------------------------------------------------------------------------- gather and gate
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES + (torch.bfloat16,))
 @pytest.mark.parametrize("gate", GATES)
 @pytest.mark.parametrize("order", ("time", "score"))
-def test_gather_gate(order, gate, dtype):
+def test_gather_gate(order, gate, dtype, backend):
+    skip_unsupported(backend, dtype)
     B, N, C, k = 2, 203, 40, 37
-    check_topk(strided(B, N, C, dtype=dtype), strided(B, N, dtype=dtype), k, order, gate)
+    check_topk(backend, strided(B, N, C, dtype=dtype), strided(B, N, dtype=dtype), k, order, gate)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("gate", GATES)
 @pytest.mark.parametrize("scales", [(1, 2, 4), (16, 4), (3, 1, 5)])  # last: unfused path
-def test_gather_gate_scales(scales, gate, dtype):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gather_gate_scales(scales, gate, dtype, backend):
     B, N, C, k = 2, 113, 40, 45  # k not a multiple of any scale > 1: partial last windows
-    check_topk(strided(B, N, C, dtype=dtype), strided(B, N, dtype=dtype), k, "time", gate, scales)
+    check_topk(backend, strided(B, N, C, dtype=dtype), strided(B, N, dtype=dtype), k, "time", gate, scales)
 
 
 @pytest.mark.parametrize("gate", ("sigmoid", "softmax"))
 @pytest.mark.parametrize("k", [1, 59])
-def test_gather_gate_k_extremes(k, gate):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gather_gate_k_extremes(k, gate, backend):
     B, N, C = 2, 59, 24
     for scales in (None, (1, 2, 4)):
-        check_topk(strided(B, N, C, dtype=torch.float32), strided(B, N, dtype=torch.float32),
+        check_topk(backend, strided(B, N, C, dtype=torch.float32), strided(B, N, dtype=torch.float32),
                    k, "score", gate, scales)
 
 
-def test_gather_gate_large_scales():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gather_gate_large_scales(backend):
     # LinVT's scales (64, 32, 16): 64-token tiles; k spans two tiles with a partial last window.
     B, N, C, k = 1, 300, 24, 100
-    check_topk(strided(B, N, C, dtype=torch.float16), strided(B, N, dtype=torch.float16), k,
+    check_topk(backend, strided(B, N, C, dtype=torch.float16), strided(B, N, dtype=torch.float16), k,
                "time", "sigmoid", (64, 32, 16))
 
 
-def test_gather_gate_ties_with_gradients():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gather_gate_ties_with_gradients(backend):
     B, N, C, k = 2, 150, 130, 60  # C spans several C blocks (forward and backward loops)
     scores = _scores("ties", B, N, torch.float32)
-    check_topk(strided(B, N, C, dtype=torch.float32), scores, k, "score", "softmax", (1, 2))
+    check_topk(backend, strided(B, N, C, dtype=torch.float32), scores, k, "score", "softmax", (1, 2))
 
 
-def test_softmax_gate_over_many_selected():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_softmax_gate_over_many_selected(backend):
     # k > the softmax statistics block (1024): the online max/sum rescales across blocks.
     B, N, C, k = 1, 2100, 3, 1100
-    check_topk(strided(B, N, C, dtype=torch.float32), strided(B, N, dtype=torch.float32, scale=4.0),
+    check_topk(backend, strided(B, N, C, dtype=torch.float32), strided(B, N, dtype=torch.float32, scale=4.0),
                k, "score", "softmax")
 
 
-def test_dx_zero_off_selected_rows():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dx_zero_off_selected_rows(backend):
     B, N, C, k = 2, 90, 8, 20
     x = strided(B, N, C, dtype=torch.float32).requires_grad_()
     scores = strided(B, N, dtype=torch.float32).requires_grad_()
-    y, idx = stq.topk_tokens(x, scores, k, gate="sigmoid", backend="triton")
+    y, idx = stq.topk_tokens(x, scores, k, gate="sigmoid", backend=backend)
     dx, ds = torch.autograd.grad(y, (x, scores), torch.randn_like(y))
     off = torch.ones(B, N, dtype=torch.bool, device=DEVICE)
     off.scatter_(1, idx, False)
@@ -183,13 +206,36 @@ def test_dx_zero_off_selected_rows():
 
 
 @pytest.mark.parametrize("scales", [None, (1, 4)])
-def test_softmax_gate_of_very_negative_scores_stays_finite(scales):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_softmax_gate_of_very_negative_scores_stays_finite(scales, backend):
     """exp(0 - m) overflows when every score is far below 0: padded and unselected rows must not
     turn that into 0 * inf = NaN (SPEC §1: finite inputs never give NaN)."""
     x = strided(1, 40, 8, dtype=torch.float32).requires_grad_()
     scores = (strided(1, 40, dtype=torch.float32) - 200).requires_grad_()
-    y, _ = stq.topk_tokens(x, scores, 10, gate="softmax", scales=scales, backend="triton")
+    y, _ = stq.topk_tokens(x, scores, 10, gate="softmax", scales=scales, backend=backend)
     dx, ds = torch.autograd.grad(y, (x, scores), torch.randn_like(y))
     want, _ = ref.topk_tokens(x.detach().double(), scores.detach().double(), 10, gate="softmax", scales=scales)
     assert torch.isfinite(y).all() and torch.isfinite(dx).all() and torch.isfinite(ds).all()
     torch.testing.assert_close(y.double(), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the cpu backend runs CPU tensors")
+def test_cpu_topk_does_not_depend_on_the_thread_count():
+    x = strided(3, 300, 40, dtype=torch.float32)
+    scores = _scores("ties", 3, 300, torch.float32)
+
+    def run():
+        xs, ss = x.detach().clone().requires_grad_(), scores.detach().clone().requires_grad_()
+        y, idx = stq.topk_tokens(xs, ss, 70, order="score", gate="softmax", scales=(1, 2, 4), backend="cpu")
+        return [y, idx, *torch.autograd.grad(y, (xs, ss), torch.ones_like(y))]
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(2)
+        two = run()
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)

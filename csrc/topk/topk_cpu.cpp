@@ -1,0 +1,214 @@
+// LinVT-style top-k token selection, gating and fused multi-scale pooling on the CPU (SPEC §2.4).
+//
+// Selection: one task per row; nth_element / partial_sort of the indices under the total order
+// "higher score first, then lower index" (the reference's stable descending sort; -0.0 ties +0.0).
+// Gather + gate: gates of the k selected scores (float32) per row, then one task per output row
+// reads the selected x rows it needs (a pooled row: its window). Backward: per row, the pooled
+// gradient of each selected token, dx = dy * g at the selected rows (zero elsewhere, written in the
+// same pass), dg = dy . x, dscores through the gate. Fixed summation orders: results do not depend
+// on the thread count.
+#include "topk/topk_cpu.h"
+
+#include <ATen/Parallel.h>
+
+#include <numeric>
+
+#include "common/cpu_math.h"
+
+namespace stquery::cpu {
+namespace {
+
+enum class Gate { kNone, kSigmoid, kSoftmax, kIdentity };
+
+Gate gate_of(const std::string& g) {
+  if (g == "none") return Gate::kNone;
+  if (g == "sigmoid") return Gate::kSigmoid;
+  if (g == "softmax") return Gate::kSoftmax;
+  TORCH_CHECK(g == "identity", "gate: expected none, sigmoid, softmax or identity, got ", g);
+  return Gate::kIdentity;
+}
+
+template <typename S>
+void select_impl(const at::Tensor& scores_t, int64_t k, bool time_order, at::Tensor& idx_t) {
+  const int64_t B = scores_t.size(0), N = scores_t.size(1);
+  const S* scores = scores_t.const_data_ptr<S>();
+  int64_t* idx = idx_t.data_ptr<int64_t>();
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<float> s(N);
+    std::vector<int64_t> order(N);
+    for (int64_t b = b0; b < b1; ++b) {
+      for (int64_t n = 0; n < N; ++n) s[n] = static_cast<float>(scores[b * scores_t.stride(0) + n * scores_t.stride(1)]);
+      std::iota(order.begin(), order.end(), 0);
+      const auto before = [&](int64_t i, int64_t j) { return s[i] > s[j] || (s[i] == s[j] && i < j); };
+      if (time_order) {
+        if (k < N) std::nth_element(order.begin(), order.begin() + k, order.end(), before);
+        std::sort(order.begin(), order.begin() + k);
+      } else {
+        std::partial_sort(order.begin(), order.begin() + k, order.end(), before);
+      }
+      std::copy(order.begin(), order.begin() + k, idx + b * idx_t.stride(0));
+    }
+  });
+}
+
+// g[i] = gate(scores[b, idx[b, i]]) for the k selected of row b (float32); returns false for no gate.
+template <typename S>
+bool gates(Gate gate, const S* scores_row, int64_t s_stride, const int64_t* idx_row, int64_t k, float* g) {
+  if (gate == Gate::kNone) return false;
+  for (int64_t i = 0; i < k; ++i) g[i] = static_cast<float>(scores_row[idx_row[i] * s_stride]);
+  if (gate == Gate::kSigmoid) {
+    for (int64_t i = 0; i < k; ++i) g[i] = 1.f / (1.f + std::exp(-g[i]));
+  } else if (gate == Gate::kSoftmax) {
+    const float m = *std::max_element(g, g + k);
+    double sum = 0.0;
+    for (int64_t i = 0; i < k; ++i) sum += (g[i] = std::exp(g[i] - m));
+    for (int64_t i = 0; i < k; ++i) g[i] = static_cast<float>(g[i] / sum);
+  }
+  return true;
+}
+
+// Output rows: [lo, hi) of the selected tokens averaged (no scales: one token per row).
+struct Window {
+  int64_t lo, hi;
+};
+
+std::vector<Window> out_rows(int64_t k, const std::vector<int64_t>& scales) {
+  std::vector<Window> w;
+  if (scales.empty()) {
+    for (int64_t i = 0; i < k; ++i) w.push_back({i, i + 1});
+  }
+  for (const int64_t s : scales) {
+    for (int64_t lo = 0; lo < k; lo += s) w.push_back({lo, std::min(k, lo + s)});
+  }
+  return w;
+}
+
+template <typename T>
+void gather_fwd_impl(const at::Tensor& x_t, const at::Tensor& scores_t, const at::Tensor& idx_t, Gate gate,
+                     const std::vector<int64_t>& scales, at::Tensor& y_t) {
+  const int64_t B = x_t.size(0), C = x_t.size(2), k = idx_t.size(1), cp = round_up(C, kV);
+  const auto rows = out_rows(k, scales);
+  const int64_t M = static_cast<int64_t>(rows.size());
+  const T* x = x_t.const_data_ptr<T>();
+  const T* scores = scores_t.const_data_ptr<T>();
+  const int64_t* idx = idx_t.const_data_ptr<int64_t>();
+  T* y = y_t.data_ptr<T>();
+  std::vector<float> g_all(B * k);
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      if (!gates(gate, scores + b * scores_t.stride(0), scores_t.stride(1), idx + b * idx_t.stride(0), k,
+                 g_all.data() + b * k)) {
+        std::fill(g_all.begin() + b * k, g_all.begin() + (b + 1) * k, 1.f);
+      }
+    }
+  });
+  at::parallel_for(0, B * M, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<float> buf(2 * cp);
+    float *row = buf.data(), *acc = row + cp;
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / M, m = r % M;
+      const Window w = rows[m];
+      std::fill(acc, acc + cp, 0.f);
+      for (int64_t i = w.lo; i < w.hi; ++i) {
+        load_row(x + b * x_t.stride(0) + idx[b * idx_t.stride(0) + i] * x_t.stride(1), row, C, cp);
+        axpy(g_all[b * k + i], row, acc, cp);
+      }
+      store_row(acc, y + b * y_t.stride(0) + m * y_t.stride(1), C, 1.f / (w.hi - w.lo));
+    }
+  });
+}
+
+template <typename T>
+void gather_bwd_impl(const at::Tensor& gy_t, const at::Tensor& x_t, const at::Tensor& scores_t,
+                     const at::Tensor& idx_t, Gate gate, const std::vector<int64_t>& scales, at::Tensor& dx_t,
+                     T* dscores, int64_t sds0, int64_t sds1) {
+  const int64_t B = x_t.size(0), N = x_t.size(1), C = x_t.size(2), k = idx_t.size(1), cp = round_up(C, kV);
+  const T* gy = gy_t.const_data_ptr<T>();
+  const T* x = x_t.const_data_ptr<T>();
+  const T* scores = scores_t.const_data_ptr<T>();
+  const int64_t* idx = idx_t.const_data_ptr<int64_t>();
+  T* dx = dx_t.data_ptr<T>();
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<float> g(k), dg(k), row(cp), dy(cp), xr(cp), zero(cp, 0.f);
+    std::vector<int64_t> slot(N);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t* idx_row = idx + b * idx_t.stride(0);
+      const bool gated = gates(gate, scores + b * scores_t.stride(0), scores_t.stride(1), idx_row, k, g.data());
+      std::fill(slot.begin(), slot.end(), -1);
+      for (int64_t i = 0; i < k; ++i) slot[idx_row[i]] = i;
+      for (int64_t n = 0; n < N; ++n) {
+        T* dx_row = dx + b * dx_t.stride(0) + n * dx_t.stride(1);
+        const int64_t i = slot[n];
+        if (i < 0) {
+          store_row(zero.data(), dx_row, C);
+          continue;
+        }
+        // dy: the gradient of the un-pooled row i
+        if (scales.empty()) {
+          load_row(gy + b * gy_t.stride(0) + i * gy_t.stride(1), dy.data(), C, cp);
+        } else {
+          std::fill(dy.begin(), dy.end(), 0.f);
+          int64_t offset = 0;
+          for (const int64_t s : scales) {
+            const int64_t w = i / s, count = std::min(k, (w + 1) * s) - w * s;
+            load_row(gy + b * gy_t.stride(0) + (offset + w) * gy_t.stride(1), row.data(), C, cp);
+            axpy(1.f / count, row.data(), dy.data(), cp);
+            offset += (k + s - 1) / s;
+          }
+        }
+        if (gated) {
+          load_row(x + b * x_t.stride(0) + n * x_t.stride(1), xr.data(), C, cp);
+          dg[i] = dot(dy.data(), xr.data(), cp);
+        }
+        store_row(dy.data(), dx_row, C, gated ? g[i] : 1.f);
+      }
+      if (!gated) continue;
+      T* ds = dscores + b * sds0;
+      for (int64_t n = 0; n < N; ++n) ds[n * sds1] = T(0.f);
+      double gdg = 0.0;
+      if (gate == Gate::kSoftmax) {
+        for (int64_t i = 0; i < k; ++i) gdg += static_cast<double>(g[i]) * dg[i];
+      }
+      for (int64_t i = 0; i < k; ++i) {
+        float v = dg[i];
+        if (gate == Gate::kSigmoid) v = dg[i] * g[i] * (1.f - g[i]);
+        if (gate == Gate::kSoftmax) v = static_cast<float>(g[i] * (dg[i] - gdg));
+        ds[idx_row[i] * sds1] = static_cast<T>(v);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void topk_select(const at::Tensor& scores, int64_t k, const std::string& order, at::Tensor& idx) {
+  TORCH_CHECK(scores.dim() == 2 && k >= 1 && k <= scores.size(1), "scores: expected [B, N] with 1 <= k <= N");
+  TORCH_CHECK(order == "time" || order == "score", "order: expected time or score, got ", order);
+  dispatch_float(scores.scalar_type(), "topk_select",
+                 [&](auto t) { select_impl<decltype(t)>(scores, k, order == "time", idx); });
+}
+
+void gather_gate_fwd(const at::Tensor& x, const at::Tensor& scores, const at::Tensor& idx, const std::string& gate,
+                     const std::vector<int64_t>& scales, at::Tensor& y) {
+  TORCH_CHECK(x.dim() == 3 && x.stride(2) == 1, "x: expected [B, N, C] with stride(-1) == 1");
+  TORCH_CHECK(scores.scalar_type() == x.scalar_type(), "scores: expected the dtype of x");
+  const Gate g = gate_of(gate);
+  dispatch_float(x.scalar_type(), "gather_gate",
+                 [&](auto t) { gather_fwd_impl<decltype(t)>(x, scores, idx, g, scales, y); });
+}
+
+void gather_gate_bwd(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& scores, const at::Tensor& idx,
+                     const std::string& gate, const std::vector<int64_t>& scales, at::Tensor& dx,
+                     const std::optional<at::Tensor>& dscores) {
+  TORCH_CHECK(grad_y.stride(2) == 1 && x.stride(2) == 1, "gather_gate_bwd: the last dims must be contiguous");
+  const Gate g = gate_of(gate);
+  TORCH_CHECK(g == Gate::kNone || dscores.has_value(), "dscores: required with a gate");
+  dispatch_float(x.scalar_type(), "gather_gate_bwd", [&](auto t) {
+    using T = decltype(t);
+    T* ds = dscores.has_value() ? dscores->data_ptr<T>() : nullptr;
+    const int64_t s0 = dscores.has_value() ? dscores->stride(0) : 0, s1 = dscores.has_value() ? dscores->stride(1) : 0;
+    gather_bwd_impl<T>(grad_y, x, scores, idx, g, scales, dx, ds, s0, s1);
+  });
+}
+
+}  // namespace stquery::cpu
