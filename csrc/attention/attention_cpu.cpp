@@ -48,6 +48,8 @@ Rows rows_of(const at::Tensor& x, int64_t frames) {
   return {x.stride(0), 0, x.stride(2), x.stride(1)};
 }
 
+constexpr int64_t kAhead = 2;  // sequences prefetched ahead of the one being computed
+
 struct Problem {
   int64_t B, L, H, Nq, Nk, d, frames;
   int mode, p;
@@ -64,6 +66,8 @@ struct Problem {
   int64_t sa_b = 0, sa_l = 0, sa_h = 0, sa_p = 0;
 
   int64_t n_seq() const { return B * L * H; }
+  // Element offset of row 0 of sequence seq in a tensor with row strides r.
+  int64_t base(int64_t seq, const Rows& r) const { return r.at(seq / (L * H), (seq / H) % L, seq % H, 0); }
   int64_t stats_width() const { return mode == kMix ? p : 1; }
 };
 
@@ -330,7 +334,15 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
     std::fill(Qf, Qf + Nqp * dp, 0.f);  // rows past Nq, and the padding of S, stay zero
     std::fill(Kt, Kt + d * Nkp, 0.f);
     std::fill(S, S + MR * Nkp, 0.f);
+    const int64_t row_bytes = d * sizeof(T);
     for (int64_t seq = s0; seq < s1; ++seq) {
+      if (seq + kAhead < s1) {
+        const int64_t next = seq + kAhead;
+        prefetch_rows(q + P.base(next, qs), qs.n, Nq, row_bytes);
+        prefetch_rows(k + P.base(next, ks), ks.n, Nk, row_bytes);
+        prefetch_rows(v + P.base(next, vs), vs.n, Nk, row_bytes);
+        prefetch_rows(o + P.base(next, os), os.n, Nq, row_bytes, true);
+      }
       const Seq sq = make_seq(P, seq, keyok, Nkp);
       stage(q + qs.at(sq.b, sq.l, sq.h, 0), qs.n, Nq, d, Qf, dp);
       stage(k + ks.at(sq.b, sq.l, sq.h, 0), ks.n, Nk, d, Kf, dp);
@@ -396,7 +408,18 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
     std::fill(Vt, Vt + d * Nkp, 0.f);
     std::fill(S, S + MR * Nkp, 0.f);
     std::fill(DP, DP + MR * Nkp, 0.f);
+    const int64_t row_bytes = d * sizeof(T);
     for (int64_t seq = s0; seq < s1; ++seq) {
+      if (seq + kAhead < s1) {
+        const int64_t next = seq + kAhead;
+        prefetch_rows(q + P.base(next, qs), qs.n, Nq, row_bytes);
+        prefetch_rows(g + P.base(next, dos), dos.n, Nq, row_bytes);
+        prefetch_rows(k + P.base(next, ks), ks.n, Nk, row_bytes);
+        prefetch_rows(v + P.base(next, vs), vs.n, Nk, row_bytes);
+        prefetch_rows(dq + P.base(next, dqs), dqs.n, Nq, row_bytes, true);
+        prefetch_rows(dk + P.base(next, dks), dks.n, Nk, row_bytes, true);
+        prefetch_rows(dv + P.base(next, dvs), dvs.n, Nk, row_bytes, true);
+      }
       const Seq sq = make_seq(P, seq, keyok, Nkp);
       stage(q + qs.at(sq.b, sq.l, sq.h, 0), qs.n, Nq, d, Qf, dp);
       stage(g + dos.at(sq.b, sq.l, sq.h, 0), dos.n, Nq, d, dOf, dp);

@@ -63,6 +63,22 @@ inline void store_row(const float* src, T* dst, int64_t n, float mul = 1.f) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i] * mul);
 }
 
+// Software prefetch of n rows of `bytes` bytes each, `stride` elements apart (for write when `write`).
+// Attention sequences read T rows far apart: more streams than the hardware prefetchers track.
+template <typename T>
+inline void prefetch_rows(const T* base, int64_t stride, int64_t n, int64_t bytes, bool write = false) {
+  for (int64_t r = 0; r < n; ++r) {
+    const char* row = reinterpret_cast<const char*>(base + r * stride);
+    for (int64_t o = 0; o < bytes; o += 64) {
+      if (write) {
+        __builtin_prefetch(row + o, 1, 3);
+      } else {
+        __builtin_prefetch(row + o, 0, 3);
+      }
+    }
+  }
+}
+
 // Keys [lo, hi] (inclusive, unclipped) visible from query i under window(r) / causal(r); r < 0: unbounded.
 inline void band(int kind, int64_t radius, int64_t i, int64_t& lo, int64_t& hi) {
   constexpr int64_t kFar = int64_t(1) << 62;
