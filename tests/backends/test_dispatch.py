@@ -86,10 +86,16 @@ def test_auto_with_no_backend_lists_every_reason(registry, monkeypatch):
         stq.attention(q, q, q)
 
 
-def test_auto_on_cpu_picks_torch_and_says_why_not_triton():
-    assert backends.resolve("attention", None, "cpu", q) == "torch"
+def test_auto_on_cpu_picks_cpu_and_says_why_not_triton():
+    assert backends.resolve("attention", None, "cpu", q) == "cpu"
     why = backends._auto_reasons(backends.get("triton"), "attention", "cpu", (q,))
     assert "cuda" in why[0]
+
+
+def test_auto_on_cpu_falls_back_to_torch_where_cpu_refuses():
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    assert any("float64" in r for r in backends.get("cpu").supports("st_pool", x))
+    assert backends.resolve("st_pool", None, "cpu", x) == "torch"
 
 
 def test_triton_on_cpu_without_interpreter_gives_a_reason(monkeypatch):
@@ -151,4 +157,4 @@ def test_auto_prefers_triton_for_cuda_tensors_it_supports(monkeypatch):
     x = torch.randn(2, 3, 4, 5)
     assert backends.get("triton").supports("st_pool", x) == []
     assert backends.resolve("st_pool", None, "cuda", x) == "triton"
-    assert backends.resolve("st_pool", None, "cpu", x) == "torch"
+    assert backends.resolve("st_pool", None, "cpu", x) == "cpu"
