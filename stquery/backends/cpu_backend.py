@@ -134,7 +134,8 @@ class CpuBackend:
             why.append(f"dtype {x.dtype} is not one of float32, float16, bfloat16")
         if op == "gather_gate" and args[1].dtype != x.dtype:
             why.append(f"scores dtype {args[1].dtype} differs from x's {x.dtype}")
-        if not why and _build_error():
+        # dynamo can't trace the build; the eager call that precedes compiling has tried it
+        if not why and not torch.compiler.is_compiling() and _build_error():
             why.append(_build_error())
         return why
 
