@@ -179,9 +179,9 @@ class VideoLMM(nn.Module):
             from transformers import AutoModelForImageTextToText
 
             model = AutoModelForImageTextToText.from_pretrained(str(model_or_path), local_files_only=True, dtype=dtype)
-        inner = getattr(model, "model", None)
+        inner = model.model if hasattr(getattr(model, "model", None), "vision_tower") else model  # transformers < 4.52: flat
         if not all(hasattr(inner, a) for a in ("vision_tower", "multi_modal_projector")):
-            raise TypeError(f"model_or_path: expected a LLaVA-style model (.model.vision_tower, .model.multi_modal_projector), got {type(model).__name__}")
+            raise TypeError(f"model_or_path: expected a LLaVA-style model (vision_tower, multi_modal_projector), got {type(model).__name__}")
         cfg = model.config
         strategy = cfg.vision_feature_select_strategy
         if strategy not in ("default", "full"):
