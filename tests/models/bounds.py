@@ -36,6 +36,16 @@ def assert_within_bound(got: torch.Tensor, truth: torch.Tensor, same_dtype: torc
     assert err <= bound, f"{name}: error {err:.3g} > bound {bound:.3g} (same-dtype reference error {ref_err:.3g})"
 
 
+def assert_within_eps(got: torch.Tensor, truth: torch.Tensor, *, c: float, name: str = "output") -> None:
+    """For a run with no same-dtype reference (a whole model cast to bfloat16): ``got`` within
+    ``c · eps(got.dtype) · max|truth|`` of the float64 ``truth``."""
+    assert truth.dtype == torch.float64 and got.shape == truth.shape, (name, truth.dtype, got.shape, truth.shape)
+    assert torch.isfinite(got).all(), f"{name}: non-finite values"
+    err = (got.double() - truth).abs().max().item()
+    bound = c * torch.finfo(got.dtype).eps * truth.abs().max().item()
+    assert err <= bound, f"{name}: error {err:.3g} > {c} eps(dtype) max|truth| = {bound:.3g}"
+
+
 def float64_copy(module: nn.Module) -> nn.Module:
     """A float64 copy of ``module`` (the truth run)."""
     return copy.deepcopy(module).double()

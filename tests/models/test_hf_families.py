@@ -12,7 +12,7 @@ from stquery.models import LinVTTokenizer, TemporalPoolAdapter, VideoLMM, VideoQ
 from .bounds import assert_within_bound, float64_copy
 from .test_linvt import assert_convex_combinations
 from .tiny_models import (
-    IMAGE_SIZE, LM_VOCAB, NUM_QUERIES, PLACEHOLDER, informative_init, randomize_trainable, tiny_instructblip_family,
+    IMAGE_SIZE, LM_VOCAB, NUM_QUERIES, PLACEHOLDER, generator, informative_init, randomize_trainable, tiny_instructblip_family,
     tiny_llava,
 )
 
@@ -21,17 +21,17 @@ PATCHES = (IMAGE_SIZE // 4) ** 2  # 16 patch tokens per frame (CLS dropped by LL
 
 
 def _pixels(frames=T):
-    g = torch.Generator().manual_seed(7)
+    g = generator(7)
     return torch.randn(B, frames, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g)
 
 
 def _text(n=N_TEXT, lo=3):
-    g = torch.Generator().manual_seed(8)
+    g = generator(8)
     return torch.randint(lo, PLACEHOLDER, (B, n), generator=g)
 
 
 def _qformer_text():
-    ids = torch.randint(1, 50, (B, 4), generator=torch.Generator().manual_seed(9))
+    ids = torch.randint(1, 50, (B, 4), generator=generator(9))
     mask = torch.ones_like(ids)
     mask[1, 3:] = 0
     return ids, mask

@@ -7,7 +7,7 @@ from transformers import InstructBlipQFormerConfig, InstructBlipQFormerModel
 
 from stquery.models import VideoQFormer
 
-from .bounds import assert_within_bound, float64_copy
+from .bounds import assert_within_bound, assert_within_eps, float64_copy
 from .tiny_models import NUM_QUERIES, VISION_DIM, informative_init, qformer_config, randomize_trainable
 
 B, T, NV, N_TEXT = 2, 4, 17, 5  # 17 = CLS + 4×4 patch grid
@@ -236,7 +236,7 @@ def test_bfloat16_forward_backward():
     randomize_trainable(model)
     feats, ids, mask = _inputs()
     with torch.no_grad():
-        ref = model.eval()(feats, ids, mask)
+        truth = float64_copy(model).eval()(feats.double(), ids, mask)
     model = model.to(torch.bfloat16).train()
     out = model(feats.to(torch.bfloat16), ids, mask, frame_lengths=torch.tensor([4, 3]))
     assert out.dtype == torch.bfloat16
@@ -244,8 +244,9 @@ def test_bfloat16_forward_backward():
     assert model.adapters[0].lora_q_temporal.down.weight.grad.dtype == torch.bfloat16
     model.eval()
     with torch.no_grad():
-        low = model(feats.to(torch.bfloat16), ids, mask).float()
-    assert (low - ref).abs().max() < 0.1 * ref.abs().max()
+        low = model(feats.to(torch.bfloat16), ids, mask)
+    # bfloat16 weights and activations: a few roundings of the largest value (measured: 1.4 eps)
+    assert_within_eps(low, truth, c=8)
 
 
 def test_spatial_routing_and_scale_mode():

@@ -1,9 +1,22 @@
-"""Tiny random configs for the model tests (CPU, float32, seconds)."""
+"""Tiny random configs for the model tests (CPU, float32, seconds).
+
+Every random draw of the model tests derives from ``SEED`` (environment ``STQUERY_TEST_SEED``,
+default 0), so a sweep over seeds re-draws weights and inputs alike:
+``for s in $(seq 1 20); do STQUERY_TEST_SEED=$s pytest tests/models; done``.
+"""
+import os
+
 import torch
 from transformers import InstructBlipQFormerConfig
 
 VISION_DIM = 24  # Dv, the frame-token width
 NUM_QUERIES = 8
+SEED = int(os.environ.get("STQUERY_TEST_SEED", "0"))
+
+
+def generator(offset: int = 0) -> torch.Generator:
+    """A CPU generator seeded from ``SEED``: one stream per use (``offset``)."""
+    return torch.Generator().manual_seed(SEED * 1000 + offset)
 
 
 def qformer_config(cross_attention_frequency: int = 1, num_hidden_layers: int = 2) -> InstructBlipQFormerConfig:
@@ -16,7 +29,7 @@ def qformer_config(cross_attention_frequency: int = 1, num_hidden_layers: int = 
 
 def randomize_trainable(module: torch.nn.Module, std: float = 0.1) -> None:
     """Move every trainable parameter off its (often zero) init so each one affects the output."""
-    g = torch.Generator().manual_seed(1234)
+    g = generator(1234)
     with torch.no_grad():
         for p in module.parameters():
             if p.requires_grad:
@@ -26,7 +39,7 @@ def randomize_trainable(module: torch.nn.Module, std: float = 0.1) -> None:
 def informative_init(module: torch.nn.Module, std: float = 0.3) -> torch.nn.Module:
     """Re-draw Linear and Embedding weights with a larger spread than transformers' 0.02 init, so
     attention is far from uniform and every path (e.g. one frame into another) is clearly visible."""
-    g = torch.Generator().manual_seed(99)
+    g = generator(99)
     with torch.no_grad():
         for m in module.modules():
             if isinstance(m, torch.nn.Linear):
@@ -68,7 +81,7 @@ def tiny_instructblip_family(video: bool = True, num_queries: int = NUM_QUERIES)
         vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), text_config=_text_config().to_dict(),
         num_query_tokens=num_queries, **token,
     )
-    torch.manual_seed(0)
+    torch.manual_seed(SEED)
     model = getattr(tf, f"{prefix}ForConditionalGeneration")(cfg).eval()
     with torch.no_grad():  # InstructBLIP initialises the queries to zero; make them informative
         model.query_tokens.normal_(0, 0.5)
@@ -93,7 +106,7 @@ def tiny_llava(next_version: bool = False, vision_feature_layer=-2, strategy: st
         cfg, cls = tf.LlavaNextConfig(**kw), tf.LlavaNextForConditionalGeneration
     else:
         cfg, cls = tf.LlavaConfig(**kw), tf.LlavaForConditionalGeneration
-    torch.manual_seed(0)
+    torch.manual_seed(SEED)
     model = cls(cfg).eval()
     informative_init(model.model.multi_modal_projector, 0.3)
     informative_init(model.model.language_model, 0.3)
