@@ -17,15 +17,17 @@ LLAVA_PROMPT = "USER: <image>\n{prompt} ASSISTANT:"  # LLaVA-1.5's conversation 
 
 @dataclass
 class VideoLMMOutput:
-    """``loss``: mean cross-entropy of the answer tokens (None without labels); ``logits``
-    ``[B, n', vocab]`` over the LLM's input (the text with the visual tokens placed, n' = n − r + M);
-    ``labels`` ``[B, n']`` aligned with ``logits`` (−100 on visual tokens; None without labels);
-    ``visual_tokens``: M."""
+    """``loss``: mean next-token cross-entropy of the answer tokens (None without labels), i.e.
+    ``loss_sum / max(answer_tokens, 1)``; ``logits`` ``[B, n', vocab]`` over the LLM's input (the text
+    with the visual tokens placed, n' = n − r + M); ``labels`` ``[B, n']`` aligned with ``logits``
+    (−100 on visual tokens); ``visual_tokens``: M."""
 
     loss: Tensor | None
     logits: Tensor
     visual_tokens: int
     labels: Tensor | None = None
+    loss_sum: Tensor | None = None
+    answer_tokens: Tensor | None = None
 
 
 class VideoLMM(nn.Module):
@@ -415,12 +417,14 @@ class VideoLMM(nn.Module):
         inputs_embeds, mask, full_labels, M = self._inputs(input_ids, attention_mask, labels, visual)
         position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
         logits = self.language_model(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=position_ids).logits
-        loss = None
-        if full_labels is not None:
-            loss = nn.functional.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), full_labels[:, 1:].flatten(), ignore_index=-100
-            )
-        return VideoLMMOutput(loss, logits, M, full_labels)
+        if full_labels is None:
+            return VideoLMMOutput(None, logits, M)
+        target = full_labels[:, 1:]
+        loss_sum = nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=-100, reduction="sum"
+        )
+        count = (target != -100).sum()
+        return VideoLMMOutput(loss_sum / count.clamp(min=1), logits, M, full_labels, loss_sum, count)
 
     @torch.no_grad()
     def generate(

@@ -162,11 +162,6 @@ class VideoQFormer(nn.Module):
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_qformer(cls, qformer: nn.Module, query_tokens: Tensor, **kwargs) -> "VideoQFormer":
-        """Wrap a loaded ``InstructBlipQFormerModel`` and InstructBLIP's ``query_tokens`` (see class doc)."""
-        return cls(qformer, query_tokens, **kwargs)
-
-    @classmethod
     def from_config(cls, qformer_config, num_query_tokens: int = 32, **kwargs) -> "VideoQFormer":
         """Random init from an ``InstructBlipQFormerConfig`` (queries ~ N(0, initializer_range²))."""
         from transformers import InstructBlipQFormerModel
@@ -258,8 +253,9 @@ class VideoQFormer(nn.Module):
                 ``encoder_hidden_size``).
             input_ids: ``[B, n]`` Q-Former (BERT) token ids of the instruction, or None (queries only).
             attention_mask: ``[B, n]``, 1 = real token, 0 = padding (keys only, as the Q-Former).
-            frame_lengths: int ``[B]``; frames ``t >= frame_lengths[b]`` are padding: they never
-                influence real frames and their output is 0.
+            frame_lengths: int ``[B]``, clipped to ``[0, T]`` (the ops' rule); frames
+                ``t >= frame_lengths[b]`` are padding: they never influence real frames and their
+                output is 0 (all of a video of length 0).
 
         Returns:
             ``[B, T, L, D]``: the L query outputs of every frame.

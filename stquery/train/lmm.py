@@ -243,15 +243,10 @@ class LMMTask(nn.Module):
         finally:
             if ckpt:
                 self._checkpoint_layers(False)
-        # Next-token cross-entropy on the answer tokens (out.labels: aligned with the LLM's input).
-        logits = out.logits[:, :-1].float()
-        target = out.labels[:, 1:]
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                                 ignore_index=-100, reduction="sum")
-        count = int((target != -100).sum())
+        # Next-token cross-entropy on the answer tokens (VideoLMM aligns the labels with its input).
         if reduction == "sum":
-            return loss, count
-        return loss / max(count, 1)
+            return out.loss_sum, int(out.answer_tokens)
+        return out.loss
 
     @torch.no_grad()
     def generate_ids(self, batch: dict, **kwargs) -> torch.Tensor:

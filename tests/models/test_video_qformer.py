@@ -23,7 +23,7 @@ def _inputs(batch=B, frames=T):
 
 def _model(freq=1, std=0.3, **kw) -> VideoQFormer:
     qformer = informative_init(InstructBlipQFormerModel(qformer_config(freq)), std=std)
-    return VideoQFormer.from_qformer(qformer, torch.randn(1, NUM_QUERIES, 32), **kw)
+    return VideoQFormer(qformer, torch.randn(1, NUM_QUERIES, 32), **kw)
 
 
 def _hf_qformer(qformer, queries, feats, ids=None, full_mask=None):
@@ -198,7 +198,7 @@ def test_frame_lengths_are_clipped_and_zero_is_an_empty_video():
 def test_load_state_dict_from_image_qformer():
     source = informative_init(InstructBlipQFormerModel(qformer_config(2)), std=0.2).eval()
     queries = torch.randn(1, NUM_QUERIES, 32)
-    expected = VideoQFormer.from_qformer(source, queries, temporal=False, dar=False).eval()
+    expected = VideoQFormer(source, queries, temporal=False, dar=False).eval()
     feats, ids, mask = _inputs()
     for prefix in ("", "qformer."):
         model = _model(2, temporal=False, dar=False).eval()

@@ -454,3 +454,15 @@ def test_each_family_trains_from_its_checkpoint_and_resumes(family_dirs, lmm_fil
         assert text.startswith("<s> user : <image> question") and text.endswith("answer : assistant :"), text
     else:
         assert text.startswith("<s> question") and text.endswith("answer :"), text
+
+
+def test_lmm_does_not_import_the_task_registry():
+    """tasks.py (the registry of task models) imports lmm.py, never the other way round."""
+    import ast
+
+    import stquery.train.lmm as lmm_module
+
+    tree = ast.parse(Path(lmm_module.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m and m.split(".")[-1] == "tasks"}, imported
