@@ -285,9 +285,8 @@ class VideoQFormer(nn.Module):
             if attention_mask is not None:
                 if attention_mask.shape != input_ids.shape:
                     raise ValueError(f"attention_mask: expected {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
-                if not bool(attention_mask.bool().all()):
-                    pad = torch.cat([attention_mask.new_ones(B, L), attention_mask], dim=1) == 0  # [B, L+n]
-                    key_padding = pad[:, None].expand(B, T, L + n).reshape(B * T, L + n)
+                pad = torch.cat([attention_mask.new_ones(B, L), attention_mask], dim=1) == 0  # [B, L+n]
+                key_padding = pad[:, None].expand(B, T, L + n).reshape(B * T, L + n)
         else:
             x = queries.reshape(B * T, L, D)
         x = emb.dropout(emb.layernorm(x.to(emb.layernorm.weight.dtype)))  # [B*T, L+n, D]
