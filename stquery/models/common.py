@@ -63,15 +63,18 @@ def masked_mean(x: Tensor, valid: Tensor | None, dim: int) -> Tensor:
 
 
 def frame_validity(frame_lengths: Tensor | None, batch: int, frames: int, device) -> Tensor | None:
-    """bool ``[B, T]``: True for real frames (``t < frame_lengths[b]``); None when nothing is padded."""
+    """bool ``[B, T]``: True for real frames (``t < frame_lengths[b]``); None when nothing is padded.
+
+    The one ``frame_lengths`` rule of the models, the ops' rule (SPEC §2.2): an integer tensor
+    ``[B]`` whose values are clipped to ``[0, T]``; 0 is a fully padded video (its outputs are 0
+    and its visual tokens masked out). Values are never read on the host (no sync).
+    """
     if frame_lengths is None:
         return None
     if frame_lengths.shape != (batch,):
         raise ValueError(f"frame_lengths: expected shape ({batch},), got {tuple(frame_lengths.shape)}")
-    if frame_lengths.dtype.is_floating_point or frame_lengths.dtype == torch.bool:
+    if frame_lengths.dtype.is_floating_point or frame_lengths.dtype.is_complex or frame_lengths.dtype == torch.bool:
         raise TypeError(f"frame_lengths: expected an integer tensor, got {frame_lengths.dtype}")
-    if bool(((frame_lengths < 1) | (frame_lengths > frames)).any()):
-        raise ValueError(f"frame_lengths: every length must lie in [1, {frames}], got {frame_lengths.tolist()}")
     return torch.arange(frames, device=device)[None, :] < frame_lengths.to(device)[:, None]
 
 
@@ -102,8 +105,29 @@ def grid_neighbourhood_masks(num_queries: int, num_keys: int, radii) -> list[Ten
     return out
 
 
+def attend(q: Tensor, k: Tensor, v: Tensor, num_heads: int, *, frames: int | None = None, **op_kwargs) -> Tensor:
+    """The core of every attention block here: heads split, a stquery op, heads merged.
+
+    ``q`` ``[G, N, H·d]``, ``k``/``v`` ``[G, M, H·d]`` (already projected) are viewed as
+    ``[G, N, H, d]`` and run by ``stq.attention`` (``frames`` None: along dim 1) or
+    ``stq.temporal_attention`` over ``frames`` (``G = B·T``, ``N = M = L``); ``op_kwargs`` go to the
+    op (``scale``, ``masks``, ``alpha``, ``mode``, ``key_padding``, ``frame_lengths``).
+    Returns ``[G, N, H·d]``.
+    """
+    G, N, width = q.shape
+    d = width // num_heads
+    q = q.view(G, N, num_heads, d)
+    k = k.view(G, k.shape[1], num_heads, d)
+    v = v.view(G, v.shape[1], num_heads, d)
+    if frames is None:
+        o = stq.attention(q, k, v, **op_kwargs)
+    else:
+        o = stq.temporal_attention(q, k, v, frames, **op_kwargs)
+    return o.reshape(G, N, width)
+
+
 class Attention(nn.Module):
-    """Multi-head attention with its own projections, run by a stquery op.
+    """Multi-head attention with its own projections, run by a stquery op (:func:`attend`).
 
     ``forward(x [G, N, dim], context [G, M, kv_dim] | None)``. Spatial/cross attention along dim 1
     (``stq.attention``), or temporal attention over ``frames`` (``stq.temporal_attention``, x
@@ -117,7 +141,7 @@ class Attention(nn.Module):
         if dim // num_heads > MAX_HEAD_DIM:
             raise ValueError(f"Attention: head width dim/num_heads = {dim // num_heads} exceeds {MAX_HEAD_DIM}; use more heads")
         kv_dim = dim if kv_dim is None else kv_dim
-        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.num_heads = num_heads
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(kv_dim, dim)
         self.v = nn.Linear(kv_dim, dim)
@@ -133,16 +157,8 @@ class Attention(nn.Module):
         key_padding: Tensor | None = None,
     ) -> Tensor:
         src = x if context is None else context
-        G, N, _ = x.shape
-        H, d = self.num_heads, self.head_dim
-        q = self.q(x).view(G, N, H, d)
-        k = self.k(src).view(G, src.shape[1], H, d)
-        v = self.v(src).view(G, src.shape[1], H, d)
-        if frames is None:
-            o = stq.attention(q, k, v, key_padding=key_padding)
-        else:
-            o = stq.temporal_attention(q, k, v, frames, frame_lengths=frame_lengths)
-        return self.o(o.reshape(G, N, H * d))
+        kw = {"key_padding": key_padding} if frames is None else {"frame_lengths": frame_lengths}
+        return self.o(attend(self.q(x), self.k(src), self.v(src), self.num_heads, frames=frames, **kw))
 
 
 class FeedForward(nn.Sequential):
@@ -160,6 +176,12 @@ def parameter_counts(module: nn.Module) -> tuple[int, int]:
         total += p.numel()
         trainable += p.numel() if p.requires_grad else 0
     return trainable, total
+
+
+def run_in_own_dtype(module: nn.Module, x: Tensor) -> Tensor:
+    """``module(x)`` with ``x`` cast to the module's parameter dtype (float32 trainable parts next to
+    a bfloat16 frozen model: ``keep_trainable_float32``)."""
+    return module(x.to(next(module.parameters()).dtype))
 
 
 def freeze(module: nn.Module) -> nn.Module:

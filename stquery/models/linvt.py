@@ -103,7 +103,7 @@ class LinVTTokenizer(nn.Module):
         text_dim: width of the text embeddings TTA attends to (e.g. the LLM's hidden size); None
             disables the text cross-attention.
         num_heads: heads of every SVR/TTA attention (C / num_heads ≤ 256).
-        k: tokens kept by top-k (must be ≤ the real tokens of the shortest video).
+        k: tokens kept by top-k (≤ T·P; a video with fewer real tokens is filled with zero tokens).
         scales: multi-scale pooling windows, e.g. ``(1, 2, 4)``.
         num_queries: queries per scale (same length as ``scales``).
     """
@@ -154,16 +154,12 @@ class LinVTTokenizer(nn.Module):
             raise ValueError(f"frame_features: expected [B, T, P, {self.dim}], got {tuple(frame_features.shape)}")
         B, T, P, C = frame_features.shape
         valid = frame_validity(frame_lengths, B, T, frame_features.device)  # [B, T] | None
-        if valid is not None and int(frame_lengths.min()) * P < self.k:
-            raise ValueError(
-                f"frame_lengths: the shortest video has {int(frame_lengths.min())} frames × {P} tokens, fewer than k = {self.k}"
-            )
         fl = None if frame_lengths is None else frame_lengths.to(device=frame_features.device, dtype=torch.int64)
         h = frame_features.reshape(B * T, P, C)
         for layer in self.svr:
             h = layer(h, T, fl)
         scores = self.score_head(self.score_norm(h)).reshape(B, T * P)  # [B, N]
-        if valid is not None:  # padded frames are never selected
+        if valid is not None:  # padded tokens rank last and their gate sigmoid(min) is exactly 0
             pad = ~valid[:, :, None].expand(B, T, P).reshape(B, T * P)
             scores = scores.masked_fill(pad, torch.finfo(scores.dtype).min)
         x = frame_features.reshape(B, T * P, C)
@@ -183,7 +179,9 @@ class LinVTTokenizer(nn.Module):
             frame_features: ``[B, T, P, C]`` frame tokens (frame-major).
             text: ``[B, n, text_dim]`` instruction embeddings (e.g. the LLM's input embeddings), or None.
             text_mask: ``[B, n]``, 1 = real token; None = all real.
-            frame_lengths: int ``[B]``; frames ``t >= frame_lengths[b]`` are padding and never selected.
+            frame_lengths: int ``[B]``, clipped to ``[0, T]``; frames ``t >= frame_lengths[b]`` are
+                padding: they are selected only where a video has fewer than k real tokens, and then
+                count as zero tokens (their gate is 0); a video of 0 frames gives zeros.
 
         Returns:
             ``[B, sum(num_queries), C]``, the scales' aggregated tokens in scale order.
@@ -218,6 +216,9 @@ class LinVTTokenizer(nn.Module):
         return stq.attention(qa, ka, v).reshape(B, M, C)
 
     def visual_tokens(self, frame_features, frame_lengths=None, *, text=None, text_mask=None):
-        """``(tokens [B, M, C], mask [B, M] all True)``."""
+        """``(tokens [B, M, C], mask [B, M])``: every token visible except for a video of 0 frames."""
         out = self(frame_features, text, text_mask, frame_lengths)
-        return out, torch.ones(out.shape[:2], dtype=torch.bool, device=out.device)
+        B, T = frame_features.shape[:2]
+        valid = frame_validity(frame_lengths, B, T, out.device)
+        seen = torch.ones(B, dtype=torch.bool, device=out.device) if valid is None else valid.any(1)
+        return out, seen[:, None].expand(B, out.shape[1])

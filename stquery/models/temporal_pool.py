@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 import stquery as stq
 
-from .common import freeze, frame_validity, parameter_counts
+from .common import freeze, frame_validity, parameter_counts, run_in_own_dtype
 
 
 class TemporalPoolAdapter(nn.Module):
@@ -49,10 +49,15 @@ class TemporalPoolAdapter(nn.Module):
         return parameter_counts(self)
 
     def forward(self, frame_features: Tensor, frame_lengths: Tensor | None = None) -> Tensor:
-        """frame_features ``[B, T, P, C]`` → ``[B, T + P, K]``.
+        """frame_features ``[B, T, P, C]`` → ``[B, T + P, K]`` (see :meth:`visual_tokens`)."""
+        return self.visual_tokens(frame_features, frame_lengths)[0]
 
-        frame_lengths: int ``[B]``; padded frames (``t >= frame_lengths[b]``) are left out of the
-        spatial mean and their temporal tokens are 0.
+    def visual_tokens(self, frame_features: Tensor, frame_lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(tokens [B, T + P, K], mask [B, T + P] bool)``.
+
+        frame_lengths: int ``[B]``, clipped to ``[0, T]``; padded frames (``t >= frame_lengths[b]``)
+        are left out of the spatial mean, and their temporal tokens are 0 and masked out. A video of
+        0 frames has all its tokens 0 and masked out.
         """
         if frame_features.dim() != 4:
             raise ValueError(f"frame_features: expected [B, T, P, C], got {tuple(frame_features.shape)}")
@@ -62,19 +67,15 @@ class TemporalPoolAdapter(nn.Module):
         if valid is not None:
             x = x * valid[:, :, None, None].to(x.dtype)  # zero the padding (a copy, only when padded)
         temporal, spatial = stq.st_pool(x)  # [B, T, C], [B, P, C]
-        if valid is not None:  # mean over the real frames only
-            spatial = spatial * (T / frame_lengths.to(spatial.device, spatial.dtype))[:, None, None]
-        t = self.temporal_alignment(temporal)  # [B, T, K]
-        if valid is not None:
-            t = t * valid[:, :, None].to(t.dtype)
-        return torch.cat([t, self.alignment(spatial)], dim=1)
-
-    def visual_tokens(self, frame_features, frame_lengths=None):
-        """``(tokens [B, T+P, K], mask [B, T+P])``; padded frames' temporal tokens masked out."""
-        out = self(frame_features, frame_lengths)
-        B, T, P = frame_features.shape[:3]
-        valid = frame_validity(frame_lengths, B, T, out.device)
-        mask = torch.ones(B, T + P, dtype=torch.bool, device=out.device)
-        if valid is not None:
-            mask[:, :T] = valid
-        return out, mask
+        t = run_in_own_dtype(self.temporal_alignment, temporal)  # [B, T, K]
+        if valid is None:
+            z = run_in_own_dtype(self.alignment, spatial)  # [B, P, K]
+            mask = torch.ones(B, T + P, dtype=torch.bool, device=x.device)
+            return torch.cat([t.to(z.dtype), z], dim=1), mask
+        real = valid.sum(1)  # [B]: the clipped lengths
+        spatial = spatial * (T / real.clamp(min=1).to(spatial.dtype))[:, None, None]  # mean over the real frames
+        z = run_in_own_dtype(self.alignment, spatial)
+        z = z * (real > 0)[:, None, None].to(z.dtype)
+        t = t * valid[:, :, None].to(t.dtype)
+        mask = torch.cat([valid, (real > 0)[:, None].expand(B, P)], dim=1)
+        return torch.cat([t.to(z.dtype), z], dim=1), mask

@@ -15,13 +15,25 @@ from torch import Tensor, nn
 
 import stquery as stq
 
-from .common import LoRA, Router, frame_validity, freeze, grid_neighbourhood_masks, masked_mean, parameter_counts
+from .common import (
+    LoRA, Router, attend, frame_validity, freeze, grid_neighbourhood_masks, masked_mean, parameter_counts, run_in_own_dtype,
+)
 
 
-def _run(module: nn.Module, x: Tensor) -> Tensor:
-    """``module(x)`` with ``x`` cast to the module's parameter dtype (float32 adapters on a
-    bfloat16 Q-Former: :meth:`VideoQFormer.keep_trainable_float32`)."""
-    return module(x.to(next(module.parameters()).dtype))
+INSTRUCTBLIP_CLASSES = ("InstructBlipForConditionalGeneration", "InstructBlipVideoForConditionalGeneration")
+
+
+def load_instructblip(model_or_path, dtype=None) -> nn.Module:
+    """An ``InstructBlip[Video]ForConditionalGeneration`` as given, or loaded from a local directory
+    (nothing is downloaded)."""
+    model = model_or_path
+    if not isinstance(model, nn.Module):
+        from transformers import AutoModelForImageTextToText
+
+        model = AutoModelForImageTextToText.from_pretrained(str(model_or_path), local_files_only=True, dtype=dtype)
+    if type(model).__name__ not in INSTRUCTBLIP_CLASSES:
+        raise TypeError(f"model_or_path: expected one of {INSTRUCTBLIP_CLASSES}, got {type(model).__name__}")
+    return model
 
 
 class _LayerAdapters(nn.Module):
@@ -150,11 +162,6 @@ class VideoQFormer(nn.Module):
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_qformer(cls, qformer: nn.Module, query_tokens: Tensor, **kwargs) -> "VideoQFormer":
-        """Wrap a loaded ``InstructBlipQFormerModel`` and InstructBLIP's ``query_tokens`` (see class doc)."""
-        return cls(qformer, query_tokens, **kwargs)
-
-    @classmethod
     def from_config(cls, qformer_config, num_query_tokens: int = 32, **kwargs) -> "VideoQFormer":
         """Random init from an ``InstructBlipQFormerConfig`` (queries ~ N(0, initializer_range²))."""
         from transformers import InstructBlipQFormerModel
@@ -165,16 +172,15 @@ class VideoQFormer(nn.Module):
 
     @classmethod
     def from_instructblip(cls, model_or_path, *, dtype=None, **kwargs) -> "VideoQFormer":
-        """From an ``InstructBlipForConditionalGeneration``/``InstructBlipModel`` or its local directory.
+        """From an InstructBLIP or InstructBLIP-Video model (``InstructBlip[Video]ForConditionalGeneration``)
+        or its local directory: ``qformer.*`` → :attr:`qformer` (same keys, frozen), ``query_tokens``
+        → :attr:`query_tokens` (frozen). The two families share the Q-Former; InstructBLIP-Video is
+        the image model run frame by frame, which is this class with ``temporal=False, dar=False``.
 
         Loading by path reads the whole checkpoint (vision model and LLM too); prefer
         :meth:`VideoLMM.from_instructblip` when the rest is needed as well.
         """
-        model = model_or_path
-        if not isinstance(model, nn.Module):
-            from transformers import InstructBlipForConditionalGeneration
-
-            model = InstructBlipForConditionalGeneration.from_pretrained(model_or_path, local_files_only=True, dtype=dtype)
+        model = load_instructblip(model_or_path, dtype)
         return cls(model.qformer, model.query_tokens, **kwargs)
 
     def load_qformer_state_dict(self, state_dict: dict, strict: bool = True):
@@ -221,24 +227,16 @@ class VideoQFormer(nn.Module):
         """
         mha = block.attention
         src = hidden if context is None else context
-        G, N, _ = hidden.shape
-        H, d = mha.num_attention_heads, mha.attention_head_size
         q = mha.query(hidden)
         v = mha.value(src)
         if lora_q is not None:
-            q = q + _run(lora_q, hidden).to(q.dtype)
+            q = q + run_in_own_dtype(lora_q, hidden).to(q.dtype)
         if lora_v is not None:
-            v = v + _run(lora_v, src).to(v.dtype)
-        q = q.view(G, N, H, d)
-        k = mha.key(src).view(G, src.shape[1], H, d)
-        v = v.view(G, src.shape[1], H, d)
+            v = v + run_in_own_dtype(lora_v, src).to(v.dtype)
         if op_kwargs.get("masks") is not None:
             op_kwargs["mode"] = self.dar_mode
-        if frames is None:
-            o = stq.attention(q, k, v, scale=mha.scaling, **op_kwargs)
-        else:
-            o = stq.temporal_attention(q, k, v, frames, scale=mha.scaling, **op_kwargs)
-        return block.output(o.reshape(G, N, H * d), hidden)
+        o = attend(q, mha.key(src), v, mha.num_attention_heads, frames=frames, scale=mha.scaling, **op_kwargs)
+        return block.output(o, hidden)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -255,8 +253,9 @@ class VideoQFormer(nn.Module):
                 ``encoder_hidden_size``).
             input_ids: ``[B, n]`` Q-Former (BERT) token ids of the instruction, or None (queries only).
             attention_mask: ``[B, n]``, 1 = real token, 0 = padding (keys only, as the Q-Former).
-            frame_lengths: int ``[B]``; frames ``t >= frame_lengths[b]`` are padding: they never
-                influence real frames and their output is 0.
+            frame_lengths: int ``[B]``, clipped to ``[0, T]`` (the ops' rule); frames
+                ``t >= frame_lengths[b]`` are padding: they never influence real frames and their
+                output is 0 (all of a video of length 0).
 
         Returns:
             ``[B, T, L, D]``: the L query outputs of every frame.
@@ -286,9 +285,8 @@ class VideoQFormer(nn.Module):
             if attention_mask is not None:
                 if attention_mask.shape != input_ids.shape:
                     raise ValueError(f"attention_mask: expected {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
-                if not bool(attention_mask.bool().all()):
-                    pad = torch.cat([attention_mask.new_ones(B, L), attention_mask], dim=1) == 0  # [B, L+n]
-                    key_padding = pad[:, None].expand(B, T, L + n).reshape(B * T, L + n)
+                pad = torch.cat([attention_mask.new_ones(B, L), attention_mask], dim=1) == 0  # [B, L+n]
+                key_padding = pad[:, None].expand(B, T, L + n).reshape(B * T, L + n)
         else:
             x = queries.reshape(B * T, L, D)
         x = emb.dropout(emb.layernorm(x.to(emb.layernorm.weight.dtype)))  # [B*T, L+n, D]
@@ -301,7 +299,7 @@ class VideoQFormer(nn.Module):
             alpha = None
             if ad.router_spatial is not None:
                 tok_valid = None if key_padding is None else ~key_padding[:, :, None]
-                alpha = _run(ad.router_spatial, masked_mean(x, tok_valid, dim=1)).to(x.dtype)  # [B*T, p]
+                alpha = run_in_own_dtype(ad.router_spatial, masked_mean(x, tok_valid, dim=1)).to(x.dtype)  # [B*T, p]
             x = self._attend(
                 layer.attention, x, ad.lora_q_spatial, ad.lora_v_spatial,
                 masks=spatial_masks, alpha=alpha, key_padding=key_padding,
@@ -312,14 +310,14 @@ class VideoQFormer(nn.Module):
                 masks = alpha = None
                 if ad.router_cross is not None:
                     masks = self._cross_maskset(Nv, x.device)
-                    alpha = _run(ad.router_cross, q.mean(dim=1)).to(q.dtype)  # [B*T, p]
+                    alpha = run_in_own_dtype(ad.router_cross, q.mean(dim=1)).to(q.dtype)  # [B*T, p]
                 q = self._attend(layer.crossattention, q, None, None, context=vis, masks=masks, alpha=alpha)
             # 3. temporal self-attention, same Wq/Wk/Wv/dense/LayerNorm as step 1 (eq. 7)
             if self.temporal:
                 alpha = None
                 if ad.router_temporal is not None:
                     pooled = masked_mean(q.view(B, T, L, D), None if valid is None else valid[:, :, None, None], dim=1)
-                    alpha = _run(ad.router_temporal, pooled).to(q.dtype)  # [B, L, p]
+                    alpha = run_in_own_dtype(ad.router_temporal, pooled).to(q.dtype)  # [B, L, p]
                 q = self._attend(
                     layer.attention, q, ad.lora_q_temporal, ad.lora_v_temporal, frames=T,
                     masks=self.temporal_masks, alpha=alpha, frame_lengths=frame_lengths_op,

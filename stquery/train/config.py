@@ -45,7 +45,8 @@ DEFAULTS: dict[str, Any] = {
         "temporal": True,
         "dar": False,
         # video_lmm only (stquery/train/lmm.py); all paths local, nothing is downloaded:
-        "instructblip": None,  # InstructBLIP directory (vision + Q-Former + projection + LLM)
+        "instructblip": None,  # InstructBLIP or InstructBLIP-Video directory (vision + Q-Former + projection + LLM)
+        "llava": None,  # or: a LLaVA(-NeXT) directory (tokenizer_kind pool / linvt)
         "language_model": None,  # or: a causal LM directory (tokenizer_kind linvt / pool)
         "vision_model": None,  # with language_model: a vision model directory (None: precomputed features)
         "tokenizer_kind": "qformer",  # video tokenizer: "qformer" | "linvt" | "pool"
@@ -54,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
         "features_only": False,  # manifests hold precomputed features: drop the vision encoder
         "drop_cls": None,  # drop each frame's first (CLS) token; None: the builder's choice
         "dtype": None,  # None / "float32" | "bfloat16" | "float16" for the frozen checkpoints (trainable weights stay float32; training rejects float16)
+        "prompt_template": None,  # prompt around the instruction ("{prompt}"); None: the model family's
         "max_prompt_tokens": None,  # keep only the last N prompt tokens; None: all
         "options": {},  # passed to the model builder (sizes, LoRA rank, video-tokenizer kwargs ...)
     },

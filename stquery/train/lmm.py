@@ -5,10 +5,14 @@ trainer can call ``forward(batch) -> loss`` and ``predict(batch) -> list[str]``.
 
 **Model** (config keys under ``model:``, all paths local; nothing is downloaded):
 
-- ``instructblip: DIR``: an ``InstructBlipForConditionalGeneration`` directory →
-  :meth:`VideoLMM.from_instructblip` with ``tokenizer_kind`` ``qformer`` (VideoQFormer over its
-  Q-Former and queries, its frozen ``language_projection``), ``linvt`` or ``pool`` (new trainable
-  ``Linear(Cv, K)``; CLS dropped);
+- ``instructblip: DIR``: an ``InstructBlipForConditionalGeneration`` or
+  ``InstructBlipVideoForConditionalGeneration`` directory → :meth:`VideoLMM.from_instructblip` with
+  ``tokenizer_kind`` ``qformer`` (VideoQFormer over its Q-Former and queries, its frozen
+  ``language_projection``), ``linvt`` or ``pool`` (new trainable ``Linear(Cv, K)``; CLS dropped);
+- ``llava: DIR``: a ``LlavaForConditionalGeneration`` (or LLaVA-NeXT) directory →
+  :meth:`VideoLMM.from_llava` with ``tokenizer_kind`` ``pool`` (RED-VILLM: the temporal copy of its
+  projector trains) or ``linvt`` (LinVT over the projected frame tokens); its vision tower, feature
+  layer and selection strategy; the prompt in LLaVA-1.5's template (``prompt_template``);
 - or ``language_model: DIR`` (``AutoModelForCausalLM``, e.g. Vicuna) with ``tokenizer_kind``
   ``linvt`` or ``pool`` and either ``vision_model: DIR`` (``AutoModel``; its ``.vision_model`` is
   taken for CLIP/SigLIP/BLIP checkpoints) or precomputed features, whose width is then
@@ -25,10 +29,14 @@ trainer can call ``forward(batch) -> loss`` and ``predict(batch) -> list[str]``.
   the trainable weights stay float32 whatever it is (:meth:`VideoLMM.keep_trainable_float32`).
   Training rejects ``float16`` (no loss scaling: small gradients would underflow); it is for
   evaluation.
+- ``prompt_template``: the prompt around the instruction below, ``{prompt}`` marking where it goes
+  (default: the model family's, e.g. ``"USER: <image>\\n{prompt} ASSISTANT:"`` for LLaVA, whose
+  ``<image>`` the visual tokens replace; plain ``{prompt}`` for InstructBLIP, whose visual tokens
+  go before the text);
 - ``max_prompt_tokens``: keep only the last N prompt tokens (the question and options survive a
   long context); None keeps all.
 
-**Prompt** (also the Q-Former's instruction text, as in InstructBLIP)::
+**Prompt** (also the Q-Former's instruction text, as in InstructBLIP; inside ``prompt_template``)::
 
     {context}
     Question: {question}
@@ -51,6 +59,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from .distributed import zero_loss
 
 DTYPES = {None: None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -136,8 +146,13 @@ class LMMTask(nn.Module):
     def encode(self, records, with_answers: bool):
         """``(input_ids, attention_mask, labels | None)``; right-padded with answers, left-padded without."""
         seqs, answer_masks = [], []
+        placeholder = self.lmm.placeholder_token_id
         for r in records:
-            p, a = self._prompt_answer_ids(build_prompt(r), r.answer if with_answers else None)
+            prompt = self.lmm.prompt_template.format(prompt=build_prompt(r))
+            p, a = self._prompt_answer_ids(prompt, r.answer if with_answers else None)
+            if placeholder is not None and self.lmm.prompt_template != "{prompt}" and placeholder not in p:
+                raise ValueError(f"model.prompt_template {self.lmm.prompt_template!r}: the tokenizer does not turn its "
+                                 f"placeholder into the model's token id {placeholder} (or max_prompt_tokens cut it)")
             seqs.append(p + a)
             answer_masks.append([0] * len(p) + [1] * len(a))
         n = max(len(s) for s in seqs)
@@ -212,8 +227,6 @@ class LMMTask(nn.Module):
             raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
         records = batch["records"]
         if not records:
-            from .tasks import zero_loss
-
             zero = zero_loss(self)
             return (zero, 0) if reduction == "sum" else zero
         device = self._device()
@@ -225,20 +238,15 @@ class LMMTask(nn.Module):
         if ckpt:
             self._checkpoint_layers(True)
         try:
-            out = self.lmm(ids.to(device), mask.to(device), None, qformer_input_ids=qids,
+            out = self.lmm(ids.to(device), mask.to(device), labels.to(device), qformer_input_ids=qids,
                            qformer_attention_mask=qmask, **self._visual(batch, device))
         finally:
             if ckpt:
                 self._checkpoint_layers(False)
-        # Next-token cross-entropy on the answer tokens (the logits cover [visual tokens; text]).
-        logits = out.logits[:, out.visual_tokens:-1].float()
-        target = labels[:, 1:].to(logits.device)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                                 ignore_index=-100, reduction="sum")
-        count = int((target != -100).sum())
+        # Next-token cross-entropy on the answer tokens (VideoLMM aligns the labels with its input).
         if reduction == "sum":
-            return loss, count
-        return loss / max(count, 1)
+            return out.loss_sum, int(out.answer_tokens)
+        return out.loss
 
     @torch.no_grad()
     def generate_ids(self, batch: dict, **kwargs) -> torch.Tensor:
@@ -290,9 +298,15 @@ def build_lmm(m: dict):
     if kind == "qformer":
         kw.setdefault("temporal", m["temporal"])
         kw.setdefault("dar", m["dar"])
-    if m.get("instructblip") and m.get("language_model"):
-        raise ValueError("model: give either instructblip or language_model, not both")
-    if m.get("instructblip"):
+    sources = [key for key in ("instructblip", "llava", "language_model") if m.get(key)]
+    if len(sources) > 1:
+        raise ValueError(f"model: give one of instructblip, llava and language_model, got {sources}")
+    if m.get("llava"):
+        if kind == "qformer":
+            raise ValueError("model.tokenizer_kind=qformer needs a Q-Former (model.instructblip); a LLaVA model "
+                             "takes linvt or pool")
+        lmm = VideoLMM.from_llava(str(m["llava"]), tokenizer=kind, dtype=dtype, tokenizer_kwargs=kw)
+    elif m.get("instructblip"):
         lmm = VideoLMM.from_instructblip(str(m["instructblip"]), tokenizer=kind, dtype=dtype, tokenizer_kwargs=kw)
         if m.get("drop_cls") is not None:
             lmm.drop_cls = bool(m["drop_cls"])
@@ -329,8 +343,10 @@ def build_lmm(m: dict):
             projection_trainable=proj_trainable,
         )
     else:
-        raise ValueError("model.kind=video_lmm needs model.instructblip (an InstructBLIP directory) or "
-                         "model.language_model (a causal LM directory)")
+        raise ValueError("model.kind=video_lmm needs model.instructblip (an InstructBLIP(-Video) directory), "
+                         "model.llava (a LLaVA directory) or model.language_model (a causal LM directory)")
+    if m.get("prompt_template"):
+        lmm.prompt_template = m["prompt_template"]
     if m.get("features_only"):
         lmm.vision_model = None  # precomputed features only: free the encoder
     if dtype in (torch.bfloat16, torch.float16):
@@ -343,7 +359,7 @@ def build_lmm(m: dict):
 def build_lmm_task(cfg: dict) -> LMMTask:
     m = cfg["model"]
     lmm = build_lmm(m)
-    tok_path = m.get("tokenizer") or m.get("instructblip") or m.get("language_model")
+    tok_path = m.get("tokenizer") or m.get("instructblip") or m.get("llava") or m.get("language_model")
     tokenizer = _load_tokenizer(tok_path)
     qtok = None
     if m["tokenizer_kind"] == "qformer":

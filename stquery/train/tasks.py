@@ -2,7 +2,7 @@
 
 - ``forward(batch) -> loss`` (a scalar tensor, the mean over the batch's clips; ``batch`` from
   :func:`stquery.train.data.collate`; a batch with no records, all skipped, must give a zero loss
-  connected to every trainable parameter: :func:`zero_loss`),
+  connected to every trainable parameter: :func:`stquery.train.distributed.zero_loss`),
 - optionally ``supports_sum_reduction = True`` and ``forward(batch, reduction="sum") -> (summed
   loss, item count)``: the trainer then divides by the item count of the whole optimizer step over
   all accumulation steps and ranks (e.g. answer tokens, :class:`stquery.train.lmm.LMMTask`),
@@ -22,12 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-
-def zero_loss(module: nn.Module) -> torch.Tensor:
-    """``0 * sum(trainable params)``: a loss whose backward gives every trainable parameter a zero
-    gradient (for a micro-batch with no records; DDP then all-reduces as on every other rank)."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    return sum(p.float().sum() for p in params) * 0.0
+from .distributed import zero_loss
+from .lmm import build_lmm_task
 
 
 class HashTokenizer:
@@ -162,7 +158,5 @@ def build_task_model(cfg: dict, train_records) -> nn.Module:
         options.setdefault("max_frames", max(16, cfg["data"]["frames"]))
         return ShapesClassifier(labels, temporal=cfg["model"]["temporal"], dar=cfg["model"]["dar"], **options)
     if kind == "video_lmm":
-        from .lmm import build_lmm_task
-
         return build_lmm_task(cfg)
     raise ValueError(f"unknown model.kind {kind!r}; known: shapes_classifier, video_lmm")

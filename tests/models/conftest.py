@@ -2,13 +2,19 @@
 import pytest
 import torch
 from transformers import InstructBlipConfig, InstructBlipForConditionalGeneration, InstructBlipVisionConfig, LlamaConfig
-from .tiny_models import NUM_QUERIES, VISION_DIM, qformer_config
+from .tiny_models import NUM_QUERIES, SEED, VISION_DIM, qformer_config
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Overrides the suite's seed 0 with ``SEED`` (tests/models/tiny_models.py)."""
+    torch.manual_seed(SEED)
 
 @pytest.fixture(scope="module")
 def tiny_instructblip():
     """A random InstructBLIP: 1-layer ViT (16×16 px, 4×4 patches → 1 + 16 tokens), 2-layer
     Q-Former with 8 queries, 1-layer Llama-style LM."""
-    torch.manual_seed(0)
+    torch.manual_seed(SEED)
     vision = InstructBlipVisionConfig(
         hidden_size=VISION_DIM, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
         image_size=16, patch_size=4,

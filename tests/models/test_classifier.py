@@ -10,7 +10,7 @@ def test_classifier_over_each_tokenizer():
     feats = torch.randn(2, 3, 17, VISION_DIM)
     lengths = torch.tensor([3, 2])
     tokenizers = [
-        (VideoQFormer.from_qformer(InstructBlipQFormerModel(qformer_config(2)), torch.randn(NUM_QUERIES, 32)),
+        (VideoQFormer(InstructBlipQFormerModel(qformer_config(2)), torch.randn(NUM_QUERIES, 32)),
          dict(input_ids=torch.randint(1, 50, (2, 4)))),
         (LinVTTokenizer(VISION_DIM, num_heads=2, svr_layers=1, tta_layers=1, k=8, scales=(1, 2), num_queries=(2, 2)), {}),
         (TemporalPoolAdapter(torch.nn.Linear(VISION_DIM, 16)), {}),

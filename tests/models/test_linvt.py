@@ -4,6 +4,8 @@ import torch
 
 from stquery.models import LinVTTokenizer
 
+from .bounds import assert_within_bound, float64_copy
+
 B, T, P, C, TEXT_DIM = 2, 4, 9, 40, 24
 K, SCALES, QUERIES = 12, (1, 2, 4), (4, 2, 2)
 
@@ -50,29 +52,44 @@ def test_selection_keeps_temporal_order_and_gates_raw_tokens():
     assert bool((idx[:, 1:] > idx[:, :-1]).all())  # strictly ascending: frame-major = temporal order
     top = scores.topk(K, dim=1).indices.sort(dim=1).values
     assert torch.equal(idx, top)  # the k most significant tokens
-    x = feats.reshape(B, T * P, C)
-    selected = torch.gather(x, 1, idx[..., None].expand(B, K, C)) * torch.sigmoid(torch.gather(scores, 1, idx))[..., None]
     n1, n2 = K, -(-K // 2)
     assert refined.tokens.shape == (B, sum(-(-K // s) for s in SCALES), C)
-    torch.testing.assert_close(refined.tokens[:, :n1], selected)  # scale 1
-    torch.testing.assert_close(refined.tokens[:, n1:n1 + n2], selected.reshape(B, K // 2, 2, C).mean(2))  # scale 2
+
+    def by_hand(x, s):  # gather, gate, then the scale-1 and scale-2 windows
+        picked = torch.gather(x, 1, idx[..., None].expand(B, K, C)) * torch.sigmoid(torch.gather(s, 1, idx))[..., None]
+        return torch.cat([picked, picked.reshape(B, K // 2, 2, C).mean(2)], dim=1)
+
+    x = feats.reshape(B, T * P, C)
+    with torch.no_grad():
+        same, truth = by_hand(x, scores), by_hand(x.double(), scores.double())
+        assert_within_bound(refined.tokens[:, :n1 + n2], truth, same, name="scales 1 and 2")
+
+
+def assert_convex_combinations(out, tokens, scales, k, queries):
+    """Every output token of scale i is a convex combination of scale i's refined tokens (float64
+    least squares; the residual and the weights within float64 rounding of the sizes involved)."""
+    assert out.dtype == tokens.dtype == torch.float64
+    Bn, _, C = out.shape
+    tol = 1e3 * torch.finfo(torch.float64).eps * max(1.0, out.abs().max().item())
+    start, o = 0, 0
+    for s, m in zip(scales, queries):
+        n = -(-k // s)
+        basis = tokens[:, start:start + n].transpose(1, 2)  # [B, C, n]
+        target = out[:, o:o + m].transpose(1, 2)  # [B, C, m]
+        coef = torch.linalg.lstsq(basis, target).solution  # [B, n, m]
+        assert (basis @ coef - target).abs().max() <= tol  # in their span
+        assert (coef.sum(1) - 1).abs().max() <= tol * n  # weights sum to 1
+        assert coef.min() >= -tol * n  # and are non-negative
+        start, o = start + n, o + m
 
 
 def test_outputs_are_linear_combinations_of_selected_tokens():
     # Linearity principle: with the scores fixed, every output token is a convex combination of
     # the gated selected tokens of its scale, so the output lies in their span.
-    model = _model()
-    feats, text, text_mask = _inputs()
+    model = _model().double()
+    feats, text, text_mask = (t.double() for t in _inputs())
     out = model(feats, text, text_mask)
-    tokens = model.refine(feats).tokens
-    start, o = 0, 0
-    for s, m in zip(SCALES, QUERIES):
-        n = -(-K // s)
-        basis = tokens[:, start:start + n]  # [B, n, C]
-        coef = torch.linalg.lstsq(basis.transpose(1, 2), out[:, o:o + m].transpose(1, 2)).solution  # [B, n, m]
-        torch.testing.assert_close(coef.sum(1), torch.ones(B, m), atol=1e-4, rtol=0)  # weights sum to 1
-        assert bool((coef > -1e-4).all())
-        start, o = start + n, o + m
+    assert_convex_combinations(out, model.refine(feats).tokens, SCALES, K, QUERIES)
 
 
 def test_gradients_reach_the_significance_head_through_the_gate():
@@ -90,6 +107,7 @@ def test_gradients_reach_the_significance_head_through_the_gate():
 
 def test_frame_lengths_batch_equals_each_video_alone():
     model = _model().eval()
+    model64 = float64_copy(model)
     feats, text, text_mask = _inputs()
     lengths = torch.tensor([4, 2])
     feats[1, 2:] = 50.0  # padded frames are never selected and never attended
@@ -97,7 +115,28 @@ def test_frame_lengths_batch_equals_each_video_alone():
     for b in range(B):
         n = int(lengths[b])
         alone = model(feats[b:b + 1, :n], text[b:b + 1], text_mask[b:b + 1])
-        torch.testing.assert_close(out[b:b + 1], alone, atol=1e-5, rtol=1e-5)
+        truth = model64(feats[b:b + 1, :n].double(), text[b:b + 1].double(), text_mask[b:b + 1].double())
+        assert_within_bound(out[b:b + 1], truth, alone, name=f"video {b}")
+
+
+def test_frame_lengths_zero_and_fewer_real_tokens_than_k():
+    """Lengths are clipped to [0, T] (no host sync); a video with fewer than k real tokens fills the
+    selection with zero tokens, a video of 0 frames gives zeros, masked out of its visual tokens."""
+    model = _model().eval()
+    feats, text, text_mask = _inputs()
+    with torch.no_grad():
+        full = model(feats, text, text_mask)
+        truth = float64_copy(model)(feats.double(), text.double(), text_mask.double())
+        assert_within_bound(model(feats, text, text_mask, frame_lengths=torch.tensor([9, 4])), truth, full)
+        refined = model.refine(feats, torch.tensor([1, 4]))  # 1 frame x 9 tokens < k = 12
+        real = refined.index[0] < P
+        assert real.sum() == P and refined.tokens[0, :K][~real].abs().max() == 0  # scale 1: zeros
+        out, valid = model.visual_tokens(feats, torch.tensor([0, 4]), text=text, text_mask=text_mask)
+    assert out[0].abs().max() == 0 and not valid[0].any() and valid[1].all()
+    assert_within_bound(out[1], truth[1], full[1])
+    loss = model.train()(feats, text, text_mask, frame_lengths=torch.tensor([0, 1])).square().mean()
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 def test_bad_inputs_raise():
@@ -106,6 +145,8 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="frame_features"):
         model(feats[..., :-1])
     with pytest.raises(ValueError, match="frame_lengths"):
-        model(feats, frame_lengths=torch.tensor([4, 1]))  # 1 frame × 9 tokens < k = 12
+        model(feats, frame_lengths=torch.tensor([4, 1, 2]))
+    with pytest.raises(TypeError, match="frame_lengths"):
+        model(feats, frame_lengths=torch.tensor([True, False]))
     with pytest.raises(ValueError, match="num_queries"):
         _model(num_queries=(4, 2))

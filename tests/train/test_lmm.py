@@ -26,7 +26,7 @@ STEPS = 10
 SPECIALS = ["[PAD]", "<s>", "</s>", "[UNK]"]
 WORDS = ["question", ":", "options", "(", ")", "a", "b", "c", "answer", "which", "way", "does", "the", "shape",
          "move", "?", "what", "colour", "is", "it", "a", "clip", "of", "moving", "shapes", ".", "left", "right",
-         "red", "blue", "green", "ball", "square"]
+         "red", "blue", "green", "ball", "square", "user", "assistant"]
 
 
 def _word_tokenizer(path: Path, vocab_size: int):
@@ -383,3 +383,86 @@ def test_bfloat16_checkpoints_keep_float32_trainable_weights(lmm_files, tmp_path
     assert set(lora) <= set(moved), sorted(set(lora) - set(moved))
     with pytest.raises(ValueError, match="float16"):
         main(["train", str(_config(lmm_files, tmp_path, "fp16", dtype="float16"))])
+
+
+@pytest.fixture(scope="module")
+def family_dirs(lmm_files):
+    """Saved tiny HF checkpoints of the two families, each with its LLM tokenizer (LLaVA's knows
+    ``<image>`` as the model's image token id) and, for InstructBLIP-Video, a Q-Former tokenizer."""
+    from tokenizers import AddedToken
+
+    from ..models.tiny_models import PLACEHOLDER, tiny_instructblip_family, tiny_llava
+
+    video = lmm_files / "instructblip_video"
+    tiny_instructblip_family(video=True).save_pretrained(video)
+    _word_tokenizer(video, 64)
+    _word_tokenizer(video / "qformer_tokenizer", 50)
+    llava = lmm_files / "llava"
+    tiny_llava().save_pretrained(llava)
+    tok = _word_tokenizer(llava, 64)
+    # "<image>" at the model's image_token_id, never split by the word pre-tokenizer
+    backend = tok.backend_tokenizer
+    vocab = backend.get_vocab()
+    filler = [f"[unused{i}]" for i in range(PLACEHOLDER - len(vocab))]
+    backend.add_tokens(filler)
+    backend.add_special_tokens([AddedToken("<image>", special=True, normalized=False)])
+    tok.save_pretrained(llava)
+    assert _load(llava).convert_tokens_to_ids("<image>") == PLACEHOLDER
+    return {"instructblip_video": video, "llava": llava}
+
+
+def _load(path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+FAMILIES = [
+    ("instructblip_video", "qformer", {"lora_rank": 4, "max_frames": 8}),
+    ("llava", "pool", {}),
+    ("llava", "linvt", {"k": 8, "num_queries": [4, 2, 2], "svr_layers": 1, "tta_layers": 1, "num_heads": 2}),
+]
+
+
+@pytest.mark.parametrize("family,kind,options", FAMILIES, ids=[f"{f}-{k}" for f, k, _ in FAMILIES])
+def test_each_family_trains_from_its_checkpoint_and_resumes(family_dirs, lmm_files, tmp_path, family, kind, options):
+    """``stquery train`` from a config naming a saved checkpoint directory: one step, stop, then
+    ``--resume`` continues with the second; only the family's trainable weights are saved."""
+    source = "instructblip" if family == "instructblip_video" else "llava"
+    cfg_path = _config(lmm_files, tmp_path, "run", **{"instructblip": None, source: str(family_dirs[family]),
+                                                       "tokenizer_kind": kind, "options": options})
+    main(["train", str(cfg_path), "--set", "train.epochs=2", "--set", "train.stop_after=1", "--set", "data.val="])
+    out = tmp_path / "run"
+    first = load_file(str(out / "checkpoints" / "step_000001" / "trainable.safetensors"))
+    main(["train", str(cfg_path), "--set", "train.epochs=2", "--set", "data.val=", "--resume"])
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step_000002"
+    second = load_file(str(out / "checkpoints" / "step_000002" / "trainable.safetensors"))
+    assert [r["step"] for r in read_log(out, "train")] == [1, 2]
+    assert first.keys() == second.keys() and first
+    assert any(not torch.equal(first[n], second[n]) for n in first)
+    prefix = {"qformer": ("lmm.video_tokenizer.adapters.", "lmm.video_tokenizer.e_"),
+              "pool": ("lmm.video_tokenizer.temporal_alignment.",),
+              "linvt": ("lmm.video_tokenizer.",)}[kind]
+    assert all(n.startswith(prefix) for n in first), sorted(first)
+
+    # The prompt: LLaVA's template with <image>, which the visual tokens replace.
+    cfg = load_config(cfg_path)
+    task = tasks_module.build_task_model(cfg, read_manifest(cfg["data"]["train"]).records)
+    ids, _, _ = task.encode(read_manifest(cfg["data"]["train"]).records[:1], with_answers=False)
+    text = task.tokenizer.decode(ids[0])
+    if family == "llava":
+        assert text.startswith("<s> user : <image> question") and text.endswith("answer : assistant :"), text
+    else:
+        assert text.startswith("<s> question") and text.endswith("answer :"), text
+
+
+def test_lmm_does_not_import_the_task_registry():
+    """tasks.py (the registry of task models) imports lmm.py, never the other way round."""
+    import ast
+
+    import stquery.train.lmm as lmm_module
+
+    tree = ast.parse(Path(lmm_module.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m and m.split(".")[-1] == "tasks"}, imported
