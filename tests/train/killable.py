@@ -11,6 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+import types
+
+import safetensors.torch
 import torch
 
 from stquery.cli import main
@@ -52,7 +55,10 @@ if __name__ == "__main__":
     if where == "step":
         _on_nth_call(torch.optim.AdamW, "step", int(n), marker, before=True)
     elif where == "torn":
-        _on_nth_call(checkpoint, "save_file", int(n), marker, before=False, then=_tear)
+        # only the checkpoint's weights file counts (the data cache is written with safetensors too)
+        weights_io = types.SimpleNamespace(save_file=safetensors.torch.save_file, load_file=safetensors.torch.load_file)
+        _on_nth_call(weights_io, "save_file", int(n), marker, before=False, then=_tear)
+        checkpoint._safetensors = lambda: weights_io
     elif where == "latest":
         _on_nth_call(checkpoint, "_write_latest", int(n), marker, before=True)
     else:
