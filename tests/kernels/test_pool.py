@@ -1,4 +1,4 @@
-"""``stq.multiscale_pool`` and ``stq.st_pool`` on each kernel backend (``triton``, ``cpu``) against the
+"""``stq.multiscale_pool`` and ``stq.st_pool`` on each kernel backend (``triton``, ``cpu``, ``cuda``) against the
 torch reference (SPEC §2.5), outputs NaN-poisoned; same error bound as tests/kernels/test_topk.py."""
 import pytest
 import torch
