@@ -3,7 +3,8 @@
 //
 // Model:
 // - A launch runs the grid's blocks one after another. Each block runs with one OS thread per
-//   CUDA thread (the same blockDim threads are reused for every block of the launch).
+//   CUDA thread: the first blockDim threads of a process-wide pool (created on demand, kept for
+//   later launches: creating hundreds of threads per launch would cost more than the kernels).
 // - threadIdx/blockIdx/blockDim/gridDim are thread_local. Warps are 32 consecutive linear thread
 //   ids (x fastest), as on the GPU.
 // - __syncthreads() is a block-wide std::barrier. A thread that returns from the kernel drops out
@@ -29,6 +30,8 @@
 #include <atomic>
 #include <barrier>
 #include <bit>
+#include <condition_variable>
+#include <functional>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -117,6 +120,53 @@ inline std::mutex& launch_mutex() {
   return m;
 }
 
+// Worker threads that run one job at a time: run(n, job) calls job(0 .. n-1), one per worker, and
+// returns when all have returned. Never destroyed (detached workers outlive static destructors).
+class ThreadPool {
+ public:
+  void run(unsigned n, const std::function<void(unsigned)>& job) {
+    std::unique_lock<std::mutex> lock(m_);
+    while (workers_ < n) {
+      std::thread([this, id = workers_, gen = generation_] { loop(id, gen); }).detach();
+      ++workers_;
+    }
+    job_ = &job;
+    active_ = remaining_ = n;
+    ++generation_;
+    start_.notify_all();
+    done_.wait(lock, [this] { return remaining_ == 0; });
+    job_ = nullptr;
+  }
+
+ private:
+  void loop(unsigned id, uint64_t seen) {
+    for (;;) {
+      const std::function<void(unsigned)>* job;
+      {
+        std::unique_lock<std::mutex> lock(m_);
+        start_.wait(lock, [&] { return generation_ != seen; });
+        seen = generation_;
+        if (id >= active_) continue;
+        job = job_;
+      }
+      (*job)(id);
+      std::lock_guard<std::mutex> lock(m_);
+      if (--remaining_ == 0) done_.notify_one();
+    }
+  }
+
+  std::mutex m_;
+  std::condition_variable start_, done_;
+  const std::function<void(unsigned)>* job_ = nullptr;
+  unsigned workers_ = 0, active_ = 0, remaining_ = 0;
+  uint64_t generation_ = 0;
+};
+
+inline ThreadPool& pool() {
+  static ThreadPool* p = new ThreadPool;
+  return *p;
+}
+
 inline void* dynamic_shared() { return tls.block->dynamic_shared(); }
 
 // Every lane publishes `v`; returns what lane `src` published (lanes of this warp only).
@@ -165,7 +215,7 @@ cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t share
   std::lock_guard<std::mutex> lock(launch_mutex());
   Block state(static_cast<int>(n), shared_bytes);
   std::barrier<ResetBlock> done(n, ResetBlock{&state});
-  auto run = [&](unsigned tid) {
+  const std::function<void(unsigned)> run = [&](unsigned tid) {
     threadIdx = {tid % block.x, tid / block.x % block.y, tid / (block.x * block.y)};
     blockDim = block;
     gridDim = grid;
@@ -180,10 +230,7 @@ cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t share
       done.arrive_and_wait();
     }
   };
-  std::vector<std::thread> threads;
-  threads.reserve(n);
-  for (unsigned t = 0; t < n; ++t) threads.emplace_back(run, t);
-  for (auto& t : threads) t.join();
+  pool().run(static_cast<unsigned>(n), run);
   return cudaSuccess;
 }
 

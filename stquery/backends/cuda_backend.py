@@ -179,6 +179,8 @@ class CudaBackend:
             if t.is_floating_point() and t.dtype not in DTYPES:
                 why.append(f"dtype {t.dtype} is not one of float32, float16, bfloat16")
                 break
+        if any(n >= 2**31 for t in tensors for n in t.shape):
+            why.append(f"a dim of {[list(t.shape) for t in tensors]} is >= 2**31; the kernels index dims with int32")
         scales = next((a for a in args if isinstance(a, (tuple, list))), ())
         if len(scales) > MAX_SCALES:
             why.append(f"{len(scales)} scales; the kernels take at most {MAX_SCALES}")
