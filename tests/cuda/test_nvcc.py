@@ -1,5 +1,5 @@
 """Offline resource gate of the CUDA kernels (no GPU needed): every ``csrc/*/*.cu`` compiled by nvcc
-for sm_80 and sm_90a with ``-Xptxas -v``; every instantiation of every kernel must compile with
+with the JIT build's flags for sm_80 and sm_90a with ``-Xptxas -v``; every instantiation of every kernel must compile with
 0 spill bytes, no stack frame, at most 255 registers and static shared memory within 48 KiB; every
 kernel declares ``__launch_bounds__``, so registers x threads fit the 64K register file. The table
 (printed with ``-s``) is the one quoted in the notes. Skipped when nvcc is absent.
@@ -14,6 +14,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from torch.utils import cpp_extension
 
 from stquery.backends import cuda_backend
 
@@ -30,7 +31,9 @@ _USED = re.compile(r"Used (\d+) registers(?:, used \d+ barriers)?(?:, (\d+) byte
 def ptxas_report(cu, tmp_path) -> list[dict]:
     """One row per (kernel instantiation, arch): registers, smem, stack, spill stores/loads."""
     gencode = [a for arch in ARCHS for a in ("-gencode", f"arch=compute_{arch},code=sm_{arch}")]
-    cmd = ["nvcc", "-c", "-std=c++20", "-O3", "-Xptxas", "-v", *gencode, f"-I{cuda_backend.source_dir()}",
+    # torch's own nvcc flags (e.g. __CUDA_NO_HALF_CONVERSIONS__) and the backend's, as the JIT build uses
+    cmd = ["nvcc", "-c", *cpp_extension.COMMON_NVCC_FLAGS, *cuda_backend.CUDA_FLAGS, "-Xptxas", "-v", *gencode,
+           f"-I{cuda_backend.source_dir()}",
            str(cu), "-o", str(tmp_path / f"{cu.parent.name}_{cu.stem}.o")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
