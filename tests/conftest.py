@@ -17,11 +17,15 @@ TRITON = importlib.util.find_spec("triton") is not None and (
     torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
 )
 
+
 def _cuda_missing() -> str:
     """Why the cuda backend can't run the kernel tests here ('' = it can: on CPU, under its emulation)."""
     from stquery.backends import cuda_backend
 
     return "; ".join(cuda_backend.toolchain_reasons(emulate=DEVICE == "cpu"))
+
+
+CUDA_MISSING = _cuda_missing()
 
 
 # The kernel backends the kernel tests run on this machine's test device (tests/kernels). On CPU
@@ -30,7 +34,7 @@ def _cuda_missing() -> str:
 KERNEL_BACKENDS = [
     pytest.param("triton", marks=pytest.mark.skipif(not TRITON, reason="needs triton with CUDA or TRITON_INTERPRET=1")),
     pytest.param("cpu", marks=pytest.mark.skipif(DEVICE != "cpu", reason="the cpu backend runs CPU tensors")),
-    pytest.param("cuda", marks=pytest.mark.skipif(bool(_cuda_missing()), reason=_cuda_missing() or "-")),
+    pytest.param("cuda", marks=pytest.mark.skipif(bool(CUDA_MISSING), reason=CUDA_MISSING or "runs")),
 ]
 
 

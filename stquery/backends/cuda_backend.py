@@ -12,7 +12,7 @@ rebuilds and an unchanged tree never does:
 
 Layout: ``csrc/bindings.cpp`` (the module), ``csrc/common/`` (emulation, helpers), one folder per
 op with its kernels (``*.cu``), launcher header and ``*_bindings.cpp``; every ``csrc/*/*.cu`` and
-``csrc/*/*.cpp`` is compiled. Outputs are allocated here (``_empty``: NaN-filled under
+``csrc/*/*_bindings.cpp`` is compiled. Outputs are allocated here (``_empty``: NaN-filled under
 ``STQUERY_POISON=1`` for tests) and written by the kernels.
 """
 from __future__ import annotations
@@ -47,9 +47,10 @@ def source_dir() -> Path:
 
 
 def sources() -> list[Path]:
-    """The module (bindings.cpp), every op's bindings and every kernel file."""
+    """The module (bindings.cpp), every op's ``*_bindings.cpp`` and every kernel file (``*.cu``);
+    not the cpu backend's ``*_cpu.cpp``, which share the op folders."""
     src = source_dir()
-    return [src / "bindings.cpp", *sorted(src.glob("*/*.cpp")), *sorted(src.glob("*/*.cu"))]
+    return [src / "bindings.cpp", *sorted(src.glob("*/*_bindings.cpp")), *sorted(src.glob("*/*.cu"))]
 
 
 def headers() -> list[Path]:
