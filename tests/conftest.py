@@ -30,7 +30,7 @@ CUDA_MISSING = _cuda_missing()
 
 # The kernel backends the kernel tests run on this machine's test device (tests/kernels). On CPU
 # the cuda backend runs its kernels' own source under the CUDA emulation (STQUERY_CUDA_EMULATE=1,
-# set by the kernel tests' fixtures).
+# set for tests/kernels by its conftest.py).
 KERNEL_BACKENDS = [
     pytest.param("triton", marks=pytest.mark.skipif(not TRITON, reason="needs triton with CUDA or TRITON_INTERPRET=1")),
     pytest.param("cpu", marks=pytest.mark.skipif(DEVICE != "cpu", reason="the cpu backend runs CPU tensors")),

@@ -40,8 +40,6 @@ def _poisoned_empty(shape, dtype, device):
 @pytest.fixture(autouse=True)
 def _poison(monkeypatch):
     monkeypatch.setenv("STQUERY_POISON", "1")
-    if DEVICE == "cpu":
-        monkeypatch.setenv(cuda_backend.EMULATE_ENV, "1")
     if TRITON:
         monkeypatch.setattr(topk_kernels, "_empty", _poisoned_empty)
         monkeypatch.setattr(pool_kernels, "_empty", _poisoned_empty)
