@@ -16,10 +16,25 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TRITON = importlib.util.find_spec("triton") is not None and (
     torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
 )
-# The kernel backends the kernel tests run on this machine's test device (tests/kernels).
+
+
+def _cuda_missing() -> str:
+    """Why the cuda backend can't run the kernel tests here ('' = it can: on CPU, under its emulation)."""
+    from stquery.backends import cuda_backend
+
+    return "; ".join(cuda_backend.toolchain_reasons(emulate=DEVICE == "cpu"))
+
+
+CUDA_MISSING = _cuda_missing()
+
+
+# The kernel backends the kernel tests run on this machine's test device (tests/kernels). On CPU
+# the cuda backend runs its kernels' own source under the CUDA emulation (STQUERY_CUDA_EMULATE=1,
+# set for tests/kernels by its conftest.py).
 KERNEL_BACKENDS = [
     pytest.param("triton", marks=pytest.mark.skipif(not TRITON, reason="needs triton with CUDA or TRITON_INTERPRET=1")),
     pytest.param("cpu", marks=pytest.mark.skipif(DEVICE != "cpu", reason="the cpu backend runs CPU tensors")),
+    pytest.param("cuda", marks=pytest.mark.skipif(bool(CUDA_MISSING), reason=CUDA_MISSING or "runs")),
 ]
 
 

@@ -1,25 +1,43 @@
 """The ``cuda`` backend: CUDA C++ in ``csrc/`` (installed as ``stquery.csrc``), bound with pybind11.
 
-Built just in time on first use with ``torch.utils.cpp_extension.load`` (ninja) into a directory
-named after the hash of the sources, so an edit rebuilds and an unchanged tree never does
-(stylegan3's ``custom_ops`` scheme). It implements ``st_pool`` so far; for every other op
-``supports()`` says so and dispatch uses another backend.
+Two builds of the same sources, each just in time with ``torch.utils.cpp_extension.load`` (ninja)
+into a directory named after a hash of the sources, headers, compiler flags and target, so an edit
+rebuilds and an unchanged tree never does:
+
+- the CUDA build (nvcc, the architectures torch targets) for CUDA tensors;
+- the emulation build (the host C++ compiler, ``-DSTQ_CUDA_EMULATE``: ``csrc/common/cuda_emu.h``
+  runs every CUDA thread as an OS thread) for CPU tensors, only when ``STQUERY_CUDA_EMULATE=1`` is
+  set. It exists to test the kernels' own source without a GPU (as ``TRITON_INTERPRET=1`` does for
+  Triton); it is slow, and auto never picks it (``devices`` is CUDA only).
+
+Layout: ``csrc/bindings.cpp`` (the module), ``csrc/common/`` (emulation, helpers), one folder per
+op with its kernels (``*.cu``), launcher header and ``*_bindings.cpp``; every ``csrc/*/*.cu`` and
+``csrc/*/*_bindings.cpp`` is compiled. Outputs are allocated here (``_empty``: NaN-filled under
+``STQUERY_POISON=1`` for tests) and written by the kernels.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import torch
 from torch.utils import cpp_extension
 
 from ..ops.common import KERNEL_DTYPES as DTYPES
+from ..ops.pool.problem import pooled_length
+from ..ops.topk.problem import GATES  # the codes of csrc/pool/pool.h's Gate
 
-SOURCES = ("bindings.cpp", "st_pool.cu")
-HEADERS = ("st_pool.h",)
-OPS = frozenset({"st_pool"})
+EMULATE_ENV = "STQUERY_CUDA_EMULATE"
+OPS = frozenset({"topk_select", "gather_gate", "multiscale_pool", "st_pool"})
+RANK_MAX_K = 8192  # csrc/topk/topk.h kRankMaxK: order="score" by a stable sort beyond
+MAX_SCALES = 8  # csrc/pool/pool.h kMaxScales
+HOST_FLAGS = ["-O2", "-std=c++20"]
+EMULATE_FLAGS = HOST_FLAGS + ["-DSTQ_CUDA_EMULATE", "-pthread", "-Wno-unknown-pragmas"]
+CUDA_FLAGS = ["-O3", "-std=c++20"]
 
 
 def source_dir() -> Path:
@@ -28,29 +46,116 @@ def source_dir() -> Path:
     return Path(next(iter(stquery.csrc.__path__)))
 
 
-def build_name() -> str:
-    """``stquery_cuda_<hash of every source and header>``."""
-    h = hashlib.sha256()
-    for name in SOURCES + HEADERS:
-        h.update(name.encode())
-        h.update((source_dir() / name).read_bytes())
-    return f"stquery_cuda_{h.hexdigest()[:16]}"
+def sources() -> list[Path]:
+    """The module (bindings.cpp), every op's ``*_bindings.cpp`` and every kernel file (``*.cu``);
+    not the cpu backend's ``*_cpu.cpp``, which share the op folders."""
+    src = source_dir()
+    return [src / "bindings.cpp", *sorted(src.glob("*/*_bindings.cpp")), *sorted(src.glob("*/*.cu"))]
+
+
+def headers() -> list[Path]:
+    src = source_dir()
+    return sorted(p for ext in ("h", "cuh") for p in src.glob(f"*/*.{ext}"))
+
+
+def emulating() -> bool:
+    return os.environ.get(EMULATE_ENV) == "1"
+
+
+def _compiler() -> str:
+    return os.environ.get("CXX", "c++")
 
 
 @functools.cache
-def module():
-    """The compiled extension (built on first call, then loaded from the cache directory)."""
-    name = build_name()
+def _compiler_version(cmd: str) -> str:
+    try:
+        return subprocess.run([cmd, "--version"], capture_output=True, text=True, check=True).stdout.splitlines()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        return "unknown"
+
+
+def _target(emulate: bool) -> list[str]:
+    """What the binary is built for: the host compiler (emulation) or the CUDA architectures."""
+    if emulate:
+        return ["host-emulation", _compiler_version(_compiler()), *EMULATE_FLAGS]
+    return ["cuda", str(torch.version.cuda), *cpp_extension._get_cuda_arch_flags(), *CUDA_FLAGS, *HOST_FLAGS]
+
+
+def build_name(emulate: bool = False) -> str:
+    """``stquery_cuda[emu]_<hash of the sources, headers, flags and target>``."""
+    h = hashlib.sha256()
+    for path in sources() + headers():
+        h.update(str(path.relative_to(source_dir())).encode())
+        h.update(path.read_bytes())
+    h.update(repr(_target(emulate)).encode())
+    h.update(torch.__version__.encode())
+    return f"stquery_cuda{'emu' if emulate else ''}_{h.hexdigest()[:16]}"
+
+
+def _build_dir(name: str) -> Path:
     root = os.environ.get("STQUERY_CUDA_CACHE")
-    build_dir = Path(root) / name if root else Path(cpp_extension._get_build_directory(name, verbose=False))
-    build_dir.mkdir(parents=True, exist_ok=True)
-    return cpp_extension.load(
-        name=name,
-        sources=[str(source_dir() / s) for s in SOURCES],
-        extra_include_paths=[str(source_dir())],
-        extra_cuda_cflags=["-O3", "--use_fast_math"],
-        build_directory=str(build_dir),
-    )
+    path = Path(root) / name if root else Path(cpp_extension._get_build_directory(name, verbose=False))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _emulation_units(build_dir: Path) -> list[str]:
+    """One host C++ file per kernel file, ``#include``-ing it (the .cu extension selects nvcc)."""
+    units = []
+    for path in sources():
+        if path.suffix == ".cu":
+            unit = build_dir / f"emu_{path.parent.name}_{path.stem}.cpp"
+            text = f'#include "{path}"\n'
+            if not unit.exists() or unit.read_text() != text:
+                unit.write_text(text)
+            units.append(str(unit))
+        else:
+            units.append(str(path))
+    return units
+
+
+@functools.cache
+def module(emulate: bool = False):
+    """The compiled extension (built on first call, then loaded from its cache directory)."""
+    name = build_name(emulate)
+    build_dir = _build_dir(name)
+    common = dict(name=name, extra_include_paths=[str(source_dir())], build_directory=str(build_dir))
+    if emulate:
+        return cpp_extension.load(sources=_emulation_units(build_dir), extra_cflags=EMULATE_FLAGS,
+                                  extra_ldflags=["-pthread"], with_cuda=False, **common)
+    return cpp_extension.load(sources=[str(p) for p in sources()], extra_cflags=HOST_FLAGS,
+                              extra_cuda_cflags=CUDA_FLAGS, with_cuda=True, **common)
+
+
+def toolchain_reasons(emulate: bool) -> list[str]:
+    why = []
+    if not cpp_extension.is_ninja_available():
+        why.append("ninja is not installed (pip install ninja): the extension is built just in time with it")
+    if shutil.which(_compiler()) is None:
+        why.append(f"no host C++ compiler {_compiler()!r} found (set CXX)")
+    if not emulate:
+        if torch.version.cuda is None:
+            why.append("this torch build has no CUDA support")
+        elif cpp_extension.CUDA_HOME is None:
+            why.append("no CUDA toolkit (nvcc) found to build the extension (set CUDA_HOME)")
+    return why
+
+
+def _empty(shape, dtype, device) -> torch.Tensor:
+    """``torch.empty``; NaN (integers: -1) when ``STQUERY_POISON=1`` (tests), so an element a kernel
+    forgets to write shows."""
+    if os.environ.get("STQUERY_POISON", "0") == "1":
+        return torch.full(shape, float("nan") if dtype.is_floating_point else -1, dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _run(fn: str, device: torch.device, *args):
+    """``module().fn(*args, stream)`` on ``device`` (its current stream; 0 under the emulation)."""
+    mod = module(emulate=device.type == "cpu")
+    if device.type != "cuda":
+        return getattr(mod, fn)(*args, 0)
+    with torch.cuda.device(device):
+        return getattr(mod, fn)(*args, torch.cuda.current_stream(device).cuda_stream)
 
 
 class CudaBackend:
@@ -60,26 +165,106 @@ class CudaBackend:
     def supports(self, op, *args) -> list[str]:
         if op not in OPS:
             return [f"no CUDA kernel for {op} (the cuda backend implements {', '.join(sorted(OPS))})"]
-        if not torch.cuda.is_available():
-            return ["CUDA is not available"]
-        x = next(a for a in args if isinstance(a, torch.Tensor))
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        device = tensors[0].device
         why = []
-        if x.device.type != "cuda":
-            why.append(f"tensors are on {x.device.type}, the cuda backend needs CUDA tensors")
-        if x.dtype not in DTYPES:
-            why.append(f"dtype {x.dtype} is not one of float32, float16, bfloat16")
-        if cpp_extension.CUDA_HOME is None:
-            why.append("no CUDA toolkit found to build the extension (set CUDA_HOME)")
-        return why
+        if device.type == "cpu":
+            if not emulating():
+                why.append(f"tensors are on cpu: the cuda backend needs CUDA tensors ({EMULATE_ENV}=1 runs "
+                           "its kernels under the CPU emulation, for tests)")
+        elif device.type != "cuda":
+            why.append(f"tensors are on {device.type}: the cuda backend needs CUDA tensors")
+        elif not torch.cuda.is_available():
+            why.append("CUDA is not available")
+        for t in tensors:
+            if t.is_floating_point() and t.dtype not in DTYPES:
+                why.append(f"dtype {t.dtype} is not one of float32, float16, bfloat16")
+                break
+        if any(n >= 2**31 for t in tensors for n in t.shape):
+            why.append(f"a dim of {[list(t.shape) for t in tensors]} is >= 2**31; the kernels index dims with int32")
+        scales = next((a for a in args if isinstance(a, (tuple, list))), ())
+        if len(scales) > MAX_SCALES:
+            why.append(f"{len(scales)} scales; the kernels take at most {MAX_SCALES}")
+        return why + toolchain_reasons(emulate=device.type == "cpu")
 
+    # --- selection and gather (csrc/topk) -------------------------------------------------
+    def topk_select(self, scores, k, order):
+        B, N = scores.shape
+        dev = scores.device
+        idx = _empty((B, k), torch.int64, dev)
+        if B == 0 or k == 0:
+            return idx
+        chunks = module(emulate=dev.type == "cpu").select_chunks(N)
+        hist = torch.zeros((B, 4, 256), dtype=torch.int32, device=dev)
+        state = torch.empty((B, 2), dtype=torch.int32, device=dev)
+        counts = torch.empty((B, chunks, 2), dtype=torch.int32, device=dev)
+        time_idx = idx if order == "time" else _empty((B, k), torch.int64, dev)
+        _run("topk_select_time", dev, scores, k, hist, state, counts, time_idx)
+        if order == "score" and k <= RANK_MAX_K:
+            _run("topk_rank_by_score", dev, scores, time_idx, idx)
+        elif order == "score":
+            # The rank kernel is O(k^2); beyond RANK_MAX_K a stable sort of the selected scores
+            # (in index order, so equal scores stay lowest index first) is cheaper.
+            perm = torch.sort(scores.gather(1, time_idx), dim=1, descending=True, stable=True).indices
+            torch.gather(time_idx, 1, perm, out=idx)
+        return idx
+
+    def _softmax_stats(self, scores, idx, gate):
+        stats = torch.empty((scores.shape[0], 2), dtype=torch.float32, device=scores.device)
+        if gate == "softmax" and idx.shape[1] > 0:
+            _run("softmax_stats", scores.device, scores, idx, stats)
+        return stats
+
+    def gather_gate(self, x, scores, idx, gate, scales):
+        B, N, C = x.shape
+        k = idx.shape[1]
+        y = _empty((B, pooled_length(k, scales), C), x.dtype, x.device)
+        stats = self._softmax_stats(scores, idx, gate)
+        _run("gather_gate_fwd", x.device, x, scores, idx, GATES[gate], list(scales), stats, y)
+        return y
+
+    def gather_gate_bwd(self, grad_y, x, scores, idx, gate, scales):
+        B, N, C = x.shape
+        k = idx.shape[1]
+        dx = _empty((B, N, C), x.dtype, x.device)
+        ds = _empty((B, N), scores.dtype, scores.device) if gate != "none" else None
+        pos = torch.full((B, N), -1, dtype=torch.int32, device=x.device)
+        _run("topk_inverse", x.device, idx, pos)
+        stats = self._softmax_stats(scores, idx, gate)
+        dg = torch.empty((B, k if gate == "softmax" else 0), dtype=torch.float32, device=x.device)
+        _run("gather_gate_bwd", x.device, grad_y, x, scores, idx, GATES[gate], list(scales), stats, pos, dx,
+             ds if ds is not None else dg, dg)
+        return dx, ds
+
+    # --- pooling (csrc/pool) ---------------------------------------------------------------
     def st_pool(self, x):
-        with torch.cuda.device(x.device):
-            temporal, spatial = module().st_pool_fwd(x, torch.cuda.current_stream().cuda_stream)
+        B, T, P, C = x.shape
+        temporal = _empty((B, T, C), x.dtype, x.device)
+        spatial = _empty((B, P, C), x.dtype, x.device)
+        if x.numel() == 0:
+            return temporal, spatial
+        n_partial = module(emulate=x.device.type == "cpu").st_pool_partial_size(B, T, P, C)
+        partial = torch.empty(n_partial, dtype=torch.float32, device=x.device)
+        _run("st_pool_fwd", x.device, x, temporal, spatial, partial)
         return temporal, spatial
 
     def st_pool_bwd(self, grad_temporal, grad_spatial):
-        with torch.cuda.device(grad_temporal.device):
-            return module().st_pool_bwd(grad_temporal, grad_spatial, torch.cuda.current_stream().cuda_stream)
+        (B, T, C), P = grad_temporal.shape, grad_spatial.shape[1]
+        dx = _empty((B, T, P, C), grad_temporal.dtype, grad_temporal.device)
+        _run("st_pool_bwd", dx.device, grad_temporal, grad_spatial, dx)
+        return dx
+
+    def multiscale_pool(self, y, scales):
+        B, k, C = y.shape
+        out = _empty((B, pooled_length(k, scales), C), y.dtype, y.device)
+        _run("multiscale_pool_fwd", y.device, y, list(scales), out)
+        return out
+
+    def multiscale_pool_bwd(self, grad, k, scales):
+        B, _, C = grad.shape
+        dy = _empty((B, k, C), grad.dtype, grad.device)
+        _run("multiscale_pool_bwd", dy.device, grad, k, list(scales), dy)
+        return dy
 
 
 backend = CudaBackend()

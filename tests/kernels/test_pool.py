@@ -1,5 +1,6 @@
-"""``stq.multiscale_pool`` and ``stq.st_pool`` on each kernel backend (``triton``, ``cpu``) against the
-torch reference (SPEC §2.5), outputs NaN-poisoned; same error bound as tests/kernels/test_topk.py."""
+"""``stq.multiscale_pool`` and ``stq.st_pool`` on each kernel backend (``triton``, ``cpu``, ``cuda``)
+against the torch reference (SPEC §2.5), outputs NaN-poisoned; same error bound as
+tests/kernels/test_topk.py."""
 import pytest
 import torch
 

@@ -1,15 +1,18 @@
-"""``stq.topk_tokens`` on each kernel backend (``triton``, ``cpu``) against the torch reference (SPEC §2.4).
+"""``stq.topk_tokens`` on each kernel backend (``triton``, ``cpu``, ``cuda``) against the torch reference
+(SPEC §2.4). On CPU, Triton runs in its interpreter and the cuda backend under its emulation
+(``STQUERY_CUDA_EMULATE=1``: the kernels' own source, one OS thread per CUDA thread).
 
 Indices must match exactly. Values and gradients: the kernel's error against the float64
 reference is at most 2x (3x for gradients) the error of the same-dtype reference, plus a tiny eps.
 Every output the kernels allocate is NaN-poisoned (index tensors: -1), through the Triton kernel
-modules' ``_empty`` hook and ``STQUERY_POISON=1`` for the cpu backend, so an element a kernel
+modules' ``_empty`` hook and ``STQUERY_POISON=1`` for the cpu and cuda backends, so an element a kernel
 forgets to write fails the comparison.
 """
 import pytest
 import torch
 
 import stquery as stq
+from stquery.backends import cuda_backend
 from stquery.ops import reference as ref
 
 from ..conftest import DEVICE, TRITON
@@ -128,6 +131,16 @@ def test_score_order_beyond_the_rank_kernel(kind, monkeypatch):
     scores = _scores(kind, 2, 301, torch.float32)
     x = strided(2, 301, 2, dtype=torch.float32)
     _, idx = stq.topk_tokens(x, scores, 150, order="score", backend="triton")
+    assert torch.equal(idx, ref.select(scores, 150, "score"))
+
+
+@pytest.mark.parametrize("kind", ("ties", "signed_zeros"))
+@pytest.mark.parametrize("backend", [p for p in BACKENDS if p.values == ("cuda",)])
+def test_cuda_score_order_beyond_the_rank_kernel(kind, backend, monkeypatch):
+    """Past cuda_backend.RANK_MAX_K, score order comes from a stable sort of the selected scores."""
+    monkeypatch.setattr(cuda_backend, "RANK_MAX_K", 16)
+    scores = _scores(kind, 2, 301, torch.float32)
+    _, idx = stq.topk_tokens(strided(2, 301, 2, dtype=torch.float32), scores, 150, order="score", backend=backend)
     assert torch.equal(idx, ref.select(scores, 150, "score"))
 
 
