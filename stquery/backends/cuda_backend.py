@@ -1,24 +1,39 @@
 """The ``cuda`` backend: CUDA C++ in ``csrc/`` (installed as ``stquery.csrc``), bound with pybind11.
 
-Built just in time on first use with ``torch.utils.cpp_extension.load`` (ninja) into a directory
-named after the hash of the sources, so an edit rebuilds and an unchanged tree never does
-(stylegan3's ``custom_ops`` scheme). It implements ``st_pool`` so far; for every other op
-``supports()`` says so and dispatch uses another backend.
+Two builds of the same sources, each just in time with ``torch.utils.cpp_extension.load`` (ninja)
+into a directory named after a hash of the sources, headers, compiler flags and target, so an edit
+rebuilds and an unchanged tree never does:
+
+- the CUDA build (nvcc, the architectures torch targets) for CUDA tensors;
+- the emulation build (the host C++ compiler, ``-DSTQ_CUDA_EMULATE``: ``csrc/common/cuda_emu.h``
+  runs every CUDA thread as an OS thread) for CPU tensors, only when ``STQUERY_CUDA_EMULATE=1`` is
+  set. It exists to test the kernels' own source without a GPU (as ``TRITON_INTERPRET=1`` does for
+  Triton); it is slow, and auto never picks it (``devices`` is CUDA only).
+
+Layout: ``csrc/bindings.cpp`` (the module), ``csrc/common/`` (emulation, helpers), one folder per
+op with its kernels (``*.cu``), launcher header and ``*_bindings.cpp``; every ``csrc/*/*.cu`` and
+``csrc/*/*.cpp`` is compiled. Outputs are allocated here (``_empty``: NaN-filled under
+``STQUERY_POISON=1`` for tests) and written by the kernels.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import torch
 from torch.utils import cpp_extension
 
-SOURCES = ("bindings.cpp", "st_pool.cu")
-HEADERS = ("st_pool.h",)
-OPS = frozenset({"st_pool"})
+EMULATE_ENV = "STQUERY_CUDA_EMULATE"
+OPS = frozenset({"st_pool", "multiscale_pool"})
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_SCALES = 8  # csrc/pool/pool.h kMaxScales
+HOST_FLAGS = ["-O2", "-std=c++20"]
+EMULATE_FLAGS = HOST_FLAGS + ["-DSTQ_CUDA_EMULATE", "-pthread"]
+CUDA_FLAGS = ["-O3", "-std=c++20"]
 
 
 def source_dir() -> Path:
@@ -27,29 +42,115 @@ def source_dir() -> Path:
     return Path(next(iter(stquery.csrc.__path__)))
 
 
-def build_name() -> str:
-    """``stquery_cuda_<hash of every source and header>``."""
-    h = hashlib.sha256()
-    for name in SOURCES + HEADERS:
-        h.update(name.encode())
-        h.update((source_dir() / name).read_bytes())
-    return f"stquery_cuda_{h.hexdigest()[:16]}"
+def sources() -> list[Path]:
+    """The module (bindings.cpp), every op's bindings and every kernel file."""
+    src = source_dir()
+    return [src / "bindings.cpp", *sorted(src.glob("*/*.cpp")), *sorted(src.glob("*/*.cu"))]
+
+
+def headers() -> list[Path]:
+    src = source_dir()
+    return sorted(p for ext in ("h", "cuh") for p in src.glob(f"*/*.{ext}"))
+
+
+def emulating() -> bool:
+    return os.environ.get(EMULATE_ENV) == "1"
+
+
+def _compiler() -> str:
+    return os.environ.get("CXX", "c++")
 
 
 @functools.cache
-def module():
-    """The compiled extension (built on first call, then loaded from the cache directory)."""
-    name = build_name()
+def _compiler_version(cmd: str) -> str:
+    try:
+        return subprocess.run([cmd, "--version"], capture_output=True, text=True, check=True).stdout.splitlines()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        return "unknown"
+
+
+def _target(emulate: bool) -> list[str]:
+    """What the binary is built for: the host compiler (emulation) or the CUDA architectures."""
+    if emulate:
+        return ["host-emulation", _compiler_version(_compiler()), *EMULATE_FLAGS]
+    return ["cuda", str(torch.version.cuda), *cpp_extension._get_cuda_arch_flags(), *CUDA_FLAGS, *HOST_FLAGS]
+
+
+def build_name(emulate: bool = False) -> str:
+    """``stquery_cuda[emu]_<hash of the sources, headers, flags and target>``."""
+    h = hashlib.sha256()
+    for path in sources() + headers():
+        h.update(str(path.relative_to(source_dir())).encode())
+        h.update(path.read_bytes())
+    h.update(repr(_target(emulate)).encode())
+    h.update(torch.__version__.encode())
+    return f"stquery_cuda{'emu' if emulate else ''}_{h.hexdigest()[:16]}"
+
+
+def _build_dir(name: str) -> Path:
     root = os.environ.get("STQUERY_CUDA_CACHE")
-    build_dir = Path(root) / name if root else Path(cpp_extension._get_build_directory(name, verbose=False))
-    build_dir.mkdir(parents=True, exist_ok=True)
-    return cpp_extension.load(
-        name=name,
-        sources=[str(source_dir() / s) for s in SOURCES],
-        extra_include_paths=[str(source_dir())],
-        extra_cuda_cflags=["-O3", "--use_fast_math"],
-        build_directory=str(build_dir),
-    )
+    path = Path(root) / name if root else Path(cpp_extension._get_build_directory(name, verbose=False))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _emulation_units(build_dir: Path) -> list[str]:
+    """One host C++ file per kernel file, ``#include``-ing it (the .cu extension selects nvcc)."""
+    units = []
+    for path in sources():
+        if path.suffix == ".cu":
+            unit = build_dir / f"emu_{path.parent.name}_{path.stem}.cpp"
+            text = f'#include "{path}"\n'
+            if not unit.exists() or unit.read_text() != text:
+                unit.write_text(text)
+            units.append(str(unit))
+        else:
+            units.append(str(path))
+    return units
+
+
+@functools.cache
+def module(emulate: bool = False):
+    """The compiled extension (built on first call, then loaded from its cache directory)."""
+    name = build_name(emulate)
+    build_dir = _build_dir(name)
+    common = dict(name=name, extra_include_paths=[str(source_dir())], build_directory=str(build_dir))
+    if emulate:
+        return cpp_extension.load(sources=_emulation_units(build_dir), extra_cflags=EMULATE_FLAGS,
+                                  extra_ldflags=["-pthread"], with_cuda=False, **common)
+    return cpp_extension.load(sources=[str(p) for p in sources()], extra_cflags=HOST_FLAGS,
+                              extra_cuda_cflags=CUDA_FLAGS, with_cuda=True, **common)
+
+
+def _toolchain_reasons(emulate: bool) -> list[str]:
+    why = []
+    if not cpp_extension.is_ninja_available():
+        why.append("ninja is not installed (pip install ninja): the extension is built just in time with it")
+    if shutil.which(_compiler()) is None:
+        why.append(f"no host C++ compiler {_compiler()!r} found (set CXX)")
+    if not emulate:
+        if torch.version.cuda is None:
+            why.append("this torch build has no CUDA support")
+        elif cpp_extension.CUDA_HOME is None:
+            why.append("no CUDA toolkit (nvcc) found to build the extension (set CUDA_HOME)")
+    return why
+
+
+def _empty(shape, dtype, device) -> torch.Tensor:
+    """``torch.empty``; NaN (integers: -1) when ``STQUERY_POISON=1`` (tests), so an element a kernel
+    forgets to write shows."""
+    if os.environ.get("STQUERY_POISON", "0") == "1":
+        return torch.full(shape, float("nan") if dtype.is_floating_point else -1, dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _run(fn: str, device: torch.device, *args):
+    """``module().fn(*args, stream)`` on ``device`` (its current stream; 0 under the emulation)."""
+    mod = module(emulate=device.type == "cpu")
+    if device.type != "cuda":
+        return getattr(mod, fn)(*args, 0)
+    with torch.cuda.device(device):
+        return getattr(mod, fn)(*args, torch.cuda.current_stream(device).cuda_stream)
 
 
 class CudaBackend:
@@ -59,26 +160,55 @@ class CudaBackend:
     def supports(self, op, *args) -> list[str]:
         if op not in OPS:
             return [f"no CUDA kernel for {op} (the cuda backend implements {', '.join(sorted(OPS))})"]
-        if not torch.cuda.is_available():
-            return ["CUDA is not available"]
-        x = next(a for a in args if isinstance(a, torch.Tensor))
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        device = tensors[0].device
         why = []
-        if x.device.type != "cuda":
-            why.append(f"tensors are on {x.device.type}, the cuda backend needs CUDA tensors")
-        if x.dtype not in DTYPES:
-            why.append(f"dtype {x.dtype} is not one of float32, float16, bfloat16")
-        if cpp_extension.CUDA_HOME is None:
-            why.append("no CUDA toolkit found to build the extension (set CUDA_HOME)")
-        return why
+        if device.type == "cpu":
+            if not emulating():
+                why.append(f"tensors are on cpu: the cuda backend needs CUDA tensors ({EMULATE_ENV}=1 runs "
+                           "its kernels under the CPU emulation, for tests)")
+        elif device.type != "cuda":
+            why.append(f"tensors are on {device.type}: the cuda backend needs CUDA tensors")
+        elif not torch.cuda.is_available():
+            why.append("CUDA is not available")
+        for t in tensors:
+            if t.is_floating_point() and t.dtype not in DTYPES:
+                why.append(f"dtype {t.dtype} is not one of float32, float16, bfloat16")
+                break
+        scales = next((a for a in args if isinstance(a, (tuple, list))), ())
+        if len(scales) > MAX_SCALES:
+            why.append(f"{len(scales)} scales; the kernels take at most {MAX_SCALES}")
+        return why + _toolchain_reasons(emulate=device.type == "cpu")
 
+    # --- pooling (csrc/pool) ---------------------------------------------------------------
     def st_pool(self, x):
-        with torch.cuda.device(x.device):
-            temporal, spatial = module().st_pool_fwd(x, torch.cuda.current_stream().cuda_stream)
+        B, T, P, C = x.shape
+        temporal = _empty((B, T, C), x.dtype, x.device)
+        spatial = _empty((B, P, C), x.dtype, x.device)
+        if x.numel() == 0:
+            return temporal, spatial
+        n_partial = module(emulate=x.device.type == "cpu").st_pool_partial_size(B, T, P, C)
+        partial = torch.empty(n_partial, dtype=torch.float32, device=x.device)
+        _run("st_pool_fwd", x.device, x, temporal, spatial, partial)
         return temporal, spatial
 
     def st_pool_bwd(self, grad_temporal, grad_spatial):
-        with torch.cuda.device(grad_temporal.device):
-            return module().st_pool_bwd(grad_temporal, grad_spatial, torch.cuda.current_stream().cuda_stream)
+        (B, T, C), P = grad_temporal.shape, grad_spatial.shape[1]
+        dx = _empty((B, T, P, C), grad_temporal.dtype, grad_temporal.device)
+        _run("st_pool_bwd", dx.device, grad_temporal, grad_spatial, dx)
+        return dx
+
+    def multiscale_pool(self, y, scales):
+        B, k, C = y.shape
+        out = _empty((B, sum(-(-k // s) for s in scales), C), y.dtype, y.device)
+        _run("multiscale_pool_fwd", y.device, y, list(scales), out)
+        return out
+
+    def multiscale_pool_bwd(self, grad, k, scales):
+        B, _, C = grad.shape
+        dy = _empty((B, k, C), grad.dtype, grad.device)
+        _run("multiscale_pool_bwd", dy.device, grad, k, list(scales), dy)
+        return dy
 
 
 backend = CudaBackend()
