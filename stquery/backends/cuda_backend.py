@@ -27,10 +27,13 @@ from pathlib import Path
 import torch
 from torch.utils import cpp_extension
 
+from .base import NONE
+
 EMULATE_ENV = "STQUERY_CUDA_EMULATE"
-OPS = frozenset({"st_pool", "multiscale_pool"})
+OPS = frozenset({"attention", "st_pool", "multiscale_pool"})
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_SCALES = 8  # csrc/pool/pool.h kMaxScales
+MAX_MASKS, MAX_HEAD_DIM = 8, 256  # csrc/attention/attn_math.h kMaxMasks, kMaxHeadDim
 HOST_FLAGS = ["-O2", "-std=c++20"]
 EMULATE_FLAGS = HOST_FLAGS + ["-DSTQ_CUDA_EMULATE", "-pthread"]
 CUDA_FLAGS = ["-O3", "-std=c++20"]
@@ -153,6 +156,42 @@ def _run(fn: str, device: torch.device, *args):
         return getattr(mod, fn)(*args, torch.cuda.current_stream(device).cuda_stream)
 
 
+def _attention_reasons(q, k, v, alpha, dense, key_padding, frame_lengths, prob) -> list[str]:
+    """What the attention kernels (csrc/attention) cannot run. Sequence lengths are unbounded: a block
+    owns whole sequences of up to 64 rows (fewer for wide heads) and loops over key / query tiles
+    beyond that."""
+    why = []
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        why.append(f"q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype})")
+    d = q.shape[-1]
+    if not 1 <= d <= MAX_HEAD_DIM or k.shape[-1] != d or v.shape[-1] != d:
+        why.append(f"head width d={d} (k {k.shape[-1]}, v {v.shape[-1]}) must be equal and in 1..{MAX_HEAD_DIM}")
+    if prob.p > MAX_MASKS:
+        why.append(f"p={prob.p} masks, the kernels handle at most {MAX_MASKS}")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.stride(-1) != 1:
+            why.append(f"{name}.stride(-1) must be 1, got {t.stride(-1)}")
+    return why
+
+
+def _geometry(q, k, prob):
+    """(sequences, Nq, Nk): sequences are (b, l, h) (temporal) or (g, h) (spatial)."""
+    if prob.frames:
+        return q.shape[0] // prob.frames * q.shape[1] * q.shape[2], prob.frames, prob.frames
+    return q.shape[0] * q.shape[2], q.shape[1], k.shape[1]
+
+
+def _problem(prob) -> tuple:
+    """The AttnProblem fields the bindings take, in their order."""
+    return (prob.frames, list(prob.kinds), list(prob.radii), prob.global_start, prob.global_end, prob.mode,
+            prob.scale)
+
+
+def _alpha32(alpha):
+    """Routing weights as float32 (tiny: [G, H, p]); the kernels read one dtype."""
+    return alpha if alpha is None or alpha.dtype == torch.float32 else alpha.float()
+
+
 class CudaBackend:
     name = "cuda"
     devices = frozenset({"cuda"})
@@ -178,7 +217,36 @@ class CudaBackend:
         scales = next((a for a in args if isinstance(a, (tuple, list))), ())
         if len(scales) > MAX_SCALES:
             why.append(f"{len(scales)} scales; the kernels take at most {MAX_SCALES}")
+        if op == "attention":
+            why += _attention_reasons(*args)
         return why + _toolchain_reasons(emulate=device.type == "cpu")
+
+    # --- attention (csrc/attention) -----------------------------------------------------------
+    def attention_fwd(self, q, k, v, alpha, dense, key_padding, frame_lengths, prob):
+        out = _empty(q.shape, q.dtype, q.device)
+        stats = _empty(tuple(q.shape[:3]) + (prob.stats_width,), torch.float32, q.device)
+        if _geometry(q, k, prob)[2] == 0:
+            return out.zero_(), stats.fill_(float("-inf"))
+        _run("attention_fwd", q.device, q, k, v, _alpha32(alpha), dense, key_padding, frame_lengths, out, stats,
+             *_problem(prob))
+        return out, stats
+
+    def attention_bwd(self, grad_out, q, k, v, out, stats, alpha, dense, key_padding, frame_lengths, prob):
+        if grad_out.stride(-1) != 1:
+            # autograd hands e.g. ``out.sum()``'s gradient as an expanded tensor (all strides 0)
+            grad_out = grad_out.contiguous()
+        dq, dk, dv = (_empty(t.shape, t.dtype, t.device) for t in (q, k, v))
+        routed = prob.mode != NONE
+        if q.numel() == 0 or k.numel() == 0:
+            return dq.zero_(), dk.zero_(), dv.zero_(), torch.zeros_like(alpha) if routed else None
+        n_seq, nq, nk = _geometry(q, k, prob)
+        _, n_qtiles, _ = module(emulate=q.device.type == "cpu").attention_bwd_plan(n_seq, nq, nk, q.shape[-1])
+        delta = torch.empty(stats.shape, dtype=torch.float32, device=q.device)
+        # per (query tile, sequence) sums of the alpha gradient, added here in a fixed order
+        partial = _empty((n_qtiles, n_seq, prob.p), torch.float32, q.device) if routed else None
+        _run("attention_bwd", q.device, grad_out, q, k, v, out, stats, _alpha32(alpha), dense, key_padding,
+             frame_lengths, dq, dk, dv, delta, partial, *_problem(prob))
+        return dq, dk, dv, partial.sum(0).view(alpha.shape).to(alpha.dtype) if routed else None
 
     # --- pooling (csrc/pool) ---------------------------------------------------------------
     def st_pool(self, x):

@@ -1,22 +1,25 @@
-"""The Triton attention kernels (``kernels/attention.py``) against the torch reference.
+"""The attention kernels against the torch reference: Triton (``kernels/attention``) and CUDA
+(``csrc/attention``; on CPU under the CUDA emulation, ``STQUERY_CUDA_EMULATE=1``).
 
-Every case runs the public op (``stq.attention`` / ``stq.temporal_attention``, ``backend="triton"``)
+Every case runs the public op (``stq.attention`` / ``stq.temporal_attention``, ``backend=...``)
 forward and backward (``torch.autograd.grad`` for q, k, v and alpha) and compares with
 ``stquery.ops.reference`` in float64. The bound is flash-attention's: the kernel's error against
 float64 must be at most 2x (3x for gradients) the error of the same reference run in the input
 dtype, plus a tiny absolute eps. Outputs and gradients are NaN-poisoned before every launch
 (``STQUERY_POISON=1``), so an element a kernel forgets to write fails.
 
-The cases combine the parameters pairwise rather than as a full product (the interpreter is
-slow): both ops, modes none/mix/scale, p = 1..4 over window/causal/dense, global tokens,
-key_padding, frame_lengths (including empty videos), T in {1, 3, 8, 17} (and > 64 for the looping
-kernels), L in {1, 5}, d in {16, 40, 64}, Nq != Nk, inputs whose only contiguous dim is the last,
-float32 and float16 (not bfloat16: the interpreter's bfloat16 arithmetic is wrong).
+The cases combine the parameters pairwise rather than as a full product (the interpreter and the
+emulation are slow): both ops, modes none/mix/scale, p = 1..4 over window/causal/dense, global
+tokens, key_padding, frame_lengths (including empty videos), T in {1, 3, 8, 17, 64} (and > 64 for
+the looping kernels), L in {1, 5}, d in {16, 40, 64, 128, 200}, Nq != Nk, inputs whose only
+contiguous dim is the last; float32 and float16 for Triton (not bfloat16: the interpreter's
+bfloat16 arithmetic is wrong), float32, float16 and bfloat16 for CUDA.
 """
 from __future__ import annotations
 
 import math
 import os
+import shutil
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,17 +29,14 @@ import torch
 import stquery as stq
 from stquery.ops import reference
 
-pytest.importorskip("triton")
-if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
-
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Absolute slack, relative to the largest reference value. The reference computes in float32 even
-# for float16 inputs, so its "same dtype" error is only the final rounding (flash-attention's
-# reference multiplies in float16); the kernels round P and dS to float16 for the tensor-core
-# products, about one more float16 ulp of the result: eps = 1e-3 (~2 ulps). In float32 the
-# reference's error is ~1e-7 and the kernels' ~1e-6 (exp2/log2, reduction order): eps = 1e-5.
-EPS = {torch.float32: 1e-5, torch.float16: 1e-3}
+# for 16-bit inputs, so its "same dtype" error is only the final rounding (flash-attention's
+# reference multiplies in float16); the Triton kernels round P and dS to float16 for the
+# tensor-core products, about one more float16 ulp of the result: eps = 1e-3 (~2 ulps); bfloat16
+# likewise one ulp (2^-7). In float32 the reference's error is ~1e-7 and the kernels' ~1e-6
+# (exp2/log2, reduction order): eps = 1e-5.
+EPS = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 
 
 @pytest.fixture(autouse=True)
@@ -44,6 +44,18 @@ def _poison(monkeypatch):
     monkeypatch.setenv("STQUERY_POISON", "1")
     with np.errstate(all="ignore"):  # the interpreter evaluates both sides of tl.where
         yield
+
+
+def _use_backend(backend: str, monkeypatch):
+    """Skip when ``backend`` cannot run here; on CPU, switch the CUDA emulation on."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+        if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    elif DEVICE == "cpu":
+        if shutil.which("c++") is None:
+            pytest.skip("the CUDA emulation needs a host C++ compiler")
+        monkeypatch.setenv("STQUERY_CUDA_EMULATE", "1")
 
 
 @dataclass(frozen=True)
@@ -63,7 +75,7 @@ class Case:
     alpha: str = "full"  # "p" | "group" | "full": the broadcast shape of the routing weights
 
     def __str__(self):
-        dt = {torch.float32: "fp32", torch.float16: "fp16"}[self.dtype]
+        dt = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype]
         size = f"T{self.n}L{self.L}" if self.op == "temporal" else f"N{self.n}x{self.nk or self.n}"
         masks = "+".join(self.kinds) or "nomask"
         extra = ("-glob" if self.glob else "") + ("-pad" if self.pad else "") + (f"-a{self.alpha}" if self.kinds else "")
@@ -71,7 +83,8 @@ class Case:
 
 
 T, S = "temporal", "spatial"
-CASES = [
+BF16 = torch.bfloat16
+TRITON_CASES = [
     # temporal, packed tiles (T <= 64)
     Case(T, "none", n=1, L=1, d=16),
     Case(T, "mix", ("window",), n=3, groups=3, L=5, d=40, dtype=torch.float16, pad=True, alpha="group"),
@@ -104,6 +117,26 @@ CASES = [
          dtype=torch.float16, glob=True, pad=True),
     Case(S, "none", n=67, nk=33, groups=2, H=1, d=16, dtype=torch.float16),
 ]
+# The CUDA kernels hold whole sequences of up to 64 (d <= 64), 32 (d <= 128) or 16 rows per block
+# and loop over tiles beyond; every emulated CUDA thread is an OS thread, so groups stay small.
+CUDA_CASES = [
+    Case(T, "none", n=1, L=1, d=16),
+    Case(T, "mix", ("window", "causal", "dense", "window"), n=3, groups=3, L=2, d=40, dtype=torch.float16,
+         glob=True, pad=True, alpha="group"),
+    Case(T, "scale", ("causal", "dense"), n=17, L=1, d=64, dtype=BF16, pad=True),
+    Case(T, "mix", ("causal", "window"), n=64, groups=1, L=1, d=16, pad=True),
+    Case(T, "none", n=64, groups=1, L=1, H=1, d=128, dtype=BF16, pad=True),
+    Case(T, "scale", ("window", "window", "causal"), n=8, L=1, d=40, glob=True, pad=True, alpha="p"),
+    Case(T, "mix", ("dense", "dense"), n=3, L=1, d=64, dtype=BF16, alpha="p"),
+    Case(T, "mix", ("window",), n=17, groups=1, L=1, d=128, dtype=torch.float16),
+    Case(S, "none", n=9, nk=13, groups=3, d=16, dtype=torch.float16, pad=True),
+    Case(S, "mix", ("window", "dense"), n=7, nk=13, d=40, dtype=BF16, alpha="group"),
+    Case(S, "scale", ("window", "causal", "dense"), n=12, d=64, glob=True, pad=True),
+    Case(S, "mix", ("window", "causal", "dense", "causal"), n=20, d=128, dtype=torch.float16, glob=True, pad=True),
+    Case(S, "mix", ("window", "dense"), n=70, nk=90, groups=1, H=1, d=16, pad=True),
+    Case(S, "scale", ("dense",), n=5, nk=11, d=200, alpha="p"),
+]
+CASES = [("triton", c) for c in TRITON_CASES] + [("cuda", c) for c in CUDA_CASES]
 
 
 def _strided(shape, dtype, pad=3):
@@ -172,14 +205,15 @@ def _run(case: Case, fn, args, kwargs, diff, dtype, grad_out, **extra):
     return [out] + list(grads)
 
 
-@pytest.mark.parametrize("case", CASES, ids=str)
-def test_matches_reference(case: Case):
+@pytest.mark.parametrize("backend,case", CASES, ids=lambda x: str(x))
+def test_matches_reference(backend: str, case: Case, monkeypatch):
+    _use_backend(backend, monkeypatch)
     args, kwargs, diff = _inputs(case)
     public = stq.temporal_attention if case.op == T else stq.attention
     naive = reference.temporal_attention if case.op == T else reference.attention
     grad_out = _strided(args[0].shape, case.dtype)
 
-    got = _run(case, public, args, kwargs, diff, case.dtype, grad_out, backend="triton")
+    got = _run(case, public, args, kwargs, diff, case.dtype, grad_out, backend=backend)
     exact = _run(case, naive, args, kwargs, diff, torch.float64, grad_out)
     same_dtype = _run(case, naive, args, kwargs, diff, case.dtype, grad_out)
 
@@ -201,7 +235,8 @@ def test_matches_reference(case: Case):
             assert (t[padded] == 0).all(), f"{name}: padded frames not zero"
 
 
-def test_supports_reasons():
+def test_supports_reasons(monkeypatch):
+    _use_backend("triton", monkeypatch)
     from stquery.backends.base import AttnProblem
     from stquery.kernels import attention as kernels
 
@@ -222,7 +257,22 @@ def test_supports_reasons():
     assert kernels.supports(q, q, q, None, None, None, None, AttnProblem(0, (), (), 0, 0, 0, 0.25)) == []
 
 
-def test_mix_with_a_mask_far_below_the_others_stays_finite():
+def test_cuda_supports_reasons():
+    from stquery.backends import cuda_backend
+    from stquery.backends.base import AttnProblem
+
+    q = torch.randn(2, 4, 1, 16)
+    prob = AttnProblem(0, (0,) * 9, (1,) * 9, 0, 0, 1, 0.25)
+    reasons = cuda_backend.backend.supports("attention", q, q, q, torch.ones(2, 1, 9), None, None, None, prob)
+    assert any("p=9" in r for r in reasons)
+    big = torch.randn(1, 4, 1, 300)
+    reasons = cuda_backend.backend.supports("attention", big, big, big, None, None, None, None,
+                                            AttnProblem(0, (), (), 0, 0, 0, 0.1))
+    assert any("d=300" in r for r in reasons)
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_mix_with_a_mask_far_below_the_others_stays_finite(backend, monkeypatch):
     """The diagonal mask's only score sits 86 nats below the global mask's: the backward must not
     overflow its normaliser into inf · 0 = NaN (SPEC §1), and its share of dv stays right."""
     N, d = 16, 32
@@ -241,18 +291,21 @@ def test_mix_with_a_mask_far_below_the_others_stays_finite():
         out = fn(*xs[:3], masks=masks, alpha=xs[3], mode="mix", scale=1.0, **kw)
         return [out, *torch.autograd.grad(out, xs, torch.ones_like(out))]
 
-    got = run(stq.attention, torch.float32, backend="triton")
+    _use_backend(backend, monkeypatch)
+    got = run(stq.attention, torch.float32, backend=backend)
     want = run(reference.attention, torch.float64)
     for name, g, w in zip(["out", "dq", "dk", "dv", "dalpha"], got, want):
         assert torch.isfinite(g).all(), name
     torch.testing.assert_close(got[3].double(), want[3], rtol=1e-4, atol=1e-4)  # dv: both masks' shares
 
 
-def test_radius_beyond_the_sequence_is_unbounded():
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_radius_beyond_the_sequence_is_unbounded(backend, monkeypatch):
     """A huge radius must neither overflow the int32 mask descriptor nor change the result."""
+    _use_backend(backend, monkeypatch)
     q, k, v = (torch.randn(2 * 5, 3, 2, 16, device=DEVICE) for _ in range(3))
     for huge in (2 ** 29, 2 ** 40):
         masks = stq.MaskSet([stq.masks.window(huge), stq.masks.causal(huge)])
-        got = stq.temporal_attention(q, k, v, 5, masks=masks, backend="triton")
+        got = stq.temporal_attention(q, k, v, 5, masks=masks, backend=backend)
         want = reference.temporal_attention(q.double(), k.double(), v.double(), 5, masks=masks)
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
