@@ -102,16 +102,27 @@ __device__ inline float row_sum(float x) {
 // out[u] = a . rows[lr + TPR * u] for the KPT keys of this thread: a[c] is read once for all of
 // them (one shared load per FMA instead of two). Keys past the tile (lr + TPR * u >= BN, only when
 // TPR * KPT > BN) read row BN - 1 and their result is ignored.
+// A row with no key of its own sequence in the tile (k_lo == k_hi, packed tiles) skips the work.
 template <int BD, int BN, int TPR, int KPT>
-__device__ inline void row_dots(const float* a, const float (*rows)[BD + 1], int lr, int d, float (&out)[KPT]) {
+__device__ inline void row_dots(const float* a, const float (*rows)[BD + 1], int lr, int d, bool any,
+                                float (&out)[KPT]) {
 #pragma unroll
   for (int u = 0; u < KPT; ++u) out[u] = 0.f;
+  if (!any) return;
 #pragma unroll 4
   for (int c = 0; c < d; ++c) {
     const float x = a[c];
 #pragma unroll
     for (int u = 0; u < KPT; ++u) out[u] = fmaf(x, rows[min(lr + TPR * u, BN - 1)][c], out[u]);
   }
+}
+
+// Tile-local range [lo, hi) of the rows (or keys) of local sequence sl in the tile starting at
+// global index tile0 (B rows per tile, N per sequence); empty for sl < 0. The products with P / dS
+// run over this range only, so packed sequences cost no FLOPs for each other's zeros.
+__device__ inline void seq_range(int sl, int N, int tile0, int B, int& lo, int& hi) {
+  lo = sl < 0 ? 0 : max(sl * N - tile0, 0);
+  hi = sl < 0 ? 0 : max(min(sl * N + N - tile0, B), lo);
 }
 
 // Mask bits of score (q, k): 0 unless both rows are live and in the same sequence; bit 0 alone
@@ -166,7 +177,9 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(const Params p) {
       float s[KPT];
       unsigned bits[KPT];
       float mx = neg_inf();
-      row_dots<BD, BN, TPR, KPT>(sQ[i], sK, lr, p.d, s);
+      int k_lo, k_hi;
+      seq_range(me.sl, p.Nk, kt * BN, BN, k_lo, k_hi);
+      row_dots<BD, BN, TPR, KPT>(sQ[i], sK, lr, p.d, k_lo < k_hi, s);
 #pragma unroll
       for (int u = 0; u < KPT; ++u) {
         const int k = lr + TPR * u;
@@ -201,7 +214,9 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(const Params p) {
     float s[KPT], qk[KPT];
     unsigned bits[KPT];
     float mx = neg_inf();
-    row_dots<BD, BN, TPR, KPT>(sQ[i], sK, lr, p.d, qk);
+    int k_lo, k_hi;
+    seq_range(me.sl, p.Nk, kt * BN, BN, k_lo, k_hi);
+    row_dots<BD, BN, TPR, KPT>(sQ[i], sK, lr, p.d, k_lo < k_hi, qk);
 #pragma unroll
     for (int u = 0; u < KPT; ++u) {
       const int k = lr + TPR * u;
@@ -238,7 +253,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(const Params p) {
     for (int u = 0; u < CPT; ++u) {
       const int c = lr + TPR * u;
       float a = acc[u] * corr;
-      for (int k = 0; k < BN; ++k) a = fmaf(sP[i][k], sV[k][c], a);
+      for (int k = k_lo; k < k_hi; ++k) a = fmaf(sP[i][k], sV[k][c], a);
       acc[u] = a;
     }
   }
@@ -266,8 +281,10 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(const Params p) {
 // ------------------------------------------------------------------------- backward: dq, delta
 // One query tile: delta (NONE/SCALE: rowsum(dO * O); MIX: delta_j = sum_k P_j dP, one extra pass
 // over the keys), saved for the dk/dv kernel; dq; and dalpha partials per (tile, sequence).
+// One block per SM is enough to hold its registers: the per-mask arrays of both routed modes plus
+// two score rows need more than the 128 that two blocks would leave (ptxas spilled at BD = 64).
 template <typename T, int BD>
-__global__ void __launch_bounds__(kThreads) attn_bwd_dq_kernel(const Params p) {
+__global__ void __launch_bounds__(kThreads, 1) attn_bwd_dq_kernel(const Params p) {
   using Tile = BwdTile<BD>;
   constexpr int BM = Tile::BM, BN = Tile::BN, TPR = Tile::TPR, CPT = Tile::CPT, KPT = Tile::KPT;
   __shared__ float sQ[BM][BD + 1];
@@ -291,11 +308,12 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_kernel(const Params p) {
   __syncthreads();
   const Row me = rows[i];
   const int64_t st_off = offset(me, p.ss);
-  float alpha[kMaxMasks];
-  load_alpha(alpha, me, p);
+  // Two per-mask arrays serve both routed modes (fewer live registers):
+  // cj: MIX alpha_j r_j, SCALE alpha_j;  ej: MIX alpha_j r_j delta_j, SCALE the row's dalpha_j.
+  float cj[kMaxMasks], ej[kMaxMasks] = {};
+  load_alpha(cj, me, p);
 
   float lse = 0.f, delta = 0.f, m_ref = 0.f;
-  float cj[kMaxMasks] = {}, ej[kMaxMasks] = {}, dl[kMaxMasks] = {}, g[kMaxMasks] = {};
   if (!mix) {
     float part = 0.f;
     if (me.ok) {
@@ -323,8 +341,10 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_kernel(const Params p) {
       load_tile<T, BD, BN>(sV, p.v, p.sv, keys, p.d);
       __syncthreads();
       float qk[KPT], dp[KPT];
-      row_dots<BD, BN, TPR, KPT>(sQ[i], sK, lr, p.d, qk);
-      row_dots<BD, BN, TPR, KPT>(sDO[i], sV, lr, p.d, dp);
+      int k_lo, k_hi;
+      seq_range(me.sl, p.Nk, kt * BN, BN, k_lo, k_hi);
+      row_dots<BD, BN, TPR, KPT>(sQ[i], sK, lr, p.d, k_lo < k_hi, qk);
+      row_dots<BD, BN, TPR, KPT>(sDO[i], sV, lr, p.d, k_lo < k_hi, dp);
 #pragma unroll
       for (int u = 0; u < KPT; ++u) {
         const int k = lr + TPR * u;
@@ -339,10 +359,11 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_kernel(const Params p) {
 #pragma unroll
     for (int j = 0; j < kMaxMasks; ++j) {
       if (j < n) {
-        dl[j] = row_sum<TPR>(part[j]) * r[j];
-        cj[j] = alpha[j] * r[j];
-        ej[j] = cj[j] * dl[j];
-        if (me.sl >= 0 && lr == 0) p.delta[st_off + j] = dl[j];
+        const float dl = row_sum<TPR>(part[j]) * r[j];  // delta_j, also this row's dalpha_j term
+        cj[j] *= r[j];
+        ej[j] = cj[j] * dl;
+        if (me.sl >= 0 && lr == 0) p.delta[st_off + j] = dl;
+        if (lr == 0) sRed[i][j] = me.ok ? dl : 0.f;
       }
     }
   }
@@ -356,8 +377,10 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_kernel(const Params p) {
     load_tile<T, BD, BN>(sV, p.v, p.sv, keys, p.d);
     __syncthreads();
     float qk[KPT], dpk[KPT];
-    row_dots<BD, BN, TPR, KPT>(sQ[i], sK, lr, p.d, qk);
-    row_dots<BD, BN, TPR, KPT>(sDO[i], sV, lr, p.d, dpk);
+    int k_lo, k_hi;
+    seq_range(me.sl, p.Nk, kt * BN, BN, k_lo, k_hi);
+    row_dots<BD, BN, TPR, KPT>(sQ[i], sK, lr, p.d, k_lo < k_hi, qk);
+    row_dots<BD, BN, TPR, KPT>(sDO[i], sV, lr, p.d, k_lo < k_hi, dpk);
 #pragma unroll
     for (int u = 0; u < KPT; ++u) {
       const int k = lr + TPR * u;
@@ -370,11 +393,11 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_kernel(const Params p) {
         } else if (!scale_mode) {
           ds = exp2f(s - lse) * (dp - delta);
         } else {
-          const float w = mix_weight(bits, alpha);
+          const float w = mix_weight(bits, cj);
           if (w > 0.f) {
             const float dsw = exp2f(s * w - lse) * (dp - delta), gs = dsw * (s * (1.f / kLog2e));
 #pragma unroll
-            for (int j = 0; j < kMaxMasks; ++j) g[j] += ((bits >> j) & 1u) ? gs : 0.f;
+            for (int j = 0; j < kMaxMasks; ++j) ej[j] += ((bits >> j) & 1u) ? gs : 0.f;
             ds = dsw * w;
           }
         }
@@ -386,7 +409,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_kernel(const Params p) {
     for (int u = 0; u < CPT; ++u) {
       const int c = lr + TPR * u;
       float a = acc[u];
-      for (int k = 0; k < BN; ++k) a = fmaf(sS[i][k], sK[k][c], a);
+      for (int k = k_lo; k < k_hi; ++k) a = fmaf(sS[i][k], sK[k][c], a);
       acc[u] = a;
     }
   }
@@ -400,12 +423,15 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_kernel(const Params p) {
     }
   }
   if (p.mode == kModeNone) return;
-  // dalpha: per-row values, then one fixed-order sum per (sequence, mask)
+  // dalpha: per-row values (MIX: delta_j, stored after pass A), then one fixed-order sum per
+  // (sequence, mask)
+  if (scale_mode) {
 #pragma unroll
-  for (int j = 0; j < kMaxMasks; ++j) {
-    if (j < n) {
-      const float val = mix ? dl[j] : row_sum<TPR>(g[j]);
-      if (lr == 0) sRed[i][j] = me.ok ? val : 0.f;
+    for (int j = 0; j < kMaxMasks; ++j) {
+      if (j < n) {
+        const float val = row_sum<TPR>(ej[j]);
+        if (lr == 0) sRed[i][j] = me.ok ? val : 0.f;
+      }
     }
   }
   __syncthreads();
@@ -477,8 +503,10 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_kernel(const Params p)
     }
     __syncthreads();
     float qk[KPT], dpk[KPT];
-    row_dots<BD, BN, TPR, KPT>(sQ[i], sK, lr, p.d, qk);
-    row_dots<BD, BN, TPR, KPT>(sDO[i], sV, lr, p.d, dpk);
+    int k_lo, k_hi;
+    seq_range(me.sl, p.Nk, kt * BN, BN, k_lo, k_hi);
+    row_dots<BD, BN, TPR, KPT>(sQ[i], sK, lr, p.d, k_lo < k_hi, qk);
+    row_dots<BD, BN, TPR, KPT>(sDO[i], sV, lr, p.d, k_lo < k_hi, dpk);
 #pragma unroll
     for (int u = 0; u < KPT; ++u) {
       const int k = lr + TPR * u;
@@ -503,12 +531,14 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_kernel(const Params p)
         sW[i][k] = w_att;
       }
     }
+    int r_lo, r_hi;
+    seq_range(keys[i].sl, p.Nq, qt * BM, BM, r_lo, r_hi);
     __syncthreads();
 #pragma unroll
     for (int u = 0; u < CPT; ++u) {  // this thread's key is i
       const int c = lr + TPR * u;
       float a = dk[u], b = dv[u];
-      for (int r = 0; r < BM; ++r) {
+      for (int r = r_lo; r < r_hi; ++r) {
         a = fmaf(sS[r][i], sQ[r][c], a);
         b = fmaf(sW[r][i], sDO[r][c], b);
       }
