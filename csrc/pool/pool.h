@@ -12,6 +12,9 @@ namespace stq {
 
 constexpr int kMaxScales = 8;
 
+// Gates of the fused gather (stquery.kernels.topk.GATES): y = x * g(score).
+enum Gate : int { kGateNone = 0, kGateSigmoid = 1, kGateSoftmax = 2, kGateIdentity = 3 };
+
 // Multi-scale pooling windows: for q < n, scale s[q]'s windows start at output row off[q].
 // `segment` tokens: a multiple of every scale (or >= k), so no window crosses two segments.
 struct Scales {

@@ -17,8 +17,6 @@
 
 namespace stq {
 
-enum Gate : int { kGateNone = 0, kGateSigmoid = 1, kGateSoftmax = 2, kGateIdentity = 3 };
-
 constexpr int kWalkWarps = 8;  // segments per block (blockDim = 32 x kWalkWarps)
 
 // g(s); softmax reads stats = (max, 1 / sum exp(s - max)) of the k selected scores.
