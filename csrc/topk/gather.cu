@@ -5,7 +5,7 @@
 // Forward: pool_walk_kernel (csrc/pool/walk.cuh) with GATHER, after softmax_stats_kernel for the
 // softmax gate. Backward, one warp per row n of x (rows off the selection get zeros, so dx needs no
 // separate fill): dy = the pooled gradient at n's selection position pos[n] (sum over scales of
-// grad[off_s + pos / s] / |window|), dx[n] = dy * g, dg = <dy, x[n]> (a warp sum in fixed order);
+// grad[off_s + pos / s] * (1 / |window|)), dx[n] = dy * g, dg = <dy, x[n]> (a warp sum in fixed order);
 // dscores[n] = dg * g' for sigmoid/identity. The softmax gate parks dg by position and
 // softmax_bwd_kernel applies dscores[idx_i] = g_i (dg_i - sum_j g_j dg_j) with a block sum.
 #include "../common/cuda_compat.h"
@@ -70,8 +70,8 @@ __global__ void __launch_bounds__(32 * kBwdWarps)
 #pragma unroll
         for (int q = 0; q < kMaxScales; ++q) {
           if (q < sc.n) {
-            const int s = sc.s[q], w = p / s;
-            dy += to_float(gb[(sc.off[q] + w) * sgk + c]) / float(min(s, k - w * s));
+            const int w = p / sc.s[q];
+            dy += to_float(gb[(sc.off[q] + w) * sgk + c]) * window_inv(sc, q, w, k);
           }
         }
       } else {
