@@ -125,6 +125,8 @@ def stquery_backend_env(monkeypatch):
             pytest.skip(f"backend {name!r} is not registered (stquery.backends.names() = {sb.names()})")
         if name == "triton" and DEVICE.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
             pytest.skip("TRITON_INTERPRET=1: the Triton interpreter is a correctness tool, not a speed")
+        if name == "cuda" and DEVICE.type == "cpu":
+            pytest.skip("on CPU the cuda backend runs only under its emulation, a correctness tool, not a speed")
         monkeypatch.setenv("STQUERY_BACKEND", name)
 
     return use

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One command for a GPU session: the test suite on the GPU, one untimed pass over the benchmarks
+# One command for a GPU session: the cuda backend's build, the test suite on the GPU, one untimed pass over the benchmarks
 # (GPU shapes), then the full frame-count profile (bf16, L=32, H=12, d=64, B·T = 2048, T = 4 … 1024),
 # written to bench/results/<date>-<device>.{json,md,png}.
 #
@@ -24,6 +24,8 @@ stage=${1:-all}
 "$PY" -c "import torch; print('device:', torch.cuda.get_device_name(), '| torch', torch.__version__, '| CUDA', torch.version.cuda)"
 
 status=0
+echo "== building the cuda backend (nvcc, once per source hash; its rows in the profile are stquery-cuda)"
+"$PY" -c "from stquery.backends import cuda_backend; cuda_backend.module()" || status=1
 if [ "$stage" = all ] || [ "$stage" = tests ]; then
     echo "== tests (GPU)"
     "$PY" -m pytest tests -q -ra || status=1

@@ -165,6 +165,8 @@ def _stquery_backend(name: str, call: Callable[[dict, Shape, str], Any]) -> Impl
         device = next(t.device for t in inp.values() if isinstance(t, torch.Tensor))
         if name == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
             raise Unavailable("TRITON_INTERPRET=1: on CPU Triton only runs in its interpreter, a correctness tool, not a speed")
+        if name == "cuda" and device.type == "cpu":
+            raise Unavailable("on CPU the cuda backend runs only under its emulation, a correctness tool, not a speed")
         return Built(lambda: call(inp, s, name))
 
     return Impl(f"stquery-{name}", "stquery", build)

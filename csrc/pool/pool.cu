@@ -89,7 +89,7 @@ __global__ void __launch_bounds__(256)
   }
 }
 
-// dy[b, i, c] = sum_q grad[b, off_q + i / s_q, c] / |window|, one thread per element.
+// dy[b, i, c] = sum_q grad[b, off_q + i / s_q, c] * (1 / |window|), one thread per element.
 template <typename T>
 __global__ void __launch_bounds__(256)
     multiscale_bwd_kernel(const T* __restrict__ grad, int64_t sgb, int64_t sgn, T* __restrict__ dy, int64_t sdb,
@@ -102,8 +102,8 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
   for (int q = 0; q < kMaxScales; ++q) {
     if (q < sc.n) {
-      const int s = sc.s[q], w = i / s;
-      sum += to_float(grad[b * sgb + (sc.off[q] + w) * sgn + c]) / float(min(s, k - w * s));
+      const int w = i / sc.s[q];
+      sum += to_float(grad[b * sgb + (sc.off[q] + w) * sgn + c]) * window_inv(sc, q, w, k);
     }
   }
   dy[b * sdb + i * sdk + c] = from_float<T>(sum);

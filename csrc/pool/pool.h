@@ -12,12 +12,19 @@ namespace stq {
 
 constexpr int kMaxScales = 8;
 
-// Multi-scale pooling windows: for q < n, scale s[q]'s windows start at output row off[q].
+// Gates of the fused gather (stquery.kernels.topk.GATES): y = x * g(score).
+enum Gate : int { kGateNone = 0, kGateSigmoid = 1, kGateSoftmax = 2, kGateIdentity = 3 };
+
+// Multi-scale pooling windows: for q < n, scale s[q]'s windows start at output row off[q]; a
+// window's mean is its sum times inv[q] = 1 / s[q], or inv_last[q] = 1 / (its size) for the last,
+// partial one (computed here: a division in a kernel calls nvcc's IEEE slow path, whose ABI spills).
 // `segment` tokens: a multiple of every scale (or >= k), so no window crosses two segments.
 struct Scales {
   int n;
   int s[kMaxScales];
   int off[kMaxScales];
+  float inv[kMaxScales];
+  float inv_last[kMaxScales];
   int segment;
 };
 
@@ -32,7 +39,10 @@ inline Scales make_scales(const std::vector<int64_t>& scales, int k) {
   for (int q = 0; q < sc.n; ++q) {
     sc.s[q] = static_cast<int>(scales[q]);
     sc.off[q] = static_cast<int>(off);
-    off += (k + scales[q] - 1) / scales[q];
+    const int64_t n_windows = (k + scales[q] - 1) / scales[q];
+    off += n_windows;
+    sc.inv[q] = 1.0f / static_cast<float>(scales[q]);
+    sc.inv_last[q] = 1.0f / static_cast<float>(k - (n_windows - 1) * scales[q]);
     lcm = std::min<int64_t>(std::lcm(lcm, scales[q]), int64_t(k) + 1);
   }
   sc.segment = lcm > k ? std::max(k, 1) : static_cast<int>(lcm * ((32 + lcm - 1) / lcm));

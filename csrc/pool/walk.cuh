@@ -1,7 +1,7 @@
 // The token walk behind multiscale_pool and the fused gather + gate (+ pooling) of topk_tokens:
 //
 //   v[i]  = x[b, row(i)] * g(scores[b, row(i)])     row(i) = idx[b, i] (GATHER) or i
-//   out[b, off_s + w] = 1/|W| * sum_{i in W} v[i],   W = [w*s, min((w+1)*s, k)), for every scale s
+//   out[b, off_s + w] = sum_{i in W} v[i] * (1/|W|),   W = [w*s, min((w+1)*s, k)), for every scale s
 //
 // A warp owns (b, one segment of `Scales::segment` tokens, 32 channels): lane = channel, walking
 // the segment's tokens in order and adding each into one register accumulator per scale, which is
@@ -17,9 +17,12 @@
 
 namespace stq {
 
-enum Gate : int { kGateNone = 0, kGateSigmoid = 1, kGateSoftmax = 2, kGateIdentity = 3 };
-
 constexpr int kWalkWarps = 8;  // segments per block (blockDim = 32 x kWalkWarps)
+
+// 1 / |window w of scale q| for k tokens.
+__device__ __forceinline__ float window_inv(const Scales& sc, int q, int w, int k) {
+  return (w + 1) * sc.s[q] >= k ? sc.inv_last[q] : sc.inv[q];
+}
 
 // g(s); softmax reads stats = (max, 1 / sum exp(s - max)) of the k selected scores.
 template <int GATE>
@@ -69,7 +72,7 @@ __global__ void __launch_bounds__(32 * kWalkWarps)
           const int s = sc.s[q];
           if ((i + 1) % s == 0 || i + 1 == k) {
             const int w = i / s;
-            if (c_ok) out[b * sob + (sc.off[q] + w) * son + c] = from_float<T>(acc[q] / float(min(s, k - w * s)));
+            if (c_ok) out[b * sob + (sc.off[q] + w) * son + c] = from_float<T>(acc[q] * window_inv(sc, q, w, k));
             acc[q] = 0.0f;
           }
         }

@@ -30,12 +30,14 @@ from torch.utils import cpp_extension
 from .base import NONE
 
 EMULATE_ENV = "STQUERY_CUDA_EMULATE"
-OPS = frozenset({"attention", "st_pool", "multiscale_pool"})
+OPS = frozenset({"attention", "topk_select", "gather_gate", "multiscale_pool", "st_pool"})
+GATES = {"none": 0, "sigmoid": 1, "softmax": 2, "identity": 3}  # csrc/pool/pool.h Gate
+RANK_MAX_K = 8192  # csrc/topk/topk.h kRankMaxK: order="score" by a stable sort beyond
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_SCALES = 8  # csrc/pool/pool.h kMaxScales
 MAX_MASKS, MAX_HEAD_DIM = 8, 256  # csrc/attention/attn_math.h kMaxMasks, kMaxHeadDim
 HOST_FLAGS = ["-O2", "-std=c++20"]
-EMULATE_FLAGS = HOST_FLAGS + ["-DSTQ_CUDA_EMULATE", "-pthread"]
+EMULATE_FLAGS = HOST_FLAGS + ["-DSTQ_CUDA_EMULATE", "-pthread", "-Wno-unknown-pragmas"]
 CUDA_FLAGS = ["-O3", "-std=c++20"]
 
 
@@ -125,7 +127,7 @@ def module(emulate: bool = False):
                               extra_cuda_cflags=CUDA_FLAGS, with_cuda=True, **common)
 
 
-def _toolchain_reasons(emulate: bool) -> list[str]:
+def toolchain_reasons(emulate: bool) -> list[str]:
     why = []
     if not cpp_extension.is_ninja_available():
         why.append("ninja is not installed (pip install ninja): the extension is built just in time with it")
@@ -219,7 +221,56 @@ class CudaBackend:
             why.append(f"{len(scales)} scales; the kernels take at most {MAX_SCALES}")
         if op == "attention":
             why += _attention_reasons(*args)
-        return why + _toolchain_reasons(emulate=device.type == "cpu")
+        return why + toolchain_reasons(emulate=device.type == "cpu")
+
+    # --- selection and gather (csrc/topk) -------------------------------------------------
+    def topk_select(self, scores, k, order):
+        B, N = scores.shape
+        dev = scores.device
+        idx = _empty((B, k), torch.int64, dev)
+        if B == 0 or k == 0:
+            return idx
+        chunks = module(emulate=dev.type == "cpu").select_chunks(N)
+        hist = torch.zeros((B, 4, 256), dtype=torch.int32, device=dev)
+        state = torch.empty((B, 2), dtype=torch.int32, device=dev)
+        counts = torch.empty((B, chunks, 2), dtype=torch.int32, device=dev)
+        time_idx = idx if order == "time" else _empty((B, k), torch.int64, dev)
+        _run("topk_select_time", dev, scores, k, hist, state, counts, time_idx)
+        if order == "score" and k <= RANK_MAX_K:
+            _run("topk_rank_by_score", dev, scores, time_idx, idx)
+        elif order == "score":
+            # The rank kernel is O(k^2); beyond RANK_MAX_K a stable sort of the selected scores
+            # (in index order, so equal scores stay lowest index first) is cheaper.
+            perm = torch.sort(scores.gather(1, time_idx), dim=1, descending=True, stable=True).indices
+            torch.gather(time_idx, 1, perm, out=idx)
+        return idx
+
+    def _softmax_stats(self, scores, idx, gate):
+        stats = torch.empty((scores.shape[0], 2), dtype=torch.float32, device=scores.device)
+        if gate == "softmax" and idx.shape[1] > 0:
+            _run("softmax_stats", scores.device, scores, idx, stats)
+        return stats
+
+    def gather_gate(self, x, scores, idx, gate, scales):
+        B, N, C = x.shape
+        k = idx.shape[1]
+        y = _empty((B, sum(-(-k // s) for s in scales) if scales else k, C), x.dtype, x.device)
+        stats = self._softmax_stats(scores, idx, gate)
+        _run("gather_gate_fwd", x.device, x, scores, idx, GATES[gate], list(scales), stats, y)
+        return y
+
+    def gather_gate_bwd(self, grad_y, x, scores, idx, gate, scales):
+        B, N, C = x.shape
+        k = idx.shape[1]
+        dx = _empty((B, N, C), x.dtype, x.device)
+        ds = _empty((B, N), scores.dtype, scores.device) if gate != "none" else None
+        pos = torch.full((B, N), -1, dtype=torch.int32, device=x.device)
+        _run("topk_inverse", x.device, idx, pos)
+        stats = self._softmax_stats(scores, idx, gate)
+        dg = torch.empty((B, k if gate == "softmax" else 0), dtype=torch.float32, device=x.device)
+        _run("gather_gate_bwd", x.device, grad_y, x, scores, idx, GATES[gate], list(scales), stats, pos, dx,
+             ds if ds is not None else dg, dg)
+        return dx, ds
 
     # --- attention (csrc/attention) -----------------------------------------------------------
     def attention_fwd(self, q, k, v, alpha, dense, key_padding, frame_lengths, prob):

@@ -1,16 +1,18 @@
-"""``stq.multiscale_pool`` and ``stq.st_pool`` with backend="triton" against the torch reference
-(SPEC §2.5), outputs NaN-poisoned; same error bound as tests/kernels/test_topk.py."""
+"""``stq.multiscale_pool`` and ``stq.st_pool`` of the triton and cuda backends against the torch
+reference (SPEC §2.5), outputs NaN-poisoned; same backends, dtypes and error bound as
+tests/kernels/test_topk.py."""
 import pytest
 import torch
 
 import stquery as stq
 from stquery.ops import reference as ref
 
-from .test_topk import DEVICE, DTYPES, _poison, assert_bounded, strided  # noqa: F401  (_poison: autouse)
+# _poison: autouse; backend, dtype: fixtures
+from .test_topk import DEVICE, _poison, assert_bounded, backend, dtype, strided  # noqa: F401
 
 
 def check(fn, ref_fn, x, n_out):
-    """Outputs and input gradient of ``fn`` (triton) vs ``ref_fn`` at x's dtype and in float64."""
+    """Outputs and input gradient of ``fn`` (a backend) vs ``ref_fn`` at x's dtype and in float64."""
     x = x.requires_grad_()
     x64 = x.detach().double().requires_grad_()
     got, same, exact = fn(x), ref_fn(x), ref_fn(x64)
@@ -26,7 +28,6 @@ def check(fn, ref_fn, x, n_out):
     assert_bounded(dx, dx_same, dx_exact, 3, "dx")
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("k,scales", [
     (45, (1, 2, 4)),        # tree pooling, partial last windows
     (45, (4, 2, 1)),        # scale order is output order
@@ -35,25 +36,24 @@ def check(fn, ref_fn, x, n_out):
     (7, (300,)),            # scale > k: one partial window
     (1, (1, 2)),
 ])
-def test_multiscale_pool(k, scales, dtype):
+def test_multiscale_pool(k, scales, dtype, backend):
     y = strided(2, k, 40, dtype=dtype)
-    check(lambda t: stq.multiscale_pool(t, scales, backend="triton"),
+    check(lambda t: stq.multiscale_pool(t, scales, backend=backend),
           lambda t: ref.multiscale_pool(t, scales), y, 1)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [
     (2, 3, 5, 40),      # one patch block: temporal means stored directly
     (1, 4, 70, 24),     # two patch blocks: fp32 partials + fixed-order reduction
     (2, 1, 1, 3),
     (1, 9, 129, 65),    # three patch blocks, C not a multiple of the C block
 ])
-def test_st_pool(shape, dtype):
+def test_st_pool(shape, dtype, backend):
     x = strided(*shape, dtype=dtype)
-    check(lambda t: stq.st_pool(t, backend="triton"), ref.st_pool, x, 2)
+    check(lambda t: stq.st_pool(t, backend=backend), ref.st_pool, x, 2)
 
 
-def test_st_pool_non_contiguous_frames():
+def test_st_pool_non_contiguous_frames(backend):
     # x[:, ::2] (every other frame) and a patch slice: only the last dim is contiguous.
     x = torch.randn(2, 6, 80, 24, device=DEVICE)[:, ::2, 5:75]
-    check(lambda t: stq.st_pool(t, backend="triton"), ref.st_pool, x, 2)
+    check(lambda t: stq.st_pool(t, backend=backend), ref.st_pool, x, 2)
