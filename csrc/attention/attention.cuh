@@ -161,11 +161,12 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(const Params p) {
   __syncthreads();
   load_tile<T, BD, BM>(sQ, p.q, p.sq, rows, p.d);
   const Row me = rows[i];
-  float alpha[kMaxMasks];
-  load_alpha(alpha, me, p);
+  // wj: alpha_j; in MIX, alpha_j / l_j after pass 1 (one array for both modes: fewer registers)
+  float wj[kMaxMasks];
+  load_alpha(wj, me, p);
 
   float m = neg_inf(), l = 0.f;
-  float lj[kMaxMasks] = {}, coef[kMaxMasks] = {}, acc[CPT] = {};
+  float lj[kMaxMasks] = {}, acc[CPT] = {};
 
   if (mix) {  // pass 1: union max and one normaliser per mask
     for (int kt = 0; kt < n_kt; ++kt) {
@@ -201,7 +202,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(const Params p) {
       m = m_new;
     }
 #pragma unroll
-    for (int j = 0; j < kMaxMasks; ++j) coef[j] = j < n ? mix_coef(alpha[j], lj[j]) : 0.f;
+    for (int j = 0; j < kMaxMasks; ++j) wj[j] = j < n ? mix_coef(wj[j], lj[j]) : 0.f;
   }
 
   for (int kt = 0; kt < n_kt; ++kt) {  // the output pass (the only pass for NONE / SCALE)
@@ -211,21 +212,22 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(const Params p) {
     load_tile<T, BD, BN>(sK, p.k, p.sk, keys, p.d);
     load_tile<T, BD, BN>(sV, p.v, p.sv, keys, p.d);
     __syncthreads();
-    float s[KPT], qk[KPT];
+    float s[KPT];
     unsigned bits[KPT];
     float mx = neg_inf();
     int k_lo, k_hi;
     seq_range(me.sl, p.Nk, kt * BN, BN, k_lo, k_hi);
-    row_dots<BD, BN, TPR, KPT>(sQ[i], sK, lr, p.d, k_lo < k_hi, qk);
+    row_dots<BD, BN, TPR, KPT>(sQ[i], sK, lr, p.d, k_lo < k_hi, s);
 #pragma unroll
     for (int u = 0; u < KPT; ++u) {
       const int k = lr + TPR * u;
       bits[u] = k < BN ? visible_bits(me, keys[k], p) : 0u;
-      s[u] = neg_inf();
-      if (bits[u]) {
-        s[u] = qk[u] * p.qk_scale;
+      if (!bits[u]) {
+        s[u] = neg_inf();
+      } else {
+        s[u] *= p.qk_scale;
         if (scale_mode) {
-          const float w = mix_weight(bits[u], alpha);
+          const float w = mix_weight(bits[u], wj);
           s[u] = w > 0.f ? s[u] * w : neg_inf();
         }
       }
@@ -243,7 +245,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(const Params p) {
     for (int u = 0; u < KPT; ++u) {
       const int k = lr + TPR * u;
       float pv = prob(s[u] != neg_inf(), s[u], base);
-      if (mix) pv *= mix_weight(bits[u], coef);
+      if (mix) pv *= mix_weight(bits[u], wj);
       psum += pv;
       if (k < BN) sP[i][k] = pv;
     }
