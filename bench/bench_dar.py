@@ -1,9 +1,10 @@
 """Temporal Dynamic Attention Routing with p = 3 masks {window(1), window(2), global} and alpha
-``[B, L, 3]`` (SPEC §2.3), in mix mode (p SDPA / flex / flash calls summed, for the peers) and in
+``[B, L, 3]`` (docs/ops.md §2.3), in mix mode (p SDPA / flex / flash calls summed, for the peers) and in
 scale mode (matmul + masked softmax, or FlexAttention's ``score_mod`` carrying alpha)."""
 import pytest
 
-from stquery.profile import PASSES, impl_names
+from stquery.profile.cases import impl_names
+from stquery.profile.config import PASSES
 
 MODES = ("temporal-mix", "temporal-scale")
 

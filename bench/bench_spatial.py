@@ -1,8 +1,9 @@
-"""Spatial self-attention over the L tokens of each frame, ``G = B·T`` (SPEC §2.1), against SDPA on
+"""Spatial self-attention over the L tokens of each frame, ``G = B·T`` (docs/ops.md §2.1), against SDPA on
 transposed views, FlexAttention, xformers and flash-attn."""
 import pytest
 
-from stquery.profile import PASSES, impl_names
+from stquery.profile.cases import impl_names
+from stquery.profile.config import PASSES
 
 CASE = "spatial"
 

@@ -1,8 +1,9 @@
-"""``st_pool`` (SPEC §2.5): x ``[B, T, P, C]`` to its means over P and over T in one pass, against two
+"""``st_pool`` (docs/ops.md §2.5): x ``[B, T, P, C]`` to its means over P and over T in one pass, against two
 ``torch.mean`` calls."""
 import pytest
 
-from stquery.profile import PASSES, impl_names
+from stquery.profile.cases import impl_names
+from stquery.profile.config import PASSES
 
 CASE = "st_pool"
 

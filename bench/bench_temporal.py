@@ -1,8 +1,9 @@
-"""Temporal attention (plain softmax) in the native ``[B*T, L, H, d]`` layout (SPEC §2.2), against
+"""Temporal attention (plain softmax) in the native ``[B*T, L, H, d]`` layout (docs/ops.md §2.2), against
 eager permute + SDPA, head-fold SDPA, FlexAttention, xformers and flash-attn."""
 import pytest
 
-from stquery.profile import PASSES, impl_names
+from stquery.profile.cases import impl_names
+from stquery.profile.config import PASSES
 
 CASE = "temporal"
 

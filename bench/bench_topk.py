@@ -1,8 +1,9 @@
-"""Top-k token selection (SPEC §2.4: ``order="time"``, ``gate="sigmoid"``, k = N/4 of N = T·P tokens)
+"""Top-k token selection (docs/ops.md §2.4: ``order="time"``, ``gate="sigmoid"``, k = N/4 of N = T·P tokens)
 against ``torch.topk`` + sort + gather."""
 import pytest
 
-from stquery.profile import PASSES, impl_names
+from stquery.profile.cases import impl_names
+from stquery.profile.config import PASSES
 
 CASE = "topk"
 

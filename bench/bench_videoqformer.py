@@ -1,4 +1,4 @@
-"""One ``VideoQFormer`` layer (SPEC §4.1), forward + backward: spatial self-attention over
+"""One ``VideoQFormer`` layer (docs/models.md §4.1), forward + backward: spatial self-attention over
 [queries; text], cross-attention to the frame's visual tokens, temporal DAR self-attention and the
 feed-forward blocks, gradients to the trainable weights (LoRA, routers, e_t, e_s).
 
@@ -9,20 +9,13 @@ tokens of width 1408, 32 text tokens), B = 8 videos of T = 16 frames; CPU: a tin
 """
 import pytest
 import torch
+from transformers import InstructBlipQFormerConfig
 
-from stquery.profile import SPEC_BACKENDS
+from stquery.models import VideoQFormer
+from stquery.profile.cases import backend_names
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DTYPE = torch.bfloat16 if DEVICE.type == "cuda" else torch.float32
-
-try:
-    from stquery.models import VideoQFormer
-    from transformers import InstructBlipQFormerConfig
-
-    _IMPORT_ERROR = None
-except Exception as e:  # the model is written by another engineer; until it lands, say so
-    VideoQFormer = None
-    _IMPORT_ERROR = f"{type(e).__name__}: {e}"
 
 if DEVICE.type == "cuda":
     CONFIG = dict(num_hidden_layers=1)  # InstructBLIP defaults: D = 768, 12 heads, encoder width 1408
@@ -33,18 +26,7 @@ else:
     B, T, NV, N_TEXT, L = 1, 4, 16, 6, 8
 
 
-def _backends():
-    try:
-        import stquery.backends as sb
-
-        names = list(sb.names())
-    except Exception:
-        names = []
-    return names + [n for n in SPEC_BACKENDS if n not in names]
-
-
-@pytest.mark.skipif(VideoQFormer is None, reason=f"stquery.models.VideoQFormer not importable yet: {_IMPORT_ERROR}")
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", backend_names())
 def test_videoqformer_layer_fwd_bwd(benchmark, stquery_backend_env, backend):
     stquery_backend_env(backend)
     torch.manual_seed(0)

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # One command for a GPU session: the cuda backend's build, the test suite on the GPU, one untimed pass over the benchmarks
 # (GPU shapes), then the full frame-count profile (bf16, L=32, H=12, d=64, B·T = 2048, T = 4 … 1024),
-# written to bench/results/<date>-<device>.{json,md,png}.
+# written to bench/results/<date>-<device>/profile.{json,md,png}.
 #
 #   bench/gpu.sh                   # everything
 #   bench/gpu.sh tests             # tests + benchmark smoke run only
 #   bench/gpu.sh profile [ARGS…]   # the profile only; ARGS go to `stquery profile`
 #                                  # (e.g. --cases temporal,temporal-mix to split a long run)
 #   SUFFIX=-b bench/gpu.sh profile --cases topk,st_pool   # a second part, without overwriting the first
-#   python -m stquery.cli profile --from-json A.json B.json --markdown M.md --plot P.png   # merge parts
+#   python -m stquery.cli profile --from-json A/profile.json B/profile.json --out M   # merge parts
 #
 # The full profile takes roughly 10 minutes on an H100 (FlexAttention compiles included); where one
 # command may run at most 10 minutes, run it in two parts as above and merge.
@@ -35,9 +35,8 @@ fi
 if [ "$stage" = all ] || [ "$stage" = profile ]; then
     device=$("$PY" -c "import re, torch; print(re.sub(r'[^A-Za-z0-9]+', '-', torch.cuda.get_device_name()).strip('-').lower())")
     mkdir -p bench/results
-    stem="bench/results/$(date +%Y-%m-%d)-${device}${SUFFIX:-}"
-    echo "== profile -> ${stem}.{json,md,png}"
-    "$PY" -m stquery.cli profile --json "${stem}.json" --markdown "${stem}.md" --plot "${stem}.png" "$@" > /dev/null || status=1
-    [ -f "${stem}.md" ] && echo "wrote ${stem}.md ($(wc -l < "${stem}.md") lines)"
+    out="bench/results/$(date +%Y-%m-%d)-${device}${SUFFIX:-}"
+    echo "== profile -> ${out}/profile.{json,md,png}"
+    "$PY" -m stquery.cli profile --out "$out" "$@" || status=1
 fi
 exit $status

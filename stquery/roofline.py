@@ -1,4 +1,4 @@
-"""Roofline counts (SPEC §6) and the device rates they are compared against.
+"""Roofline counts (docs/profiling.md §6) and the device rates they are compared against.
 
 Bytes are the traffic of an ideal kernel: every input read once, every output written once.
 Masks computed in-kernel from integers (windows, causal) cost nothing; dense bool masks
@@ -14,16 +14,17 @@ dq, dk, dv (and dalpha when alpha is given). A forward that feeds a backward als
 statistics; an inference forward does not, so ``"fwd"`` counts no statistics.
 
 The device rates are measured, not looked up: :func:`copy_bandwidth` (a large device-to-device
-copy, read + write) and :func:`matmul_rate` (a square matmul in the profiled dtype).
+copy, read + write) and :func:`matmul_rate` (a square matmul in the profiled dtype), each the
+fastest of a few calls.
 """
 from __future__ import annotations
 
-import math
-import statistics
 import time
 from dataclasses import dataclass
 
 import torch
+
+from .ops.pool.problem import pooled_length
 
 PASSES = ("fwd", "bwd", "fwd+bwd")
 INDEX_BYTES = 8  # int64 indices and frame lengths
@@ -84,11 +85,6 @@ def temporal_attention_cost(B: int, T: int, L: int, H: int, d: int, **kw) -> Cos
     return attention_cost(B * L, T, T, H, d, **kw)
 
 
-def pooled_length(k: int, scales) -> int:
-    """Tokens out of ``multiscale_pool`` over k tokens: ``sum(ceil(k / s))``."""
-    return sum(math.ceil(k / s) for s in scales)
-
-
 def topk_cost(
     B: int, N: int, C: int, k: int, *, itemsize: int, score_itemsize: int = 4, gate: bool = True,
     scales=(), passes: str = "fwd",
@@ -102,7 +98,7 @@ def topk_cost(
     whole dx ``[B, N, C]`` (zeros off the selected rows are outputs too) and dscores ``[B, N]``.
     """
     _check_pass(passes)
-    M = pooled_length(k, scales) if scales else k
+    M = pooled_length(k, scales)
     rows = B * k * C
     fwd = Cost(B * N * score_itemsize + rows * itemsize + B * k * INDEX_BYTES + B * M * C * itemsize,
                (rows if gate else 0) + rows * len(scales))
@@ -133,7 +129,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_seconds(fn, device: torch.device, reps: int) -> float:
+def _best_seconds(fn, device: torch.device, reps: int) -> float:
+    """The fastest of ``reps`` calls: a peak is what the device reaches, and on a shared machine
+    every slower call is a neighbour's time slice."""
     fn()
     _sync(device)
     times = []
@@ -142,7 +140,7 @@ def _median_seconds(fn, device: torch.device, reps: int) -> float:
         fn()
         _sync(device)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return min(times)
 
 
 def copy_bandwidth(device, nbytes: int | None = None, reps: int = 10) -> float:
@@ -155,7 +153,7 @@ def copy_bandwidth(device, nbytes: int | None = None, reps: int = 10) -> float:
         nbytes = (1 << 30) if device.type == "cuda" else (64 << 20)
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
     dst = torch.empty_like(src)
-    seconds = _median_seconds(lambda: dst.copy_(src), device, reps)
+    seconds = _best_seconds(lambda: dst.copy_(src), device, reps)
     return 2 * src.numel() * 4 / seconds / 1e9
 
 
@@ -170,7 +168,7 @@ def matmul_rate(device, dtype: torch.dtype = torch.float32, n: int | None = None
         n = 8192 if device.type == "cuda" else 512
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    seconds = _median_seconds(lambda: a @ b, device, reps)
+    seconds = _best_seconds(lambda: a @ b, device, reps)
     return 2 * n ** 3 / seconds / 1e12
 
 

@@ -1,5 +1,5 @@
 """``stquery profile``: every implementation gets a row (a number or its reason), the peers compute
-what stquery computes, and the reports (markdown, JSON, plot) come out."""
+what stquery computes, results are saved and summarised, and the report ranks only what it can trust."""
 import argparse
 import dataclasses
 import json
@@ -7,14 +7,20 @@ import json
 import pytest
 import torch
 
-from stquery import profile
+from stquery.profile import cases, cli, harness, report
+from stquery.profile.config import CPU as CPU_DEFAULTS
+from stquery.profile.config import QUICK, Shape
+from stquery.profile.harness import DeviceInfo, Row
+from stquery.profile.peers import Unavailable
 
-TINY = dataclasses.replace(profile.QUICK, T=(4, 8), frames_total=8, batch=1, budget_ms=1.0, min_reps=1, max_reps=2)
+TINY = dataclasses.replace(QUICK, T=(4, 8), frames_total=8, batch=1, batch_ms=0.5, samples=2)
 CPU = torch.device("cpu")
 
 
 def _run(cfg, impl_filter=None):
-    return profile.profile(cfg, CPU, impl_filter=impl_filter)
+    dev, rows = harness.profile(cfg, CPU, impl_filter=impl_filter)
+    report.rank(dev, rows, cfg.max_spread)
+    return dev, rows
 
 
 @pytest.mark.parametrize("case", ["temporal", "temporal-mix", "temporal-scale", "spatial", "topk", "st_pool"])
@@ -22,7 +28,7 @@ def test_peers_match_the_reference(case):
     """Every implementation that runs (FlexAttention aside: see the next test) agrees with
     stquery.ops.reference, at both sweeps' shapes; one that can't run has a reason."""
     cfg = dataclasses.replace(TINY, cases=(case,))
-    names = [i.name for i in profile.make_cases()[case].impls if i.name != "flex"]
+    names = [i.name for i in cases.make_cases()[case].impls if i.name != "flex"]
     _, rows = _run(cfg, impl_filter=names)
     assert {r.impl for r in rows} == set(names)
     for r in rows:
@@ -38,7 +44,7 @@ def test_peers_match_the_reference(case):
 
 
 def test_flex_matches_the_reference():
-    """FlexAttention's mask_mod (mix) and alpha-carrying score_mod (scale) compute SPEC §2.3's modes."""
+    """FlexAttention's mask_mod (mix) and alpha-carrying score_mod (scale) compute docs/ops.md §2.3's modes."""
     cfg = dataclasses.replace(TINY, T=(8,), sweeps=("fixed-B",), cases=("temporal", "temporal-mix", "temporal-scale"))
     _, rows = _run(cfg, impl_filter=["flex"])
     fwd = [r for r in rows if r.passes == "fwd"]
@@ -51,22 +57,17 @@ def test_flex_matches_the_reference():
             assert not r.ok and "backward" in r.reason
 
 
-def test_every_implementation_has_a_row_with_its_reason(tmp_path):
-    md, js, png = tmp_path / "p.md", tmp_path / "p.json", tmp_path / "p.png"
+def test_every_implementation_has_a_row_and_the_results_are_saved(tmp_path, capsys):
+    out = tmp_path / "results"
     argv = ["--quick", "--T", "4", "--frames-total", "8", "--cases", "temporal,st_pool", "--impls",
-            "stquery,eager,head-fold,xformers,flash,torch-mean", "--budget-ms", "1", "--quiet",
-            "--json", str(js), "--markdown", str(md)]
-    try:
-        import matplotlib  # noqa: F401
-        argv += ["--plot", str(png)]
-    except ImportError:
-        png = None
-    assert profile.main(argv) == 0
-    text = md.read_text()
+            "stquery,eager,head-fold,xformers,flash,torch-mean", "--batch-ms", "0.5", "--samples", "2", "--quiet",
+            "--out", str(out)]
+    assert cli.main(argv) == 0
+    text = (out / "profile.md").read_text()
     for name in ("stquery-torch", "stquery-triton", "stquery-cuda", "eager-permute", "head-fold", "xformers",
                  "flash-attn", "torch-mean"):
         assert f"| {name} |" in text, name
-    data = json.loads(js.read_text())
+    data = json.loads((out / "profile.json").read_text())
     assert data["device"]["copy_gbps"] > 0 and data["device"]["matmul_tflops"] > 0
     failed = [r for r in data["rows"] if not r["ok"]]
     assert failed and all(r["reason"] for r in failed)
@@ -74,65 +75,126 @@ def test_every_implementation_has_a_row_with_its_reason(tmp_path):
         assert r["reason"][:60].replace("|", "\\|") in text
     triton_rows = [r for r in data["rows"] if r["impl"] == "stquery-triton"]
     assert triton_rows and not any(r["ok"] for r in triton_rows)  # never timed in the interpreter on CPU
-    if png is not None:
-        assert png.stat().st_size > 1000
+    assert (out / "profile.png").stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert "## Summary" in text and {s["case"] for s in data["summary"]} == {"temporal", "st_pool"}
+    for case in ("temporal", "st_pool"):  # the summary, one line per case and pass, then where the files are
+        assert sum(line.startswith(case + " ") for line in printed.splitlines()) == 2, printed
+    assert str(out) in printed.splitlines()[-1]
+
+
+def test_from_json_merges_earlier_runs(tmp_path):
+    for part, case in (("a", "topk"), ("b", "st_pool")):
+        cli.main(["--quick", "--T", "4", "--sweeps", "fixed-B", "--passes", "fwd", "--cases", case, "--impls",
+                  "torch", "--batch-ms", "0.5", "--samples", "2", "--quiet", "--out", str(tmp_path / part)])
+    assert cli.main(["--from-json", str(tmp_path / "a/profile.json"), str(tmp_path / "b/profile.json"),
+                     "--out", str(tmp_path / "m")]) == 0
+    text = (tmp_path / "m/profile.md").read_text()
+    assert "## topk" in text and "## st_pool" in text
 
 
 def test_triton_interpreter_is_never_timed(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    case = profile.make_cases()["st_pool"]
+    case = cases.make_cases()["st_pool"]
     impl = next(i for i in case.impls if i.name == "stquery-triton")
-    s = profile.Shape(1, 2, 1, 1, 1, 2, 4)
-    with pytest.raises(profile.Unavailable, match="interpreter"):
-        impl.build(profile.make_inputs(case, s, CPU, torch.float32, "fwd"), s)
+    s = Shape(1, 2, 1, 1, 1, 2, 4)
+    with pytest.raises(Unavailable, match="interpreter"):
+        impl.build(harness.make_inputs(case, s, CPU, torch.float32, "fwd"), s)
 
 
 def test_unregistered_backend_says_so(monkeypatch):
     import stquery.backends as sb
 
     monkeypatch.setattr(sb, "names", lambda: ["torch"])
-    case = profile.make_cases()["st_pool"]
+    case = cases.make_cases()["st_pool"]
     impl = next(i for i in case.impls if i.name == "stquery-cuda")
-    s = profile.Shape(1, 2, 1, 1, 1, 2, 4)
-    with pytest.raises(profile.Unavailable, match="not registered"):
-        impl.build(profile.make_inputs(case, s, CPU, torch.float32, "fwd"), s)
+    s = Shape(1, 2, 1, 1, 1, 2, 4)
+    with pytest.raises(Unavailable, match="not registered"):
+        impl.build(harness.make_inputs(case, s, CPU, torch.float32, "fwd"), s)
+
+
+def _row(impl, kind, T=4, ms=1.0, spread=0.1, **kw):
+    return Row("c", "s", "fwd", T, 1, impl, kind, True, ms=ms, p20=ms * (1 - spread / 2), p80=ms * (1 + spread / 2),
+               bytes=kw.pop("bytes", 10 ** 6), flops=kw.pop("flops", 10 ** 6), **kw)
+
+
+def _dev():
+    return DeviceInfo("cpu", "cpu", copy_gbps=10.0, matmul_tflops=0.01, matmul_dtype="float32")
 
 
 def test_speedup_is_over_the_best_peer():
-    R = profile.Row
-    rows = [R("c", "s", "fwd", 4, 1, "stquery-x", "stquery", True, ms=1.0),
-            R("c", "s", "fwd", 4, 1, "peer-a", "peer", True, ms=2.0),
-            R("c", "s", "fwd", 4, 1, "peer-b", "peer", True, ms=4.0),
-            R("c", "s", "fwd", 4, 1, "peer-c", "peer", False, reason="not installed"),
-            R("c", "s", "fwd", 8, 1, "stquery-x", "stquery", True, ms=1.0)]  # no peer ran at T=8
-    profile._fill_speedups(rows)
+    rows = [_row("stquery-x", "stquery", ms=1.0), _row("peer-a", "peer", ms=2.0), _row("peer-b", "peer", ms=4.0),
+            Row("c", "s", "fwd", 4, 1, "peer-c", "peer", False, reason="not installed"),
+            _row("stquery-x", "stquery", T=8, ms=1.0)]  # no peer ran at T=8
+    report.rank(_dev(), rows, max_spread=0.25)
     assert [r.speedup for r in rows] == [2.0, 1.0, 0.5, None, None]
 
 
+def test_a_wide_spread_row_is_marked_and_not_ranked():
+    rows = [_row("stquery-x", "stquery", ms=1.0, spread=0.1), _row("peer-a", "peer", ms=0.5, spread=0.6),
+            _row("peer-b", "peer", ms=2.0, spread=0.1), _row("stquery-x", "stquery", T=8, ms=1.0, spread=0.9),
+            _row("peer-b", "peer", T=8, ms=3.0, spread=0.1)]
+    report.rank(_dev(), rows, max_spread=0.25)
+    assert [r.wide for r in rows] == [False, True, False, True, False]
+    assert rows[0].speedup == 2.0  # over peer-b: the wide peer-a is not a yardstick
+    assert rows[1].speedup is None and rows[3].speedup is None
+    cfg = dataclasses.replace(TINY, sweeps=("s",), passes=("fwd",))
+    text = report.markdown(_dev(), cfg, rows)
+    assert text.count("WIDE SPREAD (p20") == 2
+    (s,) = report.summary(rows)
+    assert (s["compared"], s["shapes"], s["wide"], s["stquery"], s["peer"]) == (1, 2, 2, "stquery-x", "peer-b")
+    assert s["speedup"] == pytest.approx(2.0) and s["low"] < 2.0 < s["high"]
+
+
+def test_roof_is_never_above_100_percent():
+    """The peaks are the best rates seen: a row faster than the measured matmul raises the peak."""
+    rows = [_row("stquery-x", "stquery", ms=0.01, flops=10 ** 9, bytes=10),  # 100 TFLOP/s > 0.01 measured
+            _row("peer-a", "peer", ms=0.01, bytes=10 ** 9, flops=10),  # 100 TB/s... > 10 GB/s measured
+            _row("peer-b", "peer", ms=1.0)]
+    dev = _dev()
+    report.rank(dev, rows, max_spread=0.25)
+    assert dev.peak_tflops == pytest.approx(100.0) and dev.peak_gbps == pytest.approx(1e5)
+    assert all(0 < r.pct_roofline <= 100 + 1e-9 and r.pct_bw <= 100 + 1e-9 for r in rows)
+    assert rows[0].pct_roofline == pytest.approx(100.0) and "best row" in dev.peak_note
+
+
 def test_markdown_collapses_a_failure_that_is_the_same_at_every_T():
-    dev = profile.DeviceInfo("cpu", "cpu", 10.0, 0.1, "float32")
     cfg = dataclasses.replace(TINY, sweeps=("fixed-B",), passes=("fwd",))
-    R = profile.Row
-    rows = [R("topk", "fixed-B", "fwd", T, 1, "torch-topk", "peer", True, ms=1.0, p20=0.9, p80=1.1, gbps=1.0,
-              pct_bw=10.0, tflops=0.0, pct_roofline=10.0, speedup=1.0) for T in (4, 8)]
-    rows += [R("topk", "fixed-B", "fwd", T, 1, "stquery-cuda", "stquery", False, reason="no CUDA") for T in (4, 8)]
-    text = profile.markdown(dev, cfg, rows)
+    rows = [Row("topk", "fixed-B", "fwd", T, 1, "torch-topk", "peer", True, ms=1.0, p20=0.9, p80=1.1, bytes=8, flops=0)
+            for T in (4, 8)]
+    rows += [Row("topk", "fixed-B", "fwd", T, 1, "stquery-cuda", "stquery", False, reason="no CUDA") for T in (4, 8)]
+    report.rank(_dev(), rows, cfg.max_spread)
+    text = report.markdown(_dev(), cfg, rows)
     assert text.count("can't run: no CUDA") == 1
     assert "| all | | stquery-cuda |" in text
     assert text.count("| torch-topk |") == 2
 
 
-def test_register_adds_the_subcommand():
+def test_interleaved_timing_takes_turns():
+    calls = []
+    fns = {name: (lambda n=name: calls.append(n)) for name in "abc"}
+    times = harness.interleaved(fns, CPU, batch_ms=0.0, samples=3)
+    assert {n: len(t) for n, (t, reps) in times.items()} == {"a": 3, "b": 3, "c": 3}
+    timed = calls[9:]  # after three calibration calls each
+    assert timed == list("abc") + list("bca") + list("cab")
+
+
+def test_register_adds_the_subcommand_with_this_device_defaults(capsys):
     parser = argparse.ArgumentParser(prog="stquery")
-    profile.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["profile", "--quick", "--T", "4,16", "--cases", "topk", "--json"])
-    assert args.func is profile.run
-    cfg = profile.config_from_args(args, torch.device("cpu"))
-    assert cfg.T == (4, 16) and cfg.cases == ("topk",) and cfg.quick and args.json == "-"
-    full = profile.config_from_args(parser.parse_args(["profile"]), torch.device("cuda"))
+    cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["profile", "--quick", "--T", "4,16", "--cases", "topk"])
+    assert args.func is cli.run
+    cfg = cli.config_from_args(args, CPU)
+    assert cfg.T == (4, 16) and cfg.cases == ("topk",) and cfg.quick
+    full = cli.config_from_args(parser.parse_args(["profile"]), torch.device("cuda"))
     assert (full.dtype, full.L, full.H, full.d, full.frames_total) == ("bf16", 32, 12, 64, 2048)
     assert full.T == (4, 8, 16, 32, 64, 128, 256, 512, 1024)
-    on_cpu = profile.config_from_args(parser.parse_args(["profile"]), torch.device("cpu"))
-    assert on_cpu == profile.CPU and on_cpu.dtype == "fp32"
+    on_cpu = cli.config_from_args(parser.parse_args(["profile"]), CPU)
+    assert on_cpu == CPU_DEFAULTS and on_cpu.dtype == "fp32"
     with pytest.raises(SystemExit):
         parser.parse_args(["profile", "--cases", "nonsense"])
+    if not torch.cuda.is_available():  # --help shows the defaults of the device it runs on
+        with pytest.raises(SystemExit):
+            parser.parse_args(["profile", "--help"])
+        help_text = " ".join(capsys.readouterr().out.split())
+        assert "cpu: fp32" in help_text and "4,8,16,32,64,128,256" in help_text and "1024" not in help_text

@@ -66,10 +66,8 @@ import torch
 import triton
 import triton.language as tl
 
-from stquery.backends.base import CAUSAL, DENSE, MIX, NONE, SCALE, WINDOW, AttnProblem
-
-MAX_MASKS = 8
-MAX_HEAD_DIM = 256
+from stquery.kernels import interpreting as _interpreting
+from stquery.ops.attention.problem import CAUSAL, DENSE, MAX_HEAD_DIM, MAX_MASKS, MIX, NONE, SCALE, WINDOW, AttnProblem
 LOG2E = 1.4426950408889634
 _LOG2E = tl.constexpr(LOG2E)
 
@@ -817,10 +815,6 @@ def _precision(dtype: torch.dtype) -> str:
     return "tf32x3" if dtype == torch.float32 else "tf32"
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def _empty(shape, dtype, device) -> torch.Tensor:
     """``torch.empty``; NaN-filled when ``STQUERY_POISON=1`` (tests), so an element a kernel
     forgets to write shows up as NaN."""
@@ -905,7 +899,7 @@ def _packing(Nq: int, Nk: int, block_m: int, block_n: int) -> int:
     return min(block_m // max(Nq, 1), block_n // max(Nk, 1))
 
 
-def supports(q, k, v, alpha, dense, key_padding, frame_lengths, prob: AttnProblem) -> list[str]:
+def supports(op, q, k, v, alpha, dense, key_padding, frame_lengths, prob: AttnProblem) -> list[str]:
     """Reasons the Triton kernels cannot run this call (empty list: they can)."""
     reasons = []
     tensors = {"q": q, "k": k, "v": v, "alpha": alpha, "dense": dense, "key_padding": key_padding,

@@ -16,13 +16,14 @@ and spatial ``[B, P, C]`` (mean over T), both from one pass over x.
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+from stquery.kernels import device_reason
+from stquery.ops.common import KERNEL_DTYPES as _DTYPES
+from stquery.ops.pool.problem import pooled_length
 
 # Launch configurations. The AOT test (tests/kernels/test_topk_aot.py) compiles every entry.
 # Tree pooling: the token tile must hold the largest scale; 4096-element tiles. num_warps is what
@@ -246,7 +247,7 @@ def _st_pool_bwd_kernel(gt_ptr, stride_gtb, stride_gtt, gs_ptr, stride_gsb, stri
 # Launchers
 # ---------------------------------------------------------------------------------------------
 def _on_device(t: torch.Tensor) -> bool:
-    return t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    return device_reason(t.device.type) is None
 
 
 MAX_GRID_YZ = 65535  # CUDA's limit on grid dims y and z, where the launchers put the batch
@@ -274,10 +275,6 @@ def tree_scales(scales) -> bool:
                                    for s in scales)
 
 
-def pooled_length(k: int, scales) -> int:
-    return sum(-(-k // s) for s in scales)
-
-
 @functools.lru_cache(maxsize=256)
 def _scale_table_cached(scales: tuple, k: int, device: str) -> torch.Tensor:
     rows, off = [], 0
@@ -300,7 +297,7 @@ def tree_config(scales) -> dict:
 
 def supports(op: str, *args, **kw) -> list[str]:
     """Reasons the Triton pooling kernels can't run ``op`` ([] = they can); ``args`` as in
-    :mod:`stquery.backends.base` (the input tensor first)."""
+    :class:`stquery.backends.Backend` (the input tensor first)."""
     names = {"multiscale_pool": "y", "st_pool": "x"}
     if op not in names:
         return [f"kernels.pool does not implement {op!r}"]

@@ -25,10 +25,10 @@ import torch
 import triton
 import triton.language as tl
 
+from stquery.ops.topk.problem import GATES
+
 from .. import pool as _pool
 from ..pool import _pool_grad_rows, _store_pooled
-
-GATES = {"none": 0, "sigmoid": 1, "softmax": 2, "identity": 3}
 
 # Radix select: 4 passes x 8 bits over uint32 keys.
 RADIX_BITS = 8
@@ -367,7 +367,7 @@ _ARG_NAMES = {"topk_select": ("scores",), "gather_gate": ("x", "scores", "idx")}
 def supports(op: str, *args, **kw) -> list[str]:
     """Reasons the Triton kernels can't run ``op`` on these arguments ([] = they can).
 
-    ``args`` are the primitive's arguments as in :mod:`stquery.backends.base` (tensors first).
+    ``args`` are the primitive's arguments as in :class:`stquery.backends.Backend` (tensors first).
     """
     if op not in _ARG_NAMES:
         return [f"kernels.topk does not implement {op!r}"]

@@ -6,13 +6,15 @@ the first backend in :data:`PREFERENCE` that runs natively on the tensors' devic
 :class:`BackendUnavailable` with its reasons; auto logs (once per distinct reason) why it passed a
 backend over. There is no silent fallback.
 
-A backend is an object with ``name``, ``devices`` (device types it runs on natively),
-``supports(op, *args) -> list[str]`` and the primitives of :mod:`stquery.backends.base`.
+Dependencies point one way: the ops (``stquery/ops``) call :func:`resolve` and :func:`get`; each
+backend module (``*_backend.py`` here) implements :class:`Backend` and is registered at the bottom
+of this file. This module imports no op.
 """
 from __future__ import annotations
 
 import logging
 import os
+from typing import Protocol
 
 import torch
 
@@ -21,6 +23,14 @@ log = logging.getLogger("stquery")
 # Auto's order: fastest first.
 PREFERENCE = ("triton", "cuda", "torch")
 ENV = "STQUERY_BACKEND"
+# The ops a backend's supports() is asked about, and the primitives each one calls.
+OPS = {
+    "attention": ("attention_fwd", "attention_bwd"),
+    "topk_select": ("topk_select",),
+    "gather_gate": ("gather_gate", "gather_gate_bwd"),
+    "multiscale_pool": ("multiscale_pool", "multiscale_pool_bwd"),
+    "st_pool": ("st_pool", "st_pool_bwd"),
+}
 
 _registry: dict = {}
 _logged: set = set()
@@ -30,7 +40,66 @@ class BackendUnavailable(RuntimeError):
     """The requested backend (or, for auto, every backend) can't run this call."""
 
 
-def register(backend) -> None:
+class Backend(Protocol):
+    """What a backend module defines: one object ``backend`` with these members.
+
+    A backend implements the primitives of the ops its ``supports`` accepts (see :data:`OPS`) and
+    nothing else; the op has validated every argument before it asks. Every tensor a primitive
+    receives needs only ``stride(-1) == 1`` (incoming gradients included); outputs are new tensors.
+    ``prob`` is an :class:`stquery.ops.attention.problem.AttnProblem`.
+    """
+
+    name: str  # what backend= and $STQUERY_BACKEND call it
+    devices: frozenset  # device types auto may pick it for, e.g. {"cuda"}
+
+    def supports(self, op: str, *args) -> list[str]:
+        """Why this backend can't run ``op`` on the first primitive's arguments ([] = it can):
+        backend-specific limits only (device, build, compute capability, dtype x head-dim tiles,
+        32-bit index and grid limits)."""
+
+    def attention_fwd(self, q, k, v, alpha, dense, key_padding, frame_lengths, prob):
+        """-> ``(out, stats)``.
+
+        Spatial (``prob.frames == 0``): q ``[G, Nq, H, d]``, k/v ``[G, Nk, H, d]``, attention along
+        dim 1. Temporal (``prob.frames == T``): q/k/v ``[B*T, L, H, d]``, attention over the T frames
+        of each (b, l, h); Nq = Nk = T. alpha: None (``prob.mode == NONE``) or the routing weights
+        expanded (a view, strides may be 0) to ``[G, H, p]`` / ``[B, L, H, p]``, any float dtype.
+        dense: None or bool ``[n_dense, Nq, Nk]``, the dense masks in ``prob.kinds`` order.
+        key_padding: None or bool ``[G, Nk]`` (True = padded). frame_lengths: None or int64 ``[B]``.
+        out: ``q.shape``, ``q.dtype``. stats: float32 ``q.shape[:3] + (prob.stats_width,)``; what it
+        holds is the backend's own business (softmax statistics for its backward pass).
+        """
+
+    def attention_bwd(self, grad_out, q, k, v, out, stats, alpha, dense, key_padding, frame_lengths, prob):
+        """-> ``(dq, dk, dv, dalpha)``: like q/k/v; dalpha None when alpha is None, else alpha's
+        expanded shape in alpha's dtype (the op sums it down to the user's broadcast shape)."""
+
+    def topk_select(self, scores, k, order):
+        """scores float ``[B, N]`` -> idx int64 ``[B, k]``: the k largest, ties to the lower index;
+        ``order`` "time" (idx ascending) or "score" (descending score, ties by index)."""
+
+    def gather_gate(self, x, scores, idx, gate, scales):
+        """x ``[B, N, C]`` -> ``y[b, i] = x[b, idx[b, i]] * g(scores[b, idx[b, i]])``, gate one of
+        :data:`stquery.ops.topk.problem.GATES` (softmax over the k selected); ``[B, k, C]``, or with
+        ``scales`` its multi-scale pooling ``[B, pooled_length(k, scales), C]``."""
+
+    def gather_gate_bwd(self, grad_y, x, scores, idx, gate, scales):
+        """-> ``(dx [B, N, C] (zero off the selected rows), dscores [B, N] or None for gate "none")``."""
+
+    def multiscale_pool(self, y, scales):
+        """``[B, k, C]`` -> ``[B, pooled_length(k, scales), C]`` window means, scales concatenated."""
+
+    def multiscale_pool_bwd(self, grad, k, scales):
+        """-> dy ``[B, k, C]``."""
+
+    def st_pool(self, x):
+        """x ``[B, T, P, C]`` -> ``(mean over P [B, T, C], mean over T [B, P, C])``."""
+
+    def st_pool_bwd(self, grad_temporal, grad_spatial):
+        """-> dx ``[B, T, P, C]``."""
+
+
+def register(backend: Backend) -> None:
     _registry[backend.name] = backend
 
 
@@ -39,7 +108,7 @@ def names() -> list[str]:
     return sorted(_registry, key=lambda n: PREFERENCE.index(n) if n in PREFERENCE else len(PREFERENCE))
 
 
-def get(name: str):
+def get(name: str) -> Backend:
     try:
         return _registry[name]
     except KeyError:
@@ -51,7 +120,7 @@ def reasons(op: str, *args) -> dict[str, list[str]]:
     return {n: list(get(n).supports(op, *args)) for n in names()}
 
 
-def _auto_reasons(backend, op: str, device_type: str, args) -> list[str]:
+def _auto_reasons(backend: Backend, op: str, device_type: str, args) -> list[str]:
     if device_type not in backend.devices:
         return [f"auto runs it only on {'/'.join(sorted(backend.devices))} tensors, got {device_type} (pass backend={backend.name!r} to force it)"]
     return list(backend.supports(op, *args))
@@ -86,12 +155,9 @@ def _log_passed_over(op: str, passed: dict, chosen: str) -> None:
             log.info("stquery %s: auto passed over %s: %s; using %s", op, name, "; ".join(why), chosen)
 
 
-def _register_builtin() -> None:
-    from . import cuda_backend, torch_backend, triton_backend
+# The built-in backends. Each module only defines its object; registering happens here, in sight.
+from . import cuda_backend, torch_backend, triton_backend  # noqa: E402
 
-    register(torch_backend.backend)
-    register(triton_backend.backend)
-    register(cuda_backend.backend)
-
-
-_register_builtin()
+register(torch_backend.backend)
+register(triton_backend.backend)
+register(cuda_backend.backend)

@@ -27,13 +27,13 @@ from pathlib import Path
 import torch
 from torch.utils import cpp_extension
 
-from .base import NONE
+from ..ops.attention.problem import NONE
+from ..ops.common import KERNEL_DTYPES as DTYPES
 
 EMULATE_ENV = "STQUERY_CUDA_EMULATE"
 OPS = frozenset({"attention", "topk_select", "gather_gate", "multiscale_pool", "st_pool"})
 GATES = {"none": 0, "sigmoid": 1, "softmax": 2, "identity": 3}  # csrc/pool/pool.h Gate
 RANK_MAX_K = 8192  # csrc/topk/topk.h kRankMaxK: order="score" by a stable sort beyond
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_SCALES = 8  # csrc/pool/pool.h kMaxScales
 MAX_MASKS, MAX_HEAD_DIM = 8, 256  # csrc/attention/attn_math.h kMaxMasks, kMaxHeadDim
 HOST_FLAGS = ["-O2", "-std=c++20"]

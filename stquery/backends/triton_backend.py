@@ -1,40 +1,25 @@
-"""The ``triton`` backend: the kernels of ``kernels/`` (installed as ``stquery.kernels``).
+"""The ``triton`` backend: the kernels of ``kernels/<op>/`` (installed as ``stquery.kernels.<op>``).
 
 Runs CUDA tensors natively. On CPU it runs only when ``TRITON_INTERPRET=1`` is set (the Triton
-interpreter: for tests, never a speed) and only when asked for explicitly. Kernel modules are
-imported on first use, so ``import stquery`` never pays for Triton.
+interpreter: for tests, never a speed) and only when asked for explicitly. Each method imports its
+kernel package on first use, so ``import stquery`` never pays for Triton.
 """
 from __future__ import annotations
 
-import importlib
-import os
+import torch
 
-# op -> (kernel module, primitives it provides)
-_OPS = {
-    "attention": ("attention", ("attention_fwd", "attention_bwd")),
-    "topk_select": ("topk", ("topk_select",)),
-    "gather_gate": ("topk", ("gather_gate", "gather_gate_bwd")),
-    "multiscale_pool": ("pool", ("multiscale_pool", "multiscale_pool_bwd")),
-    "st_pool": ("pool", ("st_pool", "st_pool_bwd")),
-}
+from .. import kernels
 
 
-def _triton_missing() -> str | None:
-    try:
-        import triton  # noqa: F401
-    except ImportError as e:
-        return f"triton is not installed ({e})"
-    return None
-
-
-def _kernels(module: str):
-    return importlib.import_module(f"stquery.kernels.{module}")
-
-
-def _device(args):
-    from torch import Tensor
-
-    return next(a.device for a in args if isinstance(a, Tensor))
+def _kernels(op: str):
+    """The kernel package that implements ``op``."""
+    if op == "attention":
+        from ..kernels import attention as module
+    elif op in ("topk_select", "gather_gate"):
+        from ..kernels import topk as module
+    else:
+        from ..kernels import pool as module
+    return module
 
 
 class TritonBackend:
@@ -42,26 +27,64 @@ class TritonBackend:
     devices = frozenset({"cuda"})
 
     def supports(self, op, *args) -> list[str]:
-        missing = _triton_missing()
-        if missing:
-            return [missing]
-        device = _device(args)
-        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-            return ["tensors are on cpu: Triton needs CUDA tensors (TRITON_INTERPRET=1 runs the interpreter, for tests)"]
-        if device.type not in ("cpu", "cuda"):
-            return [f"tensors are on {device.type}: Triton needs CUDA tensors"]
-        module, _ = _OPS[op]
         try:
-            kernels = _kernels(module)
+            import triton  # noqa: F401
         except ImportError as e:
-            return [f"stquery.kernels.{module} failed to import: {e}"]
-        return list(kernels.supports(op, *args)) if module != "attention" else list(kernels.supports(*args))
+            return [f"triton is not installed ({e})"]
+        device = next(a.device for a in args if isinstance(a, torch.Tensor))
+        why = kernels.device_reason(device.type)
+        if why:
+            return [why]
+        try:
+            module = _kernels(op)
+        except ImportError as e:
+            return [f"the Triton kernels for {op} failed to import: {e}"]
+        return list(module.supports(op, *args))
 
-    def __getattr__(self, primitive):
-        for module, primitives in _OPS.values():
-            if primitive in primitives:
-                return getattr(_kernels(module), primitive)
-        raise AttributeError(primitive)
+    def attention_fwd(self, q, k, v, alpha, dense, key_padding, frame_lengths, prob):
+        from ..kernels.attention import attention_fwd
+
+        return attention_fwd(q, k, v, alpha, dense, key_padding, frame_lengths, prob)
+
+    def attention_bwd(self, grad_out, q, k, v, out, stats, alpha, dense, key_padding, frame_lengths, prob):
+        from ..kernels.attention import attention_bwd
+
+        return attention_bwd(grad_out, q, k, v, out, stats, alpha, dense, key_padding, frame_lengths, prob)
+
+    def topk_select(self, scores, k, order):
+        from ..kernels.topk import topk_select
+
+        return topk_select(scores, k, order)
+
+    def gather_gate(self, x, scores, idx, gate, scales):
+        from ..kernels.topk import gather_gate
+
+        return gather_gate(x, scores, idx, gate, scales)
+
+    def gather_gate_bwd(self, grad_y, x, scores, idx, gate, scales):
+        from ..kernels.topk import gather_gate_bwd
+
+        return gather_gate_bwd(grad_y, x, scores, idx, gate, scales)
+
+    def multiscale_pool(self, y, scales):
+        from ..kernels.pool import multiscale_pool
+
+        return multiscale_pool(y, scales)
+
+    def multiscale_pool_bwd(self, grad, k, scales):
+        from ..kernels.pool import multiscale_pool_bwd
+
+        return multiscale_pool_bwd(grad, k, scales)
+
+    def st_pool(self, x):
+        from ..kernels.pool import st_pool
+
+        return st_pool(x)
+
+    def st_pool_bwd(self, grad_temporal, grad_spatial):
+        from ..kernels.pool import st_pool_bwd
+
+        return st_pool_bwd(grad_temporal, grad_spatial)
 
 
 backend = TritonBackend()

@@ -4,4 +4,30 @@ The sources live in the repository's top-level ``kernels/<op>/`` folders (the pr
 are installed here by ``pyproject.toml``. ``kernels/`` itself has no ``__init__.py`` on purpose:
 a top-level package named ``kernels`` would shadow Hugging Face's ``kernels`` (imported by
 transformers) whenever the repository root is on ``sys.path``.
+
+This file holds the one rule about where Triton runs; it imports no Triton.
 """
+from __future__ import annotations
+
+import os
+
+
+def interpreting() -> bool:
+    """True under ``TRITON_INTERPRET=1``: Triton's interpreter then runs the kernels on CPU tensors
+    (a correctness tool for tests, never a speed)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def device_reason(device_type: str) -> str | None:
+    """Why the Triton kernels can't run on tensors of ``device_type`` (None: they can).
+
+    Triton runs CUDA tensors; under ``TRITON_INTERPRET=1`` it runs CPU tensors instead.
+    """
+    if interpreting():
+        if device_type == "cpu":
+            return None
+        return f"tensors are on {device_type}: TRITON_INTERPRET=1 runs the interpreter on CPU tensors"
+    if device_type == "cuda":
+        return None
+    hint = " (TRITON_INTERPRET=1 runs the interpreter, for tests)" if device_type == "cpu" else ""
+    return f"tensors are on {device_type}: Triton needs CUDA tensors{hint}"

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 import stquery as stq
+from stquery.ops.attention.problem import MAX_HEAD_DIM
 
 
 class LoRA(nn.Module):
@@ -113,8 +114,8 @@ class Attention(nn.Module):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"Attention: dim {dim} is not divisible by num_heads {num_heads}")
-        if dim // num_heads > 256:
-            raise ValueError(f"Attention: head width dim/num_heads = {dim // num_heads} exceeds 256; use more heads")
+        if dim // num_heads > MAX_HEAD_DIM:
+            raise ValueError(f"Attention: head width dim/num_heads = {dim // num_heads} exceeds {MAX_HEAD_DIM}; use more heads")
         kv_dim = dim if kv_dim is None else kv_dim
         self.num_heads, self.head_dim = num_heads, dim // num_heads
         self.q = nn.Linear(dim, dim)

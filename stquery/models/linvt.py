@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 import stquery as stq
+from stquery.ops.attention.problem import MAX_HEAD_DIM
 
 from .common import Attention, FeedForward, frame_validity, parameter_counts
 
@@ -130,7 +131,7 @@ class LinVTTokenizer(nn.Module):
         self.queries = nn.ParameterList(nn.Parameter(torch.randn(m, dim) * 0.02) for m in num_queries)
         self.tta = nn.ModuleList(_TTALayer(dim, num_heads, text_dim, mlp_ratio) for _ in range(tta_layers))
         self.visual_norm = nn.LayerNorm(dim)
-        self.agg_heads = next(h for h in range(1, dim + 1) if dim % h == 0 and dim // h <= 256)
+        self.agg_heads = next(h for h in range(1, dim + 1) if dim % h == 0 and dim // h <= MAX_HEAD_DIM)
         agg_dim = dim // self.agg_heads
         self.agg_q = nn.Linear(dim, agg_dim)
         self.agg_k = nn.Linear(dim, agg_dim)

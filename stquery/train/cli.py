@@ -1,6 +1,6 @@
 """``stquery train`` / ``stquery evaluate`` / ``stquery convert``.
 
-    stquery train configs/moving_shapes.yaml [--set key=value ...] [--resume [CHECKPOINT]]
+    stquery train configs/moving_shapes.yaml [--set key=value ...] [--resume [CHECKPOINT] | --overwrite]
     stquery evaluate configs/moving_shapes.yaml --checkpoint runs/moving_shapes [--manifest M.jsonl]
     stquery convert mustard sarcasm_data.json --videos DIR --out mustard.jsonl
     torchrun --standalone --nproc_per_node 2 -m stquery.train.cli train configs/moving_shapes.yaml
@@ -14,6 +14,8 @@ import argparse
 import json
 import os
 import sys
+import time
+from pathlib import Path
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -25,9 +27,13 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a video model (LoRA / adapters only) from a YAML config")
     _add_config_args(p)
-    p.add_argument("--resume", nargs="?", const="__latest__", default=None, metavar="CHECKPOINT",
-                   help="continue exactly where a run stopped: a checkpoint directory, or none for "
-                        "OUTPUT_DIR/checkpoints/latest")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", nargs="?", const="__latest__", default=None, metavar="CHECKPOINT",
+                       help="continue exactly where a run stopped: a checkpoint directory, or none for "
+                            "OUTPUT_DIR/checkpoints/latest")
+    again.add_argument("--overwrite", action="store_true",
+                       help="output_dir already holds a run: delete its metrics.jsonl and checkpoints/ and "
+                            "train from scratch (without this or --resume, such an output_dir is refused)")
     p.set_defaults(func=_run_train)
 
     p = subparsers.add_parser("evaluate", help="evaluate a checkpoint (accuracy, ROUGE-L, METEOR)")
@@ -49,10 +55,24 @@ def _run_train(args) -> int:
     resume = args.resume
     if resume == "__latest__":
         resume = cfg["output_dir"]
-    result = train(cfg, resume=resume)
-    if result["eval"] and os.environ.get("RANK", "0") == "0":
-        print(json.dumps({"step": result["step"], "eval": result["eval"]}, default=str))
+    start = time.perf_counter()
+    result = train(cfg, resume=resume, overwrite=args.overwrite)
+    if os.environ.get("RANK", "0") == "0":
+        print(summary_line(result, cfg["output_dir"], time.perf_counter() - start))
     return 0
+
+
+def summary_line(result: dict, output_dir: str, seconds: float) -> str:
+    """One line for a person; the numbers are also in ``OUTPUT/metrics.jsonl``."""
+    from .trainer import _summary
+
+    minutes, secs = divmod(round(seconds), 60)
+    parts = [f"trained to step {result['step']} (epoch {result['epoch']}) in {minutes}m{secs:02d}s"]
+    if result["eval"]:
+        parts.append("val " + _summary(result["eval"]))
+    parts.append(f"checkpoint {result['checkpoint']}")
+    parts.append(f"log {Path(output_dir) / 'metrics.jsonl'}")
+    return "; ".join(parts)
 
 
 def _run_evaluate(args) -> int:

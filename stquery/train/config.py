@@ -4,7 +4,9 @@ The config is a plain nested dict. ``load_config(path, overrides)`` merges, in o
 :data:`DEFAULTS`, the YAML file, each override (``a.b.c=value``; the value is parsed as YAML, so
 ``--set train.lr=3e-4``, ``--set model.temporal=false`` and ``--set data.frames=8`` all get the
 right type). A key that is not in the defaults is refused (a typo should not train silently with
-the default), except under the free-form sections listed in :data:`OPEN_SECTIONS`.
+the default), except under the free-form sections listed in :data:`OPEN_SECTIONS`. Every problem
+with the file, a key or a value raises :class:`ConfigError` naming it (the ``stquery`` command
+prints it as one line, without a traceback).
 
 Defaults follow MTransLLaMA §6.1: AdamW, lr 1e-4, betas (0.9, 0.95), weight decay 0.05, 4 frames
 (set ``data.frames: 8`` for MUStARD), batch 2.
@@ -15,7 +17,13 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import yaml
+from .._optional import require
+
+
+def _yaml():
+    """PyYAML, imported on use: ``stquery --help`` imports this module for :class:`ConfigError`."""
+    return require("yaml", extra="train", feature="stquery train's configs")
+
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
@@ -65,6 +73,7 @@ DEFAULTS: dict[str, Any] = {
         "stop_after": None,  # absolute step: a run starting before it stops (and checkpoints) there; ignored on a --resume at/after it
         "log_every": 10,
         "checkpoint_every": None,  # optimizer steps; a checkpoint is also written each epoch end
+        "keep_checkpoints": 2,  # keep the N newest checkpoints; None keeps all
         "eval_every_epoch": True,
         "progress": True,
         "threads": None,  # torch.set_num_threads on CPU; None leaves torch's choice
@@ -78,12 +87,18 @@ DEFAULTS: dict[str, Any] = {
 OPEN_SECTIONS = ("model.options", "data.shapes")
 
 
+class ConfigError(ValueError):
+    """A config file that is missing or malformed, an unknown key or a bad value."""
+
+
 def _merge(base: dict, update: dict, prefix: str = "") -> dict:
     for key, value in update.items():
         path = f"{prefix}{key}"
         open_section = any(path == s or path.startswith(s + ".") for s in OPEN_SECTIONS)
         if key not in base and not open_section and not any(prefix.startswith(s + ".") for s in OPEN_SECTIONS):
-            raise KeyError(f"unknown config key {path!r}; known keys here: {sorted(base)}")
+            raise ConfigError(f"unknown config key {path!r}; known keys here: {sorted(base)}")
+        if isinstance(base.get(key), dict) and not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a mapping (keys: {sorted(base[key])}), got {value!r}")
         if isinstance(value, dict) and isinstance(base.get(key), dict):
             _merge(base[key], value, path + ".")
         else:
@@ -94,9 +109,9 @@ def _merge(base: dict, update: dict, prefix: str = "") -> dict:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"train.lr=3e-4"`` -> (["train", "lr"], 0.0003). The value is parsed as YAML."""
     if "=" not in text:
-        raise ValueError(f"--set expects key=value, got {text!r}")
+        raise ConfigError(f"--set expects key=value, got {text!r}")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else None
+    value = _yaml().safe_load(raw) if raw != "" else None
     # YAML 1.1 reads "1e-4" as a string; accept it as the float everyone means.
     if isinstance(value, str):
         try:
@@ -110,10 +125,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """Defaults, then the YAML file at ``path``, then each ``key=value`` override."""
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
-        text = Path(path).read_text()
-        loaded = yaml.safe_load(text) or {}
+        yaml = _yaml()
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read the config file {path}: {e.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            where = getattr(e, "problem_mark", None)
+            at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+            raise ConfigError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
         if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: the config must be a YAML mapping, got {type(loaded).__name__}")
+            raise ConfigError(f"{path}: the config must be a YAML mapping, got {type(loaded).__name__}")
         _merge(cfg, _fix_floats(loaded))
     for item in overrides:
         keys, value = parse_override(item)
@@ -142,21 +166,23 @@ def _fix_floats(obj: Any) -> Any:
 def _validate(cfg: dict) -> None:
     t = cfg["train"]
     if cfg["data"]["on_error"] not in ("raise", "skip"):
-        raise ValueError(f"data.on_error must be 'raise' or 'skip', got {cfg['data']['on_error']!r}")
+        raise ConfigError(f"data.on_error must be 'raise' or 'skip', got {cfg['data']['on_error']!r}")
     if t["amp"] not in ("auto", "bf16", "off"):
-        raise ValueError(f"train.amp must be 'auto', 'bf16' or 'off', got {t['amp']!r}")
+        raise ConfigError(f"train.amp must be 'auto', 'bf16' or 'off', got {t['amp']!r}")
     if t["scheduler"] not in ("cosine", "constant"):
-        raise ValueError(f"train.scheduler must be 'cosine' or 'constant', got {t['scheduler']!r}")
-    for key in ("batch_size", "grad_accum", "epochs"):
-        if not isinstance(t[key], int) or t[key] < 1:
-            raise ValueError(f"train.{key} must be a positive integer, got {t[key]!r}")
+        raise ConfigError(f"train.scheduler must be 'cosine' or 'constant', got {t['scheduler']!r}")
+    for key in ("batch_size", "grad_accum", "epochs", "keep_checkpoints"):
+        if key == "keep_checkpoints" and t[key] is None:
+            continue
+        if not isinstance(t[key], int) or isinstance(t[key], bool) or t[key] < 1:
+            raise ConfigError(f"train.{key} must be a positive integer, got {t[key]!r}")
     if cfg["model"]["kind"] not in ("video_lmm", "shapes_classifier"):
-        raise ValueError(f"model.kind must be 'video_lmm' or 'shapes_classifier', got {cfg['model']['kind']!r}")
+        raise ConfigError(f"model.kind must be 'video_lmm' or 'shapes_classifier', got {cfg['model']['kind']!r}")
     if cfg["model"]["tokenizer_kind"] not in ("qformer", "linvt", "pool"):
-        raise ValueError(f"model.tokenizer_kind must be 'qformer', 'linvt' or 'pool', got {cfg['model']['tokenizer_kind']!r}")
+        raise ConfigError(f"model.tokenizer_kind must be 'qformer', 'linvt' or 'pool', got {cfg['model']['tokenizer_kind']!r}")
     if not isinstance(cfg["data"]["frames"], int) or cfg["data"]["frames"] < 1:
-        raise ValueError(f"data.frames must be a positive integer, got {cfg['data']['frames']!r}")
+        raise ConfigError(f"data.frames must be a positive integer, got {cfg['data']['frames']!r}")
 
 
 def dump_config(cfg: dict, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    Path(path).write_text(_yaml().safe_dump(cfg, sort_keys=False))

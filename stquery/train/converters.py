@@ -35,21 +35,62 @@ Formats assumed (from each dataset's release; see the docstring of each function
 """
 from __future__ import annotations
 
+import builtins
+import codecs
+import collections
 import json
 import pickle
 import random
 from pathlib import Path
 
+import numpy as np
+
+try:
+    from numpy._core import multiarray as _multiarray
+except ImportError:  # NumPy 1
+    from numpy.core import multiarray as _multiarray
+
 from .data import write_manifest
+
+
+# The only globals the official MUStARD / UR-FUNNY pickles reference: builtin containers and numbers
+# (Python 2 pickles name the module ``__builtin__``), and NumPy arrays / scalars (``numpy.core`` in
+# NumPy 1, ``numpy._core`` in NumPy 2; ``_codecs.encode`` carries array bytes in protocol-2 pickles).
+_PICKLE_GLOBALS = {
+    **{(m, n): getattr(builtins, n) for m in ("builtins", "__builtin__")
+       for n in ("set", "frozenset", "complex", "bytearray", "slice", "range")},
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("_codecs", "encode"): codecs.encode,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    **{(f"numpy.{core}.multiarray", n): getattr(_multiarray, n)
+       for core in ("core", "_core") for n in ("_reconstruct", "scalar")},
+}
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """Unpickles plain data only: any global outside :data:`_PICKLE_GLOBALS` is refused, so a pickle
+    that would import or call something else (``os.system`` via ``__reduce__``) fails before it runs."""
+
+    def __init__(self, file, path: Path, **kwargs):
+        super().__init__(file, **kwargs)
+        self.path = path
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"{self.path}: refusing to unpickle {module}.{name}: the dataset's files hold only builtin "
+                "containers, numbers, strings and NumPy arrays, so this file is not one of them")
+        return _PICKLE_GLOBALS[module, name]
 
 
 def _load_pickle(path: Path):
     with open(path, "rb") as f:
         try:
-            return pickle.load(f)
+            return _DataUnpickler(f, path).load()
         except UnicodeDecodeError:  # written by Python 2
             f.seek(0)
-            return pickle.load(f, encoding="latin1")
+            return _DataUnpickler(f, path, encoding="latin1").load()
 
 
 def _text(x) -> str:

@@ -35,6 +35,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._optional import require
+
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
@@ -175,7 +178,7 @@ def decode_video(path: str | Path, num_frames: int, size: int | None = None,
     (seconds) restrict sampling to that range of the video (video files only: a folder of frames
     has no timestamps, and a range there is an error rather than silently the whole video).
     """
-    import av  # PyAV; optional dependency "video"
+    av = require("av", extra="video", feature="decoding videos")
 
     path = Path(path)
     if path.is_dir():

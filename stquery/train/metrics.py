@@ -30,6 +30,8 @@ import re
 import string
 from collections import defaultdict
 
+from .._optional import require
+
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 _PREFIX = re.compile(r"^(the\s+)?(correct\s+)?(answer|option)\s*(is|:)?\s*", re.IGNORECASE)
 # "(B)", "(b) ...", "B.", "B)", "B:" or a bare "B" (not "A cat", where "A" is an article).
@@ -86,7 +88,7 @@ class _NoSynonyms:
 
 
 def rouge_l(predictions: list[str], references: list[str]) -> float:
-    from rouge_score import rouge_scorer
+    rouge_scorer = require("rouge_score.rouge_scorer", extra="train", feature="ROUGE-L")
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     if not predictions:
@@ -96,7 +98,7 @@ def rouge_l(predictions: list[str], references: list[str]) -> float:
 
 def meteor(predictions: list[str], references: list[str]) -> tuple[float, bool]:
     """Mean METEOR and whether the WordNet synonym stage was available."""
-    from nltk.translate.meteor_score import meteor_score
+    meteor_score = require("nltk.translate.meteor_score", extra="train", feature="METEOR").meteor_score
 
     wn = _wordnet()
     if not predictions:

@@ -28,6 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._optional import require
+
+
 COLORS = np.array([[255, 40, 40], [40, 220, 40], [60, 90, 255], [240, 220, 40], [230, 60, 230], [40, 220, 230]],
                   dtype=np.uint8)
 DIRECTIONS = ["up", "down", "left", "right"]
@@ -121,8 +124,7 @@ def patch_features(video: np.ndarray, patch: int) -> torch.Tensor:
 
 def write_video(path: str | Path, video: np.ndarray, fps: int = 8) -> Path:
     """Write uint8 frames ``[T, H, W, 3]`` as an MPEG-4 file with PyAV."""
-    import av
-
+    av = require("av", extra="video", feature="writing the moving-shapes videos")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:

@@ -25,6 +25,10 @@ Optimiser. AdamW over the parameters with ``requires_grad`` only; weight decay o
 dims (LoRA matrices, router weights, position embeddings), none on biases and norms (the usual
 BLIP-2 / LAVIS grouping). Linear warm-up, then cosine decay to 0 (or constant).
 
+Output. ``output_dir`` gets ``config.yaml``, ``metrics.jsonl`` and ``checkpoints/`` (see
+:mod:`stquery.train.checkpoint`: written atomically, the newest ``train.keep_checkpoints`` kept). A
+run refuses an ``output_dir`` that already holds one unless it resumes it or is told to overwrite it.
+
 Log. ``OUTPUT/metrics.jsonl`` (rank 0): one JSON object per line: ``{"event": "train", "step",
 "epoch", "loss", "lr", "clips_per_s"}`` every ``log_every`` steps, ``{"event": "eval", ...metrics}``
 each epoch, ``{"event": "skipped", "where", "reason", "split", "rank"}`` for each bad record dropped under
@@ -37,6 +41,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -45,9 +50,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._optional import require
 from . import checkpoint as ckpt
 from . import distributed as D
-from .config import dump_config
+from .config import ConfigError, dump_config
 from .data import GlobalBatchSampler, VideoQADataset, collate, eval_shards, read_manifest
 from .metrics import evaluate_predictions
 
@@ -161,16 +167,44 @@ def evaluate_model(model, dataset: VideoQADataset, cfg: dict, info: D.DistInfo, 
     return metrics
 
 
-def train(cfg: dict, resume: str | Path | None = None) -> dict:
-    """Train as configured; return ``{"step", "epoch", "eval": last metrics, "checkpoint": path}``."""
+def train(cfg: dict, resume: str | Path | None = None, overwrite: bool = False) -> dict:
+    """Train as configured; return ``{"step", "epoch", "eval": last metrics, "checkpoint": path}``.
+
+    An ``output_dir`` that already holds a run (anything but ``config.yaml`` and the generated
+    ``data/``) is refused unless ``resume`` continues it or ``overwrite`` deletes its
+    ``metrics.jsonl`` and ``checkpoints/`` first (other files are left alone)."""
+    if resume is not None and overwrite:
+        raise ConfigError("resume and overwrite exclude each other: resume continues the run in output_dir, "
+                         "overwrite deletes it")
     info = D.init()
     try:
-        return _train(cfg, resume, info)
+        return _train(cfg, resume, overwrite, info)
     finally:
         D.shutdown(info)
 
 
-def _train(cfg: dict, resume, info: D.DistInfo) -> dict:
+# What a run writes at the top of output_dir and overwrite deletes; config.yaml is rewritten anyway
+# and data/ is the moving-shapes cache, reused while its options match.
+RUN_OUTPUTS = ("metrics.jsonl", "checkpoints")
+
+
+def _check_output_dir(out_dir: Path, resume, overwrite: bool, info: D.DistInfo) -> None:
+    existing = list(out_dir.iterdir()) if out_dir.is_dir() else []
+    held = sorted(p.name for p in existing if p.name not in ("config.yaml", "data"))
+    if held and resume is None and not overwrite:
+        raise ConfigError(f"output_dir {out_dir} already holds a run ({', '.join(held)}): continue it with "
+                          "--resume, replace it with --overwrite, or choose another with --set output_dir=DIR")
+    D.barrier(info)  # every rank has looked before rank 0 deletes
+    if info.is_main and overwrite:
+        for name in RUN_OUTPUTS:
+            path = out_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+
+
+def _train(cfg: dict, resume, overwrite: bool, info: D.DistInfo) -> dict:
     t = cfg["train"]
     if cfg["model"].get("kind") == "video_lmm" and str(cfg["model"].get("dtype")) in ("float16", "fp16"):
         raise ValueError("model.dtype float16: training has no loss scaling (GradScaler), so small gradients "
@@ -181,10 +215,14 @@ def _train(cfg: dict, resume, info: D.DistInfo) -> dict:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=info.device.type == "cuda")
     out_dir = Path(cfg["output_dir"])
+    _check_output_dir(out_dir, resume, overwrite, info)
     log = MetricsLog(out_dir / "metrics.jsonl" if info.is_main else None)
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, out_dir / "config.yaml")
+        keep = f"the last {t['keep_checkpoints']}" if t["keep_checkpoints"] else "all"
+        print(f"[stquery] writing to {out_dir}/: config.yaml, metrics.jsonl, checkpoints/ ({keep} kept)",
+              file=sys.stderr)
 
     data_cfg = prepare_data(cfg, info)
     on_error = data_cfg["on_error"]
@@ -231,6 +269,8 @@ def _train(cfg: dict, resume, info: D.DistInfo) -> dict:
             print(f"[stquery] resuming a {len(state['rng'])}-process run on {info.world_size}: RNG streams differ",
                   file=sys.stderr)
         ckpt.set_rng_state(state["rng"][min(info.rank, len(state["rng"]) - 1)])
+        if info.is_main and where.parent.resolve() == (out_dir / "checkpoints").resolve():
+            ckpt.mark_latest(where)  # resumed from an older checkpoint: later ones are now abandoned
         log.write(event="resume", checkpoint=str(where), step=step)
 
     ddp = model
@@ -244,12 +284,13 @@ def _train(cfg: dict, resume, info: D.DistInfo) -> dict:
         path = None
         if info.is_main:
             path = ckpt.save(out_dir / "checkpoints" / f"step_{step:06d}", model, optimizer, scheduler, step=step,
-                             epoch=epoch, step_in_epoch=step_in_epoch, rng_states=rngs, config=cfg)
+                             epoch=epoch, step_in_epoch=step_in_epoch, rng_states=rngs, config=cfg,
+                             keep=t["keep_checkpoints"])
         D.barrier(info)
         return path
 
     show = t["progress"] and info.is_main
-    from tqdm import tqdm
+    tqdm = require("tqdm", extra="train", feature="stquery train's progress bar").tqdm
 
     bar = tqdm(total=total_steps, initial=step, disable=not show, dynamic_ncols=True, desc="train")
     last_eval: dict = {}
@@ -326,7 +367,8 @@ def _train(cfg: dict, resume, info: D.DistInfo) -> dict:
                 lr = scheduler.get_last_lr()[0]
                 bar.set_postfix(loss=f"{loss_value:.4f}", clips_s=f"{clips_per_s:.1f}")
                 log.write(event="train", step=step, epoch=epoch, loss=loss_value, lr=lr, clips_per_s=clips_per_s)
-            if t["checkpoint_every"] and step % t["checkpoint_every"] == 0:
+            # (at an epoch's last step, the epoch-end checkpoint below stands for this one)
+            if t["checkpoint_every"] and step % t["checkpoint_every"] == 0 and step_in_epoch < steps_per_epoch:
                 last_ckpt = save_checkpoint()
             if stop_at is not None and step >= stop_at and step < total_steps:
                 stopped = True

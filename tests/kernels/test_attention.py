@@ -237,29 +237,29 @@ def test_matches_reference(backend: str, case: Case, monkeypatch):
 
 def test_supports_reasons(monkeypatch):
     _use_backend("triton", monkeypatch)
-    from stquery.backends.base import AttnProblem
+    from stquery.ops.attention.problem import AttnProblem
     from stquery.kernels import attention as kernels
 
     q = torch.randn(2, 4, 1, 16)
     prob = AttnProblem(0, (0,) * 9, (1,) * 9, 0, 0, 1, 0.25)
-    reasons = kernels.supports(q, q, q, torch.ones(2, 1, 9), None, None, None, prob)
+    reasons = kernels.supports("attention", q, q, q, torch.ones(2, 1, 9), None, None, None, prob)
     assert any("p=9" in r for r in reasons)
     big = torch.randn(1, 4, 1, 300)
-    reasons = kernels.supports(big, big, big, None, None, None, None, AttnProblem(0, (), (), 0, 0, 0, 0.1))
+    reasons = kernels.supports("attention", big, big, big, None, None, None, None, AttnProblem(0, (), (), 0, 0, 0, 0.1))
     assert any("d=300" in r for r in reasons)
     if os.environ.get("TRITON_INTERPRET") == "1":
         half = torch.randn(2, 4, 1, 16, dtype=torch.bfloat16)
-        reasons = kernels.supports(half, half, half, None, None, None, None, AttnProblem(0, (), (), 0, 0, 0, 0.1))
+        reasons = kernels.supports("attention", half, half, half, None, None, None, None, AttnProblem(0, (), (), 0, 0, 0, 0.1))
         assert any("bfloat16" in r for r in reasons)
     wide = torch.randn(1, 4, 1, 128)
-    reasons = kernels.supports(wide, wide, wide, None, None, None, None, AttnProblem(0, (), (), 0, 0, 0, 0.1))
+    reasons = kernels.supports("attention", wide, wide, wide, None, None, None, None, AttnProblem(0, (), (), 0, 0, 0, 0.1))
     assert any("float32" in r and "d=128" in r for r in reasons)
-    assert kernels.supports(q, q, q, None, None, None, None, AttnProblem(0, (), (), 0, 0, 0, 0.25)) == []
+    assert kernels.supports("attention", q, q, q, None, None, None, None, AttnProblem(0, (), (), 0, 0, 0, 0.25)) == []
 
 
 def test_cuda_supports_reasons():
     from stquery.backends import cuda_backend
-    from stquery.backends.base import AttnProblem
+    from stquery.ops.attention.problem import AttnProblem
 
     q = torch.randn(2, 4, 1, 16)
     prob = AttnProblem(0, (0,) * 9, (1,) * 9, 0, 0, 1, 0.25)

@@ -31,3 +31,23 @@ def mask_set(kinds, nq, nk, global_tokens=None, generator=None):
         else:
             masks.append(stq.masks.dense(torch.rand(nq, nk, generator=generator) > 0.6))
     return stq.MaskSet(masks, global_tokens=global_tokens)
+
+
+def leaf(t):
+    return t.detach().requires_grad_()
+
+
+def compiled(fn):
+    torch._dynamo.reset()
+    return torch.compile(fn, fullgraph=True, backend="aot_eager")
+
+
+def assert_error_names(call, exc, words):
+    """``call()`` raises ``exc`` whose message contains every one of ``words`` (SPEC §1)."""
+    try:
+        call()
+    except exc as e:
+        for w in words:
+            assert w in str(e), f"{w!r} not in: {e}"
+    else:
+        raise AssertionError(f"expected {exc.__name__}")

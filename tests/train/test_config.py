@@ -1,6 +1,6 @@
 import pytest
 
-from stquery.train.config import load_config, parse_override
+from stquery.train.config import ConfigError, load_config, parse_override
 
 
 def test_defaults_follow_the_paper():
@@ -21,7 +21,7 @@ def test_overrides_are_typed(tmp_path):
 
 
 def test_unknown_key_is_refused():
-    with pytest.raises(KeyError, match="train.lrr"):
+    with pytest.raises(ConfigError, match="train.lrr"):
         load_config(None, ["train.lrr=1"])
     with pytest.raises(ValueError, match="on_error"):
         load_config(None, ["data.on_error=ignore"])

@@ -128,3 +128,45 @@ def test_youcook2(tmp_path):
     assert tr[1].answer == "place a slice of cheese on the bread" and (tr[1].start, tr[1].end) == (90.0, 102.0)
     assert str(tr[0].video).endswith("raw_videos/training/113/GLd3aX16zBg.mp4")
     assert len(_records(out["validation"])) == 1
+
+
+class _RunsCode:
+    """A pickle that would create ``marker`` when loaded (as ``os.system`` or worse could)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, (self.marker,)
+
+
+def test_pickles_that_run_code_are_refused(tmp_path):
+    ann = tmp_path / "sarcasm_data.json"
+    ann.write_text(json.dumps(MUSTARD))
+    marker = tmp_path / "ran"
+    with open(tmp_path / "split_indices.p", "wb") as f:
+        pickle.dump([([0, 2], [_RunsCode(marker)])], f, protocol=2)
+    with pytest.raises(pickle.UnpicklingError, match=r"split_indices\.p: refusing to unpickle posix\.mkdir"):
+        convert_mustard(ann, "v", tmp_path / "m", split_indices=tmp_path / "split_indices.p")
+    assert not marker.exists()
+    with open(tmp_path / "language_sdk.pkl", "wb") as f:
+        pickle.dump({101: {"punchline_sentence": _RunsCode(marker)}}, f)
+    with pytest.raises(pickle.UnpicklingError, match=r"language_sdk\.pkl: refusing"):
+        convert_urfunny(tmp_path / "language_sdk.pkl", tmp_path / "y.pkl", tmp_path / "z.pkl", "v", tmp_path / "u")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("numpy_module", [b"numpy._core", b"numpy.core"])
+def test_numpy_pickles_of_numpy_1_and_2_load(tmp_path, numpy_module):
+    """The official split file holds NumPy index arrays (written by NumPy 1, Python 2 protocol)."""
+    import numpy as np
+
+    ann = tmp_path / "sarcasm_data.json"
+    ann.write_text(json.dumps(MUSTARD))
+    folds = [(np.array([0, 2]), np.array([1], dtype=np.int32)), (np.array([1, 2]), [np.int64(0)])]
+    data = pickle.dumps(folds, protocol=2).replace(b"numpy._core", numpy_module)
+    (tmp_path / "split_indices.p").write_bytes(data)
+    out = convert_mustard(ann, "v", tmp_path / "m", split_indices=tmp_path / "split_indices.p", fold=1)
+    assert [r.id for r in _records(out["test"])] == ["1_60"]

@@ -5,7 +5,7 @@ from torch.profiler import profile
 
 import stquery as stq
 
-from .helpers import strided
+from ..helpers import strided
 
 COPIES = {"aten::copy_", "aten::clone", "aten::contiguous", "aten::_to_copy"}
 

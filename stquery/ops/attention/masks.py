@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..backends.base import CAUSAL, DENSE, WINDOW
+from .problem import CAUSAL, DENSE, MAX_MASKS, WINDOW
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,17 +61,15 @@ def dense(m: torch.Tensor) -> Mask:
 class MaskSet:
     """The p masks that Dynamic Attention Routing mixes with per-sample weights ``alpha``.
 
-    ``masks``: a list of :func:`window` / :func:`causal` / :func:`dense` masks (1 ≤ p ≤ 8).
+    ``masks``: a list of :func:`window` / :func:`causal` / :func:`dense` masks (1 ≤ p ≤ ``MAX_MASKS`` = 8).
     ``global_tokens``: ``(start, end)``; tokens in ``[start, end)`` see and are seen by every token
     under every mask (the text tokens of early fusion). Self-attention (Nq == Nk) only.
     """
 
-    MAX_MASKS = 8
-
     def __init__(self, masks, global_tokens: tuple[int, int] | None = None):
         masks = list(masks)
-        if not 1 <= len(masks) <= self.MAX_MASKS:
-            raise ValueError(f"MaskSet: needs 1..{self.MAX_MASKS} masks, got {len(masks)}")
+        if not 1 <= len(masks) <= MAX_MASKS:
+            raise ValueError(f"MaskSet: needs 1..{MAX_MASKS} masks, got {len(masks)}")
         for i, m in enumerate(masks):
             if not isinstance(m, Mask):
                 raise TypeError(

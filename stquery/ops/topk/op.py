@@ -6,14 +6,15 @@ in x and, with a gate, in scores).
 """
 from __future__ import annotations
 
-import math
 from typing import List, Tuple
 
 import torch
 from torch import Tensor
 
-from .. import backends
-from . import _checks
+from ... import backends
+from ..common import rows_readable
+from ..pool.problem import pooled_length
+from .checks import topk_args
 
 
 @torch.library.custom_op("stquery::topk_select", mutates_args=())
@@ -24,11 +25,6 @@ def _topk_select(scores: Tensor, k: int, order: str, backend: str) -> Tensor:
 @_topk_select.register_fake
 def _(scores, k, order, backend):
     return scores.new_empty((scores.shape[0], k), dtype=torch.int64)
-
-
-def pooled_length(k: int, scales) -> int:
-    """Rows of a multi-scale pooled output: ``sum(ceil(k / s))``, or k with no scales."""
-    return sum(math.ceil(k / s) for s in scales) if scales else k
 
 
 @torch.library.custom_op("stquery::gather_gate", mutates_args=())
@@ -62,7 +58,7 @@ def _setup_gather(ctx, inputs, output):
 
 def _backward_gather(ctx, grad_y):
     x, scores, idx = ctx.saved_tensors
-    dx, dscores = _gather_gate_bwd(_checks.last_dim_contiguous(grad_y), x, scores, idx, *ctx.static)
+    dx, dscores = _gather_gate_bwd(rows_readable(grad_y), x, scores, idx, *ctx.static)
     return dx, (None if ctx.static[0] == "none" else dscores), None, None, None, None
 
 
@@ -87,8 +83,15 @@ def topk_tokens(
 
     Returns ``(y, idx)``: idx int64 ``[B, k]``; y ``[B, k, C]``, or ``[B, Σ ceil(k/s), C]`` with scales.
     dx is zero except at the selected rows.
+
+    Differences from LinVT's released code (docs/linvt.md): it pools the kept tokens in score-rank
+    order (here ``order="score"``; the default ``"time"`` pools tokens close in time) and its
+    ``avg_pool1d`` drops a trailing partial window (``floor(k/s)`` rows per scale), where this op
+    averages what the window has (``ceil(k/s)``). For LinVT's exact output use ``order="score"``,
+    no gate, and either a k divisible by every scale, or keep the first ``k // s`` rows of each
+    scale's block (block i starts at row ``Σ_{j<i} ceil(k/s_j)``).
     """
-    gate, scales = _checks.topk_args(x, scores, k, order, gate, scales)
+    gate, scales = topk_args(x, scores, k, order, gate, scales)
     dev = x.device.type
     idx = _topk_select(scores.detach(), k, order, backends.resolve("topk_select", backend, dev, scores, k, order))
     name = backends.resolve("gather_gate", backend, dev, x, scores, idx, gate, scales)

@@ -1,4 +1,4 @@
-"""Per-element loop implementations of SPEC §2: an independent check of ``stquery.ops.reference``.
+"""Per-element loop implementation of SPEC §2.1–2.3: an independent check of the attention reference.
 
 Written from the SPEC's formulas, sharing no code with the reference. Slow: tiny inputs only.
 """
@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from stquery.backends.base import CAUSAL, WINDOW
+from stquery.ops.attention.problem import CAUSAL, WINDOW
 
 
 def visible(mask, i, j, global_tokens):
@@ -94,43 +94,3 @@ def temporal_attention(q, k, v, frames, masks=None, alpha=None, mode="mix", scal
                 for t in range(min(n, T)):
                     out[b * T + t, l, h] = _one_row(q[b * T + t, l, h].double(), keys, values, t, key_ok, masks, a, mode, scale)
     return out
-
-
-def topk_tokens(x, scores, k, order="time", gate=None, scales=None):
-    B, N, C = x.shape
-    idx = torch.zeros(B, k, dtype=torch.int64)
-    ys = []
-    for b in range(B):
-        ranked = sorted(range(N), key=lambda n: (-float(scores[b, n]), n))[:k]
-        chosen = sorted(ranked) if order == "time" else ranked
-        idx[b] = torch.tensor(chosen)
-        sel = [float(scores[b, n]) for n in chosen]
-        if gate == "sigmoid":
-            g = [1 / (1 + math.exp(-s)) for s in sel]
-        elif gate == "softmax":
-            m = max(sel)
-            e = [math.exp(s - m) for s in sel]
-            g = [x_ / sum(e) for x_ in e]
-        elif gate == "identity":
-            g = sel
-        else:
-            g = [1.0] * k
-        ys.append(torch.stack([x[b, n].double() * g[i] for i, n in enumerate(chosen)]))
-    y = torch.stack(ys)
-    return (multiscale_pool(y, scales) if scales else y), idx
-
-
-def multiscale_pool(y, scales):
-    B, k, C = y.shape
-    rows = []
-    for s in scales:
-        for start in range(0, k, s):
-            rows.append(y[:, start : start + s].double().sum(1) / len(range(start, min(start + s, k))))
-    return torch.stack(rows, dim=1)
-
-
-def st_pool(x):
-    B, T, P, C = x.shape
-    temporal = torch.stack([torch.stack([sum(x[b, t, p].double() for p in range(P)) / P for t in range(T)]) for b in range(B)])
-    spatial = torch.stack([torch.stack([sum(x[b, t, p].double() for t in range(T)) / T for p in range(P)]) for b in range(B)])
-    return temporal, spatial

@@ -1,14 +1,10 @@
-"""SPEC §3: every op is a custom op with a fake implementation, so torch.compile(fullgraph=True) traces it."""
+"""SPEC §3: the attention ops are custom ops with a fake implementation, so torch.compile(fullgraph=True) traces it."""
 import torch
 
 import stquery as stq
 
-from .helpers import mask_set
-
-
-def _compiled(fn):
-    torch._dynamo.reset()
-    return torch.compile(fn, fullgraph=True, backend="aot_eager")
+from ..helpers import compiled as _compiled
+from ..helpers import mask_set
 
 
 def test_attention_ops_compile_fullgraph():
@@ -29,23 +25,6 @@ def test_attention_ops_compile_fullgraph():
     want_grads = torch.autograd.grad(want.sum(), (q, alpha))
     for g, w in zip(grads, want_grads):
         torch.testing.assert_close(g, w)
-
-
-def test_selection_and_pool_ops_compile_fullgraph():
-    x = torch.randn(2, 12, 5, requires_grad=True)
-    scores = torch.randn(2, 12, requires_grad=True)
-    frames = torch.randn(2, 3, 4, 5, requires_grad=True)
-
-    def f(x, scores, frames):
-        y, idx = stq.topk_tokens(x, scores, 6, gate="sigmoid", scales=(1, 2))
-        pooled = stq.multiscale_pool(y, (1, 3))
-        temporal, spatial = stq.st_pool(frames)
-        return pooled.sum() + temporal.sum() + spatial.sum() + idx.sum()
-
-    got = _compiled(f)(x, scores, frames)
-    torch.testing.assert_close(got, f(x, scores, frames))
-    got.backward()
-    assert x.grad is not None and scores.grad is not None and frames.grad is not None
 
 
 def test_compile_with_inductor():

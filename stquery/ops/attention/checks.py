@@ -1,8 +1,7 @@
-"""Input validation (SPEC §1): every error names the argument, the shape it got and the one it needs.
+"""Argument checks of ``stq.attention`` / ``stq.temporal_attention`` (SPEC §1, §2.1–2.3).
 
-Each ``*_args`` / ``*_problem`` function validates the public arguments of one op and returns them
-normalised (what the backends receive). Checks read only shapes, dtypes and devices, never tensor
-values, so they cost no device synchronisation.
+The one place attention arguments are validated; backends' ``supports`` only add what their
+kernels can't do.
 """
 from __future__ import annotations
 
@@ -10,48 +9,9 @@ import math
 
 import torch
 
-from ..backends.base import MODES, NONE, AttnProblem
+from ..common import nonempty, same_device, shape, tensor
 from .masks import MaskSet
-
-FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-MAX_HEAD_DIM = 256
-
-
-def _shape(t) -> str:
-    return str(list(t.shape))
-
-
-def tensor(name: str, t, rank: int, layout: str, dtypes=FLOATS) -> None:
-    """``t`` is a tensor of the given rank and dtype whose last dim is contiguous."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a tensor {layout}, got {type(t).__name__}")
-    if t.dim() != rank:
-        raise ValueError(f"{name}: expected shape {layout}, got {_shape(t)}")
-    if t.dtype not in dtypes:
-        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
-        raise TypeError(f"{name}: expected dtype in ({names}), got {t.dtype}")
-    if t.numel() and t.stride(-1) != 1 and t.shape[-1] != 1:
-        raise ValueError(f"{name}: the last dim must be contiguous (stride 1), got strides {list(t.stride())}")
-
-
-def last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
-    """``t`` itself when ``stride(-1) == 1``, else a contiguous copy.
-
-    For incoming gradients only: autograd hands ``loss.sum()``'s gradient over as an expanded
-    scalar (all strides 0), which no kernel can read as rows.
-    """
-    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
-
-
-def same_device(ref_name: str, ref: torch.Tensor, **others) -> None:
-    for name, t in others.items():
-        if t is not None and t.device != ref.device:
-            raise ValueError(f"{name}: expected device {ref.device} (that of {ref_name}), got {t.device}")
-
-
-def nonempty(name: str, t: torch.Tensor, layout: str) -> None:
-    if t.numel() == 0:
-        raise ValueError(f"{name}: every dim of {layout} must be at least 1, got shape {_shape(t)}")
+from .problem import MAX_HEAD_DIM, MODES, NONE, AttnProblem
 
 
 def attention_problem(q, k, v, frames, masks, alpha, mode, scale, key_padding, frame_lengths):
@@ -74,15 +34,15 @@ def attention_problem(q, k, v, frames, masks, alpha, mode, scale, key_padding, f
     if temporal:
         for name, t in (("k", k), ("v", v)):
             if t.shape != q.shape:
-                raise ValueError(f"{name}: expected shape {list(q.shape)} (that of q, {qlay}), got {_shape(t)}")
+                raise ValueError(f"{name}: expected shape {list(q.shape)} (that of q, {qlay}), got {shape(t)}")
     else:
         for name, t in (("k", k), ("v", v)):
             if (t.shape[0], t.shape[2], t.shape[3]) != (G, H, d):
-                raise ValueError(f"{name}: expected shape [{G}, Nk, {H}, {d}] (G, H, d of q), got {_shape(t)}")
+                raise ValueError(f"{name}: expected shape [{G}, Nk, {H}, {d}] (G, H, d of q), got {shape(t)}")
         if k.shape[1] != v.shape[1]:
-            raise ValueError(f"v: expected shape {list(k.shape)} (that of k), got {_shape(v)}")
+            raise ValueError(f"v: expected shape {list(k.shape)} (that of k), got {shape(v)}")
     if not 1 <= d <= MAX_HEAD_DIM:
-        raise ValueError(f"q: head width d must be in 1..{MAX_HEAD_DIM}, got shape {_shape(q)} (d = {d})")
+        raise ValueError(f"q: head width d must be in 1..{MAX_HEAD_DIM}, got shape {shape(q)} (d = {d})")
     nonempty("q", q, qlay)
     nonempty("k", k, klay)
 
@@ -90,7 +50,7 @@ def attention_problem(q, k, v, frames, masks, alpha, mode, scale, key_padding, f
         if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
             raise ValueError(f"frames: expected a positive int, got {frames!r}")
         if G % frames:
-            raise ValueError(f"frames: must divide dim 0 of q ({qlay}), got frames = {frames} and shape {_shape(q)}")
+            raise ValueError(f"frames: must divide dim 0 of q ({qlay}), got frames = {frames} and shape {shape(q)}")
         nq = nk = frames
         groups = (G // frames, Nq, H)  # alpha's leading dims: [B, L, H]
         group_layout = "[B, L, H, p]"
@@ -107,17 +67,17 @@ def attention_problem(q, k, v, frames, masks, alpha, mode, scale, key_padding, f
     if key_padding is not None:
         tensor("key_padding", key_padding, 2, f"[{G}, {nk}] (bool)", dtypes=(torch.bool,))
         if tuple(key_padding.shape) != (G, nk):
-            raise ValueError(f"key_padding: expected shape [{G}, {nk}] ([G, Nk]), got {_shape(key_padding)}")
+            raise ValueError(f"key_padding: expected shape [{G}, {nk}] ([G, Nk]), got {shape(key_padding)}")
         same_device("q", q, key_padding=key_padding)
     if frame_lengths is not None:
         layout = f"[{G // frames}] ([B], int)"
         if not isinstance(frame_lengths, torch.Tensor) or frame_lengths.dim() != 1:
-            got = _shape(frame_lengths) if isinstance(frame_lengths, torch.Tensor) else type(frame_lengths).__name__
+            got = shape(frame_lengths) if isinstance(frame_lengths, torch.Tensor) else type(frame_lengths).__name__
             raise ValueError(f"frame_lengths: expected a tensor {layout}, got {got}")
         if frame_lengths.dtype.is_floating_point or frame_lengths.dtype.is_complex or frame_lengths.dtype == torch.bool:
             raise TypeError(f"frame_lengths: expected an integer dtype, got {frame_lengths.dtype}")
         if frame_lengths.shape[0] != G // frames:
-            raise ValueError(f"frame_lengths: expected shape {layout}, got {_shape(frame_lengths)}")
+            raise ValueError(f"frame_lengths: expected shape {layout}, got {shape(frame_lengths)}")
         same_device("q", q, frame_lengths=frame_lengths)
         frame_lengths = frame_lengths.to(torch.int64).contiguous()  # [B]: what backends receive
 
@@ -155,55 +115,10 @@ def attention_problem(q, k, v, frames, masks, alpha, mode, scale, key_padding, f
         prefixes = ", ".join(str(list(full[:i]) + ["p"]) for i in range(len(full)))
         raise ValueError(
             f"alpha: expected a shape broadcastable to {group_layout} = {list(full)} (one of {prefixes}"
-            f" with p = {p}), got {_shape(alpha)}"
+            f" with p = {p}), got {shape(alpha)}"
         )
     while alpha.dim() < len(full):  # [G, p] means per group: insert the missing dims before p
         alpha = alpha.unsqueeze(-2)
     alpha = alpha.expand(full)
     prob = AttnProblem(frames or 0, masks.kinds, masks.radii, gs, ge, MODES[mode], float(scale))
     return alpha, masks.dense_buffer(q.device), frame_lengths, prob
-
-
-GATES = {None: "none", "sigmoid": "sigmoid", "softmax": "softmax", "identity": "identity"}
-ORDERS = ("time", "score")
-
-
-def scales_arg(scales) -> tuple[int, ...]:
-    try:
-        scales = tuple(scales)
-    except TypeError:
-        raise TypeError(f"scales: expected a tuple of positive ints such as (1, 2, 4), got {scales!r}") from None
-    if not scales or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in scales):
-        raise ValueError(f"scales: expected a non-empty tuple of positive ints such as (1, 2, 4), got {scales!r}")
-    return scales
-
-
-def topk_args(x, scores, k, order, gate, scales):
-    """Validate ``topk_tokens``; returns ``(gate name, scales tuple (empty: no pooling))``."""
-    tensor("x", x, 3, "[B, N, C]")
-    tensor("scores", scores, 2, "[B, N]", dtypes=FLOATS)
-    B, N, C = x.shape
-    if tuple(scores.shape) != (B, N):
-        raise ValueError(f"scores: expected shape [{B}, {N}] ([B, N] of x), got {_shape(scores)}")
-    same_device("x", x, scores=scores)
-    nonempty("x", x, "[B, N, C]")
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k: expected an int in 1..N = 1..{N}, got {k!r}")
-    if not 1 <= k <= N:
-        raise ValueError(f"k: expected 1 <= k <= N = {N} (x is {_shape(x)}), got k = {k}")
-    if order not in ORDERS:
-        raise ValueError(f"order: expected 'time' or 'score', got {order!r}")
-    if gate not in GATES:
-        raise ValueError(f"gate: expected None, 'sigmoid', 'softmax' or 'identity', got {gate!r}")
-    return GATES[gate], (() if scales is None else scales_arg(scales))
-
-
-def pool_args(y, scales) -> tuple[int, ...]:
-    tensor("y", y, 3, "[B, k, C]")
-    nonempty("y", y, "[B, k, C]")
-    return scales_arg(scales)
-
-
-def st_pool_args(x) -> None:
-    tensor("x", x, 4, "[B, T, P, C]")
-    nonempty("x", x, "[B, T, P, C]")

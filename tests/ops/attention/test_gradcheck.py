@@ -1,15 +1,12 @@
-"""float64 gradcheck of every op on the torch backend: q, k, v, alpha (both modes), scores (every gate)."""
+"""float64 gradcheck of the attention ops on the torch backend: q, k, v, alpha (both modes)."""
 import pytest
 import torch
 from torch.autograd import gradcheck
 
 import stquery as stq
 
-from .helpers import mask_set, qkv, strided
-
-
-def _leaf(t):
-    return t.detach().requires_grad_()
+from ..helpers import leaf as _leaf
+from ..helpers import mask_set, qkv
 
 
 @pytest.mark.parametrize("mode", ["mix", "scale"])
@@ -44,27 +41,3 @@ def test_attention(mode, kinds):
         return stq.attention(q, k, v, masks=masks, alpha=alpha, mode=mode, key_padding=key_padding, backend="torch")
 
     assert gradcheck(f, inputs)
-
-
-@pytest.mark.parametrize("gate", [None, "sigmoid", "softmax", "identity"])
-@pytest.mark.parametrize("scales", [None, (1, 3)])
-def test_topk_tokens(gate, scales):
-    x = _leaf(strided((2, 9, 3)))
-    scores = _leaf(torch.randn(2, 9, dtype=torch.float64))
-    inputs = (x, scores) if gate else (x,)
-
-    def f(x, s=scores):
-        return stq.topk_tokens(x, s, 4, gate=gate, scales=scales, backend="torch")[0]
-
-    assert gradcheck(f, inputs)
-    if gate is None:  # SPEC §2.4: no gate, no gradient to scores
-        stq.topk_tokens(x, scores, 4)[0].sum().backward()
-        assert scores.grad is None
-
-
-def test_multiscale_pool():
-    assert gradcheck(lambda y: stq.multiscale_pool(y, (1, 2, 4), backend="torch"), (_leaf(strided((2, 7, 3))),))
-
-
-def test_st_pool():
-    assert gradcheck(lambda x: stq.st_pool(x, backend="torch"), (_leaf(strided((2, 3, 4, 5))),))

@@ -6,9 +6,10 @@ from typing import List, Tuple
 import torch
 from torch import Tensor
 
-from .. import backends
-from . import _checks
-from .topk import pooled_length
+from ... import backends
+from ..common import rows_readable
+from .checks import pool_args, st_pool_args
+from .problem import pooled_length
 
 
 @torch.library.custom_op("stquery::multiscale_pool", mutates_args=())
@@ -37,7 +38,7 @@ def _setup_multiscale(ctx, inputs, output):
 
 
 _multiscale_pool.register_autograd(
-    lambda ctx, grad: (_multiscale_pool_bwd(_checks.last_dim_contiguous(grad), *ctx.static), None, None),
+    lambda ctx, grad: (_multiscale_pool_bwd(rows_readable(grad), *ctx.static), None, None),
     setup_context=_setup_multiscale,
 )
 
@@ -70,7 +71,7 @@ def _setup_st(ctx, inputs, output):
 
 _st_pool.register_autograd(
     lambda ctx, g_t, g_s: (
-        _st_pool_bwd(_checks.last_dim_contiguous(g_t), _checks.last_dim_contiguous(g_s), ctx.backend),
+        _st_pool_bwd(rows_readable(g_t), rows_readable(g_s), ctx.backend),
         None,
     ),
     setup_context=_setup_st,
@@ -88,7 +89,7 @@ def multiscale_pool(y: Tensor, scales: tuple[int, ...] = (1, 2, 4), *, backend: 
         scales: positive ints, e.g. ``(1, 2, 4)``.
     Returns ``[B, Σ_s ceil(k/s), C]``, the scales concatenated in order.
     """
-    scales = _checks.pool_args(y, scales)
+    scales = pool_args(y, scales)
     return _multiscale_pool(y, list(scales), backends.resolve("multiscale_pool", backend, y.device.type, y, scales))
 
 
@@ -99,5 +100,5 @@ def st_pool(x: Tensor, *, backend: str | None = None) -> tuple[Tensor, Tensor]:
         x: ``[B, T, P, C]`` (T frames of P patch tokens).
     Returns ``(temporal [B, T, C] = mean over P, spatial [B, P, C] = mean over T)``.
     """
-    _checks.st_pool_args(x)
+    st_pool_args(x)
     return _st_pool(x, backends.resolve("st_pool", backend, x.device.type, x))

@@ -11,10 +11,11 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .. import backends
-from ..backends.base import AttnProblem
-from . import _checks
+from ... import backends
+from ..common import rows_readable
+from .checks import attention_problem
 from .masks import MaskSet
+from .problem import AttnProblem
 
 
 def _problem(frames, kinds, radii, global_start, global_end, mode, scale) -> AttnProblem:
@@ -64,7 +65,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out, grad_stats):
     q, k, v, out, stats, alpha, dense, key_padding, frame_lengths = ctx.saved_tensors
-    grad_out = _checks.last_dim_contiguous(grad_out)
+    grad_out = rows_readable(grad_out)
     dq, dk, dv, dalpha = _attention_bwd(
         grad_out, q, k, v, out, stats, alpha, dense, key_padding, frame_lengths, *ctx.static
     )
@@ -75,7 +76,7 @@ _attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _run(q, k, v, frames, masks, alpha, mode, scale, key_padding, frame_lengths, backend):
-    alpha, dense, frame_lengths, prob = _checks.attention_problem(
+    alpha, dense, frame_lengths, prob = attention_problem(
         q, k, v, frames, masks, alpha, mode, scale, key_padding, frame_lengths
     )
     tensors = (q, k, v, alpha, dense, key_padding, frame_lengths)

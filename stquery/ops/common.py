@@ -1,0 +1,50 @@
+"""What every op's checks share (SPEC §1): the dtype lists and the tensor checks.
+
+Every error names the argument, the shape it got and the one it needs. Checks read only shapes,
+dtypes and devices, never tensor values, so they cost no device synchronisation.
+"""
+from __future__ import annotations
+
+import torch
+
+# Float dtypes every op accepts (float64 runs on the torch backend: the precision of the tests).
+FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# Float dtypes the compiled kernels (Triton, CUDA, CPU) are built for.
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def shape(t) -> str:
+    return str(list(t.shape))
+
+
+def tensor(name: str, t, rank: int, layout: str, dtypes=FLOATS) -> None:
+    """``t`` is a tensor of the given rank and dtype whose last dim is contiguous."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a tensor {layout}, got {type(t).__name__}")
+    if t.dim() != rank:
+        raise ValueError(f"{name}: expected shape {layout}, got {shape(t)}")
+    if t.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name}: expected dtype in ({names}), got {t.dtype}")
+    if t.numel() and t.stride(-1) != 1 and t.shape[-1] != 1:
+        raise ValueError(f"{name}: the last dim must be contiguous (stride 1), got strides {list(t.stride())}")
+
+
+def same_device(ref_name: str, ref: torch.Tensor, **others) -> None:
+    for name, t in others.items():
+        if t is not None and t.device != ref.device:
+            raise ValueError(f"{name}: expected device {ref.device} (that of {ref_name}), got {t.device}")
+
+
+def nonempty(name: str, t: torch.Tensor, layout: str) -> None:
+    if t.numel() == 0:
+        raise ValueError(f"{name}: every dim of {layout} must be at least 1, got shape {shape(t)}")
+
+
+def rows_readable(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when ``stride(-1) == 1``, else a contiguous copy.
+
+    Every backend receives incoming gradients in this form. Autograd hands ``loss.sum()``'s
+    gradient over as an expanded scalar (all strides 0), which no kernel can read as rows.
+    """
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
