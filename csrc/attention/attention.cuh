@@ -32,6 +32,9 @@ namespace attn {
 
 constexpr int kThreads = 256;
 
+// The forward and dq kernels declare one block per SM (__launch_bounds__(kThreads, 1)): the
+// per-row, per-mask arrays plus the score rows need more than the 128 registers that two blocks
+// of 256 threads would leave (ptxas spilled at BD = 64).
 // Tile shapes per head-width bucket BD (64, 128, 256): static shared memory stays under 48 KiB
 // and every thread accumulates 16 (forward) or 8 + 16 (backward) floats.
 template <int BD>
@@ -142,7 +145,7 @@ __device__ inline void load_alpha(float* alpha, const Row& r, const Params& p) {
 
 // ------------------------------------------------------------------------------------ forward
 template <typename T, int BD>
-__global__ void __launch_bounds__(kThreads) attn_fwd_kernel(const Params p) {
+__global__ void __launch_bounds__(kThreads, 1) attn_fwd_kernel(const Params p) {
   using Tile = FwdTile<BD>;
   constexpr int BM = Tile::BM, BN = Tile::BN, TPR = Tile::TPR, CPT = Tile::CPT, KPT = Tile::KPT;
   __shared__ float sQ[BM][BD + 1];
@@ -283,8 +286,6 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(const Params p) {
 // ------------------------------------------------------------------------- backward: dq, delta
 // One query tile: delta (NONE/SCALE: rowsum(dO * O); MIX: delta_j = sum_k P_j dP, one extra pass
 // over the keys), saved for the dk/dv kernel; dq; and dalpha partials per (tile, sequence).
-// One block per SM is enough to hold its registers: the per-mask arrays of both routed modes plus
-// two score rows need more than the 128 that two blocks would leave (ptxas spilled at BD = 64).
 template <typename T, int BD>
 __global__ void __launch_bounds__(kThreads, 1) attn_bwd_dq_kernel(const Params p) {
   using Tile = BwdTile<BD>;
