@@ -27,12 +27,13 @@ from pathlib import Path
 import torch
 from torch.utils import cpp_extension
 
+from ..ops.attention.problem import NONE
 from ..ops.common import KERNEL_DTYPES as DTYPES
 from ..ops.pool.problem import pooled_length
 from ..ops.topk.problem import GATES  # the codes of csrc/pool/pool.h's Gate
 
 EMULATE_ENV = "STQUERY_CUDA_EMULATE"
-OPS = frozenset({"topk_select", "gather_gate", "multiscale_pool", "st_pool"})
+OPS = frozenset({"attention", "topk_select", "gather_gate", "multiscale_pool", "st_pool"})
 RANK_MAX_K = 8192  # csrc/topk/topk.h kRankMaxK: order="score" by a stable sort beyond
 MAX_SCALES = 8  # csrc/pool/pool.h kMaxScales
 HOST_FLAGS = ["-O2", "-std=c++20"]
@@ -158,6 +159,24 @@ def _run(fn: str, device: torch.device, *args):
         return getattr(mod, fn)(*args, torch.cuda.current_stream(device).cuda_stream)
 
 
+def _geometry(q, k, prob):
+    """(sequences, Nq, Nk): sequences are (b, l, h) (temporal) or (g, h) (spatial)."""
+    if prob.frames:
+        return q.shape[0] // prob.frames * q.shape[1] * q.shape[2], prob.frames, prob.frames
+    return q.shape[0] * q.shape[2], q.shape[1], k.shape[1]
+
+
+def _problem(prob) -> tuple:
+    """The AttnProblem fields the bindings take, in their order."""
+    return (prob.frames, list(prob.kinds), list(prob.radii), prob.global_start, prob.global_end, prob.mode,
+            prob.scale)
+
+
+def _alpha32(alpha):
+    """Routing weights as float32 (tiny: [G, H, p]); the kernels read one dtype."""
+    return alpha if alpha is None or alpha.dtype == torch.float32 else alpha.float()
+
+
 class CudaBackend:
     name = "cuda"
     devices = frozenset({"cuda"})
@@ -235,6 +254,30 @@ class CudaBackend:
         _run("gather_gate_bwd", x.device, grad_y, x, scores, idx, GATES[gate], list(scales), stats, pos, dx,
              ds if ds is not None else dg, dg)
         return dx, ds
+
+    # --- attention (csrc/attention) -----------------------------------------------------------
+    def attention_fwd(self, q, k, v, alpha, dense, key_padding, frame_lengths, prob):
+        out = _empty(q.shape, q.dtype, q.device)
+        stats = _empty(tuple(q.shape[:3]) + (prob.stats_width,), torch.float32, q.device)
+        if _geometry(q, k, prob)[2] == 0:
+            return out.zero_(), stats.fill_(float("-inf"))
+        _run("attention_fwd", q.device, q, k, v, _alpha32(alpha), dense, key_padding, frame_lengths, out, stats,
+             *_problem(prob))
+        return out, stats
+
+    def attention_bwd(self, grad_out, q, k, v, out, stats, alpha, dense, key_padding, frame_lengths, prob):
+        dq, dk, dv = (_empty(t.shape, t.dtype, t.device) for t in (q, k, v))
+        routed = prob.mode != NONE
+        if q.numel() == 0 or k.numel() == 0:
+            return dq.zero_(), dk.zero_(), dv.zero_(), torch.zeros_like(alpha) if routed else None
+        n_seq, nq, nk = _geometry(q, k, prob)
+        _, n_qtiles, _ = module(emulate=q.device.type == "cpu").attention_bwd_plan(n_seq, nq, nk, q.shape[-1])
+        delta = torch.empty(stats.shape, dtype=torch.float32, device=q.device)
+        # per (query tile, sequence) sums of the alpha gradient, added here in a fixed order
+        partial = _empty((n_qtiles, n_seq, prob.p), torch.float32, q.device) if routed else None
+        _run("attention_bwd", q.device, grad_out, q, k, v, out, stats, _alpha32(alpha), dense, key_padding,
+             frame_lengths, dq, dk, dv, delta, partial, *_problem(prob))
+        return dq, dk, dv, partial.sum(0).view(alpha.shape).to(alpha.dtype) if routed else None
 
     # --- pooling (csrc/pool) ---------------------------------------------------------------
     def st_pool(self, x):

@@ -18,12 +18,12 @@ def test_build_name_is_keyed_by_target():
 
 def test_build_covers_every_op_folder():
     folders = {p.parent.name for p in cuda_backend.sources() if p.suffix == ".cu"}
-    assert {"pool", "topk"} <= folders
+    assert {"attention", "pool", "topk"} <= folders
     assert all(p.exists() for p in cuda_backend.sources() + cuda_backend.headers())
 
 
 def test_supports_names_what_it_lacks(monkeypatch):
-    assert "no CUDA kernel for attention" in cuda_backend.backend.supports("attention", torch.zeros(1))[0]
+    assert "no CUDA kernel for no_such_op" in cuda_backend.backend.supports("no_such_op", torch.zeros(1))[0]
     monkeypatch.delenv(cuda_backend.EMULATE_ENV, raising=False)
     why = cuda_backend.backend.supports("st_pool", torch.zeros(1, 1, 1, 1))
     assert any("STQUERY_CUDA_EMULATE=1" in w for w in why)

@@ -2,7 +2,7 @@
 reference.
 
 Every case runs the public op (``stq.attention`` / ``stq.temporal_attention``) on each kernel
-backend (``triton``, ``cpu``) forward and backward (``torch.autograd.grad`` for q, k, v and alpha)
+backend (``triton``, ``cpu``, ``cuda``: on CPU under the CUDA emulation) forward and backward (``torch.autograd.grad`` for q, k, v and alpha)
 and compares with ``stquery.ops.reference`` in float64. The bound is flash-attention's: the kernel's
 error against float64 must be at most 2x (3x for gradients) the error of the same reference run in
 the input dtype, plus a tiny absolute eps. Outputs and gradients are NaN-poisoned before every
@@ -13,7 +13,8 @@ slow): both ops, modes none/mix/scale, p = 1..4 over window/causal/dense, global
 key_padding, frame_lengths (including empty videos), T in {1, 3, 8, 17} (and > 64 for the looping
 kernels), L in {1, 5}, d in {16, 40, 64}, Nq != Nk, inputs whose only contiguous dim is the last,
 float32, float16 and bfloat16 (bfloat16 not under the Triton interpreter, whose bfloat16
-arithmetic is wrong).
+arithmetic is wrong). The emulated CUDA backend runs its own smaller list (``CUDA_CASES``: every
+emulated thread is an OS thread), which adds T = 64, d in {128, 200} and tile loops.
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ def _poison(monkeypatch):
         yield
 
 
+
 @dataclass(frozen=True)
 class Case:
     op: str  # "spatial" | "temporal"
@@ -76,7 +78,8 @@ class Case:
 
 
 T, S = "temporal", "spatial"
-CASES = [
+BF16 = torch.bfloat16
+TRITON_CASES = [
     # temporal, packed tiles (T <= 64)
     Case(T, "none", n=1, L=1, d=16),
     Case(T, "mix", ("window",), n=3, groups=3, L=5, d=40, dtype=torch.float16, pad=True, alpha="group"),
@@ -112,6 +115,28 @@ CASES = [
     Case(S, "none", n=67, nk=33, groups=2, H=1, d=16, dtype=torch.float16),
     Case(S, "scale", ("window", "dense"), n=9, nk=9, d=40, dtype=torch.bfloat16, glob=True, pad=True),
 ]
+# The CUDA kernels hold whole sequences of up to 64 (d <= 64), 32 (d <= 128) or 16 rows per block
+# and loop over tiles beyond; every emulated CUDA thread is an OS thread, so groups stay small.
+CUDA_CASES = [
+    Case(T, "none", n=1, L=1, d=16),
+    Case(T, "mix", ("window", "causal", "dense", "window"), n=3, groups=3, L=2, d=40, dtype=torch.float16,
+         glob=True, pad=True, alpha="group"),
+    Case(T, "scale", ("causal", "dense"), n=17, L=1, d=64, dtype=BF16, pad=True),
+    Case(T, "mix", ("causal", "window"), n=64, groups=1, L=1, d=16, pad=True),
+    Case(T, "none", n=64, groups=1, L=1, H=1, d=128, dtype=BF16, pad=True),
+    Case(T, "scale", ("window", "window", "causal"), n=8, L=1, d=40, glob=True, pad=True, alpha="p"),
+    Case(T, "mix", ("dense", "dense"), n=3, L=1, d=64, dtype=BF16, alpha="p"),
+    Case(T, "mix", ("window",), n=17, groups=1, L=1, d=128, dtype=torch.float16),
+    Case(S, "none", n=9, nk=13, groups=3, d=16, dtype=torch.float16, pad=True),
+    Case(S, "mix", ("window", "dense"), n=7, nk=13, d=40, dtype=BF16, alpha="group"),
+    Case(S, "scale", ("window", "causal", "dense"), n=12, d=64, glob=True, pad=True),
+    Case(S, "mix", ("window", "causal", "dense", "causal"), n=20, d=128, dtype=torch.float16, glob=True, pad=True),
+    Case(S, "mix", ("window", "dense"), n=70, nk=90, groups=1, H=1, d=16, pad=True),
+    Case(S, "scale", ("dense",), n=5, nk=11, d=200, alpha="p"),
+]
+# (backend, case) pairs: each backend of KERNEL_BACKENDS (with its skip marks) on its case list.
+CASES = [pytest.param(b.values[0], c, marks=b.marks, id=f"{b.values[0]}-{c}")
+         for b in BACKENDS for c in (CUDA_CASES if b.values[0] == "cuda" else TRITON_CASES)]
 
 
 def _strided(shape, dtype, pad=3):
@@ -180,9 +205,8 @@ def _run(case: Case, fn, args, kwargs, diff, dtype, grad_out, **extra):
     return [out] + list(grads)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("case", CASES, ids=str)
-def test_matches_reference(case: Case, backend: str):
+@pytest.mark.parametrize("backend, case", CASES)
+def test_matches_reference(backend: str, case: Case):
     _skip_unsupported(backend, case.dtype)
     args, kwargs, diff = _inputs(case)
     public = stq.temporal_attention if case.op == T else stq.attention
