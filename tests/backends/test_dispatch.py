@@ -35,6 +35,7 @@ class Counting(torch_backend.TorchBackend):
 @pytest.fixture
 def registry(monkeypatch):
     monkeypatch.setattr(backends, "_registry", dict(backends._registry))
+    monkeypatch.setattr(backends, "_plans", {})
     monkeypatch.setattr(backends, "PREFERENCE", ("refusing", "counting") + backends.PREFERENCE)
     monkeypatch.delenv(backends.ENV, raising=False)
     return backends._registry
@@ -88,7 +89,7 @@ def test_auto_with_no_backend_lists_every_reason(registry, monkeypatch):
 
 def test_auto_on_cpu_picks_cpu_and_says_why_not_triton():
     assert backends.resolve("attention", None, "cpu", q) == "cpu"
-    why = backends._auto_reasons(backends.get("triton"), "attention", "cpu", (q,))
+    why = backends._plan("cpu")[1]["triton"]
     assert "cuda" in why[0]
 
 
