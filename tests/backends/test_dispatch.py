@@ -159,3 +159,11 @@ def test_auto_prefers_triton_for_cuda_tensors_it_supports(monkeypatch):
     assert backends.get("triton").supports("st_pool", x) == []
     assert backends.resolve("st_pool", None, "cuda", x) == "triton"
     assert backends.resolve("st_pool", None, "cpu", x) == "cpu"
+
+
+@pytest.mark.parametrize("name", ["torch", "triton", "cpu"])
+def test_complete_backends_define_every_primitive(name):
+    """backends.OPS names each op's primitives; torch, triton and cpu implement all of them."""
+    backend = backends.get(name)
+    missing = [p for primitives in backends.OPS.values() for p in primitives if not callable(getattr(backend, p, None))]
+    assert missing == []
