@@ -5,7 +5,7 @@
 q/k/v ``[2*4, 2, 2, 16]`` float32 on CPU (T = 4 frames, one thread): the arithmetic is negligible,
 so a call's time is what Python spends validating, dispatching and entering autograd. Each case runs
 in interleaved rounds of 200 calls and keeps its best round (other processes only ever slow a round
-down). Besides the torch backend, a ``null`` backend that returns preallocated outputs isolates
+down). Besides the cpu and torch backends, a ``null`` backend that returns preallocated outputs isolates
 stquery's own layers (checks, dispatch, autograd wiring) from the backend's work. A speed is shown
 here, never asserted in a test.
 """
@@ -61,7 +61,7 @@ def main() -> None:
     alpha = torch.softmax(torch.randn(B, L, 2), -1)  # [B, L, p]
     backends.register(NullBackend(q, len(dar)))
     cases = {"F.scaled_dot_product_attention (head-fold view)": lambda: F.scaled_dot_product_attention(qf, kf, vf)}
-    for backend in ("torch", "null"):
+    for backend in [n for n in ("cpu", "torch") if n in backends.names()] + ["null"]:
         cases[f"stq.temporal_attention, {backend}"] = lambda b=backend: stq.temporal_attention(q, k, v, T, backend=b)
         cases[f"stq.temporal_attention + 2-mask DAR, {backend}"] = (
             lambda b=backend: stq.temporal_attention(q, k, v, T, masks=dar, alpha=alpha, backend=b)
