@@ -295,7 +295,7 @@ def tree_config(scales) -> dict:
     return TREE_CONFIGS[bk]
 
 
-def supports(op: str, *args, **kw) -> list[str]:
+def supports(op: str, *args) -> list[str]:
     """Reasons the Triton pooling kernels can't run ``op`` ([] = they can); ``args`` as in
     :class:`stquery.backends.Backend` (the input tensor first)."""
     names = {"multiscale_pool": "y", "st_pool": "x"}

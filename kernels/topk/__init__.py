@@ -364,7 +364,7 @@ def _softmax_bwd_kernel(scores_ptr, stride_sb, idx_ptr, stride_ib, stats_ptr, dg
 _ARG_NAMES = {"topk_select": ("scores",), "gather_gate": ("x", "scores", "idx")}
 
 
-def supports(op: str, *args, **kw) -> list[str]:
+def supports(op: str, *args) -> list[str]:
     """Reasons the Triton kernels can't run ``op`` on these arguments ([] = they can).
 
     ``args`` are the primitive's arguments as in :class:`stquery.backends.Backend` (tensors first).

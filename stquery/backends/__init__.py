@@ -33,6 +33,7 @@ OPS = {
 }
 
 _registry: dict = {}
+_plans: dict = {}  # device type -> auto's plan there (see _plan); cleared by register
 _logged: set = set()
 
 
@@ -101,6 +102,7 @@ class Backend(Protocol):
 
 def register(backend: Backend) -> None:
     _registry[backend.name] = backend
+    _plans.clear()
 
 
 def names() -> list[str]:
@@ -120,10 +122,21 @@ def reasons(op: str, *args) -> dict[str, list[str]]:
     return {n: list(get(n).supports(op, *args)) for n in names()}
 
 
-def _auto_reasons(backend: Backend, op: str, device_type: str, args) -> list[str]:
-    if device_type not in backend.devices:
-        return [f"auto runs it only on {'/'.join(sorted(backend.devices))} tensors, got {device_type} (pass backend={backend.name!r} to force it)"]
-    return list(backend.supports(op, *args))
+def _plan(device_type: str) -> tuple[tuple, dict]:
+    """Auto's plan for tensors on ``device_type``, built once: the backends it tries, in order of
+    preference, and why it never tries the others ({name: [reason]})."""
+    plan = _plans.get(device_type)
+    if plan is None:
+        tried, skipped = [], {}
+        for n in names():
+            backend = get(n)
+            if device_type in backend.devices:
+                tried.append(backend)
+            else:
+                devices = "/".join(sorted(backend.devices))
+                skipped[n] = [f"auto runs it only on {devices} tensors, got {device_type} (pass backend={n!r} to force it)"]
+        plan = _plans[device_type] = (tuple(tried), skipped)
+    return plan
 
 
 def resolve(op: str, requested: str | None, device_type: str, *args) -> str:
@@ -135,15 +148,19 @@ def resolve(op: str, requested: str | None, device_type: str, *args) -> str:
             source = "backend=" if requested is not None else f"${ENV}="
             raise BackendUnavailable(f"{op}: {source}{name!r} can't run this call: " + "; ".join(why))
         return name
+    tried, skipped = _plan(device_type)
     passed = {}
-    for n in names():
-        why = _auto_reasons(get(n), op, device_type, args)
+    for backend in tried:
+        why = backend.supports(op, *args)
         if not why:
-            if not torch.compiler.is_compiling():  # logged by the eager call; dynamo can't trace logging
-                _log_passed_over(op, passed, n)
-            return n
-        passed[n] = why
-    listing = "\n".join(f"  {n}: {'; '.join(w)}" for n, w in passed.items())
+            # logged by the eager call (dynamo can't trace logging), once per distinct reason
+            if not torch.compiler.is_compiling() and (passed or (op, device_type) not in _logged):
+                _logged.add((op, device_type))
+                _log_passed_over(op, {**skipped, **passed}, backend.name)
+            return backend.name
+        passed[backend.name] = list(why)
+    every = {**skipped, **passed}
+    listing = "\n".join(f"  {n}: {'; '.join(every[n])}" for n in names())
     raise BackendUnavailable(f"{op}: no backend can run this call:\n{listing}")
 
 

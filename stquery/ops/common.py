@@ -31,9 +31,10 @@ def tensor(name: str, t, rank: int, layout: str, dtypes=FLOATS) -> None:
 
 
 def same_device(ref_name: str, ref: torch.Tensor, **others) -> None:
+    device = ref.device
     for name, t in others.items():
-        if t is not None and t.device != ref.device:
-            raise ValueError(f"{name}: expected device {ref.device} (that of {ref_name}), got {t.device}")
+        if t is not None and t.device != device:
+            raise ValueError(f"{name}: expected device {device} (that of {ref_name}), got {t.device}")
 
 
 def nonempty(name: str, t: torch.Tensor, layout: str) -> None:

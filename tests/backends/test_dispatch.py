@@ -35,6 +35,7 @@ class Counting(torch_backend.TorchBackend):
 @pytest.fixture
 def registry(monkeypatch):
     monkeypatch.setattr(backends, "_registry", dict(backends._registry))
+    monkeypatch.setattr(backends, "_plans", {})
     monkeypatch.setattr(backends, "PREFERENCE", ("refusing", "counting") + backends.PREFERENCE)
     monkeypatch.delenv(backends.ENV, raising=False)
     return backends._registry
@@ -88,7 +89,7 @@ def test_auto_with_no_backend_lists_every_reason(registry, monkeypatch):
 
 def test_auto_on_cpu_picks_cpu_and_says_why_not_triton():
     assert backends.resolve("attention", None, "cpu", q) == "cpu"
-    why = backends._auto_reasons(backends.get("triton"), "attention", "cpu", (q,))
+    why = backends._plan("cpu")[1]["triton"]
     assert "cuda" in why[0]
 
 
@@ -158,3 +159,11 @@ def test_auto_prefers_triton_for_cuda_tensors_it_supports(monkeypatch):
     assert backends.get("triton").supports("st_pool", x) == []
     assert backends.resolve("st_pool", None, "cuda", x) == "triton"
     assert backends.resolve("st_pool", None, "cpu", x) == "cpu"
+
+
+@pytest.mark.parametrize("name", ["torch", "triton", "cpu"])
+def test_complete_backends_define_every_primitive(name):
+    """backends.OPS names each op's primitives; torch, triton and cpu implement all of them."""
+    backend = backends.get(name)
+    missing = [p for primitives in backends.OPS.values() for p in primitives if not callable(getattr(backend, p, None))]
+    assert missing == []

@@ -19,8 +19,7 @@ SHARED_LIMIT = 99 * 1024  # sm_86 / sm_89 per-block maximum (sm_80: 163 KiB, sm_
 
 
 def test_attention_compiles_without_spills():
-    # "kernels.attention" is importable from the repository root, which aot.py puts on PYTHONPATH
-    rows = measure_in_subprocess("kernels.attention", "aot_configs", archs=(90, 80), jobs=2)
+    rows = measure_in_subprocess("stquery.kernels.attention", "aot_configs", archs=(90, 80), jobs=2)
     print("\n" + format_table(rows))
     assert rows, "no configurations compiled"
     spilled = spills(rows)

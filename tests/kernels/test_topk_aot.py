@@ -11,10 +11,8 @@ from .aot import format_table, measure_in_subprocess, spills
 pytest.importorskip("triton")
 
 
-@pytest.mark.parametrize("module", ["kernels.topk", "kernels.pool"])
+@pytest.mark.parametrize("module", ["stquery.kernels.topk", "stquery.kernels.pool"])
 def test_compiles_without_spills(module):
-    # "kernels.<op>" is importable from the repository root, which aot.py puts on PYTHONPATH,
-    # whether or not stquery is installed.
     rows = measure_in_subprocess(module, "aot_configs", archs=(90, 80), jobs=2)
     print("\n" + format_table(rows))
     assert rows, "no configurations compiled"

@@ -117,8 +117,8 @@ def attention_problem(q, k, v, frames, masks, alpha, mode, scale, key_padding, f
             f"alpha: expected a shape broadcastable to {group_layout} = {list(full)} (one of {prefixes}"
             f" with p = {p}), got {shape(alpha)}"
         )
-    while alpha.dim() < len(full):  # [G, p] means per group: insert the missing dims before p
-        alpha = alpha.unsqueeze(-2)
+    if r < len(full):  # [G, p] means per group: insert the missing dims before p
+        alpha = alpha.view(*alpha.shape[:-1], *(1,) * (len(full) - r), p)
     alpha = alpha.expand(full)
     prob = AttnProblem(frames or 0, masks.kinds, masks.radii, gs, ge, MODES[mode], float(scale))
     return alpha, masks.dense_buffer(q.device), frame_lengths, prob

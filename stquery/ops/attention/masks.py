@@ -88,7 +88,10 @@ class MaskSet:
         self.masks = tuple(masks)
         self.global_tokens = (start, end)
         self.dense_shape = shapes.pop() if shapes else None
-        self._dense = {}  # device -> bool [n_dense, Nq, Nk], built once per device
+        # The encoding backends receive, built once here rather than on every call.
+        self.kinds = tuple(m.kind for m in masks)
+        self.radii = tuple(m.radius for m in masks)
+        self._dense = {}  # torch.device -> bool [n_dense, Nq, Nk], built once per device
 
     def __len__(self) -> int:
         return len(self.masks)
@@ -97,19 +100,11 @@ class MaskSet:
         g = "" if self.global_tokens == (0, 0) else f", global_tokens={self.global_tokens}"
         return f"MaskSet([{', '.join(map(repr, self.masks))}]{g})"
 
-    @property
-    def kinds(self) -> tuple[int, ...]:
-        return tuple(m.kind for m in self.masks)
-
-    @property
-    def radii(self) -> tuple[int, ...]:
-        return tuple(m.radius for m in self.masks)
-
     def dense_buffer(self, device: torch.device) -> torch.Tensor | None:
         """The dense masks stacked in set order: bool ``[n_dense, Nq, Nk]`` on ``device``, or None."""
         if self.dense_shape is None:
             return None
-        key = str(device)
-        if key not in self._dense:
-            self._dense[key] = torch.stack([m.matrix for m in self.masks if m.kind == DENSE]).to(device)
-        return self._dense[key]
+        buffer = self._dense.get(device)
+        if buffer is None:
+            buffer = self._dense[device] = torch.stack([m.matrix for m in self.masks if m.kind == DENSE]).to(device)
+        return buffer

@@ -1,8 +1,13 @@
 """``stq.attention`` and ``stq.temporal_attention`` (SPEC §2.1–2.3).
 
-Each call validates its arguments, resolves a backend (SPEC §3) and runs the custom ops
-``stquery::attention_fwd`` / ``stquery::attention_bwd``, so autograd and ``torch.compile`` see one
-opaque op per direction whatever backend runs it.
+Each call validates its arguments, resolves a backend (SPEC §3) and runs the backend's
+``attention_fwd`` / ``attention_bwd``:
+
+- under ``torch.compile``, through the custom ops ``stquery::attention_fwd`` / ``attention_bwd``,
+  so dynamo and AOTAutograd see one opaque op per direction whatever backend runs it;
+- in eager mode, through :class:`_Attention`, a plain ``torch.autograd.Function`` calling the same
+  primitives: the dispatcher's Python layers around a custom op cost several times a small
+  attention call (see ``bench/host_overhead.py``).
 """
 from __future__ import annotations
 
@@ -75,12 +80,33 @@ def _backward(ctx, grad_out, grad_stats):
 _attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _Attention(torch.autograd.Function):
+    """Eager autograd around the same backend primitives as the custom ops above."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, alpha, dense, key_padding, frame_lengths, prob, name):
+        out, stats = backends.get(name).attention_fwd(q, k, v, alpha, dense, key_padding, frame_lengths, prob)
+        ctx.save_for_backward(q, k, v, out, stats, alpha, dense, key_padding, frame_lengths)
+        ctx.prob, ctx.name = prob, name
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, stats, alpha, dense, key_padding, frame_lengths = ctx.saved_tensors
+        dq, dk, dv, dalpha = backends.get(ctx.name).attention_bwd(
+            rows_readable(grad_out), q, k, v, out, stats, alpha, dense, key_padding, frame_lengths, ctx.prob
+        )
+        return dq, dk, dv, dalpha, None, None, None, None, None
+
+
 def _run(q, k, v, frames, masks, alpha, mode, scale, key_padding, frame_lengths, backend):
     alpha, dense, frame_lengths, prob = attention_problem(
         q, k, v, frames, masks, alpha, mode, scale, key_padding, frame_lengths
     )
     tensors = (q, k, v, alpha, dense, key_padding, frame_lengths)
     name = backends.resolve("attention", backend, q.device.type, *tensors, prob)
+    if not torch.compiler.is_compiling():
+        return _Attention.apply(*tensors, prob, name)
     out, _ = _attention_fwd(
         *tensors, prob.frames, list(prob.kinds), list(prob.radii), prob.global_start, prob.global_end,
         prob.mode, prob.scale, name,

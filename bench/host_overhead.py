@@ -1,0 +1,76 @@
+"""Per-call host overhead of ``stq.temporal_attention`` on tiny inputs, against PyTorch's SDPA.
+
+    python bench/host_overhead.py [--rounds N]
+
+q/k/v ``[2*4, 2, 2, 16]`` float32 on CPU (T = 4 frames, one thread): the arithmetic is negligible,
+so a call's time is what Python spends validating, dispatching and entering autograd. Each case runs
+in interleaved rounds of 200 calls and keeps its best round (other processes only ever slow a round
+down). Besides the cpu and torch backends, a ``null`` backend that returns preallocated outputs isolates
+stquery's own layers (checks, dispatch, autograd wiring) from the backend's work. A speed is shown
+here, never asserted in a test.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+import stquery as stq
+from stquery import backends
+
+
+class NullBackend:
+    """Returns preallocated outputs at once: what is left of a call is stquery's own overhead."""
+
+    name = "null"
+    devices = frozenset()
+
+    def __init__(self, q, p):
+        self.out = torch.empty_like(q)
+        self.stats = {w: q.new_empty((*q.shape[:3], w)) for w in (1, p)}
+
+    def supports(self, op, *args):
+        return []
+
+    def attention_fwd(self, q, k, v, alpha, dense, key_padding, frame_lengths, prob):
+        return self.out, self.stats[prob.stats_width]
+
+
+def best_us(cases: dict, rounds: int, calls: int = 200) -> dict:
+    best = dict.fromkeys(cases, float("inf"))
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            start = time.perf_counter_ns()
+            for _ in range(calls):
+                fn()
+            best[name] = min(best[name], (time.perf_counter_ns() - start) / calls / 1e3)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=30)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    B, T, L, H, d = 2, 4, 2, 2, 16
+    q, k, v = (torch.randn(B * T, L, H, d) for _ in range(3))
+    qf, kf, vf = (t.view(B, T, L * H, d).transpose(1, 2) for t in (q, k, v))  # [B, L*H, T, d]
+    dar = stq.MaskSet([stq.masks.window(1), stq.masks.window(None)])
+    alpha = torch.softmax(torch.randn(B, L, 2), -1)  # [B, L, p]
+    backends.register(NullBackend(q, len(dar)))
+    cases = {"F.scaled_dot_product_attention (head-fold view)": lambda: F.scaled_dot_product_attention(qf, kf, vf)}
+    for backend in [n for n in ("cpu", "torch") if n in backends.names()] + ["null"]:
+        cases[f"stq.temporal_attention, {backend}"] = lambda b=backend: stq.temporal_attention(q, k, v, T, backend=b)
+        cases[f"stq.temporal_attention + 2-mask DAR, {backend}"] = (
+            lambda b=backend: stq.temporal_attention(q, k, v, T, masks=dar, alpha=alpha, backend=b)
+        )
+    best = best_us(cases, args.rounds)
+    sdpa = next(iter(best.values()))
+    for name, us in best.items():
+        print(f"{name:50s} {us:8.1f} us/call  {us / sdpa:6.2f}x SDPA")
+
+
+if __name__ == "__main__":
+    main()
