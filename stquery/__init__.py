@@ -5,7 +5,7 @@
     o = stq.attention(q, k, v, masks=stq.MaskSet([stq.masks.window(2), stq.masks.window(None)]), alpha=a)
     y, idx = stq.topk_tokens(x, scores, k=1024, gate="sigmoid", scales=(1, 2, 4))
 
-See SPEC §2 for exact semantics; every op takes ``backend=`` ("torch", "triton", "cuda").
+See docs/ops.md §2 for exact semantics; every op takes ``backend=`` ("torch", "triton", "cuda").
 """
 from .backends import BackendUnavailable
 from .ops import MaskSet, attention, masks, multiscale_pool, st_pool, temporal_attention, topk_tokens

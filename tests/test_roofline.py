@@ -1,4 +1,4 @@
-"""The roofline counts of stquery/roofline.py against hand counts (SPEC §6).
+"""The roofline counts of stquery/roofline.py against hand counts (docs/profiling.md §6).
 
 Every expected number below is written out by hand from the shapes, not from the formulas under test.
 """
@@ -105,7 +105,7 @@ def test_st_pool_counts():
 
 
 def test_headline_config_is_100_mb_per_tensor():
-    # SPEC/issue: bf16, L=32, H=12, d=64, B·T = 2048 frames -> 100.7 MB per q/k/v.
+    # docs/profiling.md §6 (GPU headline): bf16, L=32, H=12, d=64, B·T = 2048 frames -> 100.7 MB per q/k/v.
     c = roofline.temporal_attention_cost(2048 // 16, 16, 32, 12, 64, itemsize=2)
     assert c.bytes == 4 * 2048 * 32 * 12 * 64 * 2
     assert c.bytes / 4 == 100_663_296

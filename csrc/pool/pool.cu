@@ -1,4 +1,4 @@
-// Pooling kernels: RED-VILLM's st_pool and LinVT's multi-scale pooling (SPEC §2.5), deterministic:
+// Pooling kernels: RED-VILLM's st_pool and LinVT's multi-scale pooling (docs/ops.md §2.5), deterministic:
 // every sum runs in a fixed order, no float atomics.
 //
 // st_pool forward: a block owns (b, a tile of kStPatches patches, 32 channels) and walks the T

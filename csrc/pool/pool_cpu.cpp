@@ -1,4 +1,4 @@
-// Spatio-temporal and multi-scale pooling on the CPU (SPEC §2.5). Float32 accumulation in a fixed
+// Spatio-temporal and multi-scale pooling on the CPU (docs/ops.md §2.5). Float32 accumulation in a fixed
 // order per output element (results do not depend on the thread count); fp16/bf16 converted on load.
 #include "pool/pool_cpu.h"
 

@@ -1,4 +1,4 @@
-// The gather + gate (+ multi-scale pooling) of topk_tokens (SPEC §2.4), forward and backward:
+// The gather + gate (+ multi-scale pooling) of topk_tokens (docs/ops.md §2.4), forward and backward:
 //
 //   y[b, i] = x[b, idx[b, i]] * g(scores[b, idx[b, i]]),  g = 1 | sigmoid | softmax over the k | identity
 //

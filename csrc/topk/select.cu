@@ -1,4 +1,4 @@
-// Top-k selection by radix select (LinVT score-based selection; SPEC §2.4). Not a sort.
+// Top-k selection by radix select (LinVT score-based selection; docs/ops.md §2.4). Not a sort.
 //
 // Scores become order-preserving uint32 keys. Four passes of 8-bit digits, most significant first,
 // pin down T, the k-th largest key: per pass, each chunk of kSelectChunk scores histograms the

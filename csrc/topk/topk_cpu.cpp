@@ -1,4 +1,4 @@
-// LinVT-style top-k token selection, gating and fused multi-scale pooling on the CPU (SPEC §2.4).
+// LinVT-style top-k token selection, gating and fused multi-scale pooling on the CPU (docs/ops.md §2.4).
 //
 // Selection: one task per row; nth_element / partial_sort of the indices under the total order
 // "higher score first, then lower index" (the reference's stable descending sort; -0.0 ties +0.0).

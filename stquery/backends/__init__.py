@@ -1,4 +1,4 @@
-"""Backend registry and dispatch (SPEC §3).
+"""Backend registry and dispatch (docs/backends.md §3).
 
 Which backend runs an op: the op's ``backend=`` argument, else ``$STQUERY_BACKEND``, else auto —
 the first backend in :data:`PREFERENCE` that runs natively on the tensors' device and whose

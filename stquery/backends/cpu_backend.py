@@ -1,4 +1,4 @@
-"""The ``cpu`` backend: fused C++ kernels in ``csrc/<op>/*_cpu.cpp`` for CPU tensors (SPEC §3).
+"""The ``cpu`` backend: fused C++ kernels in ``csrc/<op>/*_cpu.cpp`` for CPU tensors (docs/backends.md §3).
 
 Built just in time on first use with the host compiler and ninja (``torch.utils.cpp_extension.load``)
 into a directory named after a hash of the sources, the compiler flags and the CPU's ISA (ATen's

@@ -65,7 +65,7 @@ def masked_mean(x: Tensor, valid: Tensor | None, dim: int) -> Tensor:
 def frame_validity(frame_lengths: Tensor | None, batch: int, frames: int, device) -> Tensor | None:
     """bool ``[B, T]``: True for real frames (``t < frame_lengths[b]``); None when nothing is padded.
 
-    The one ``frame_lengths`` rule of the models, the ops' rule (SPEC §2.2): an integer tensor
+    The one ``frame_lengths`` rule of the models, the ops' rule (docs/ops.md §2.2): an integer tensor
     ``[B]`` whose values are clipped to ``[0, T]``; 0 is a fully padded video (its outputs are 0
     and its visual tokens masked out). Values are never read on the host (no sync).
     """
@@ -79,7 +79,7 @@ def frame_validity(frame_lengths: Tensor | None, batch: int, frames: int, device
 
 
 def grid_neighbourhood_masks(num_queries: int, num_keys: int, radii) -> list[Tensor]:
-    """Cross-attention DAR masks (SPEC §4.1): bool ``[num_queries, num_keys]``, one per radius.
+    """Cross-attention DAR masks (docs/models.md §4.1): bool ``[num_queries, num_keys]``, one per radius.
 
     The ``num_queries`` queries are laid out row-major on a ``gh × gw`` grid (``gh`` the largest
     divisor of L not above √L); the keys end with a ``side × side`` row-major patch grid

@@ -1,4 +1,4 @@
-"""LinVT's Linear Video Tokenizer (SPEC §4.2; Gao et al. 2024, arXiv:2412.05185, Sec. 3.2).
+"""LinVT's Linear Video Tokenizer (docs/models.md §4.2; Gao et al. 2024, arXiv:2412.05185, Sec. 3.2).
 
 SVR (spatio-temporal visual token refiner): spatio-temporal significance scoring, top-k selection
 in temporal order and multi-scale token pooling, fused in :func:`stquery.topk_tokens`.
@@ -74,7 +74,7 @@ class Refined:
 
 
 class LinVTTokenizer(nn.Module):
-    """LinVT video tokenizer (SPEC §4.2): frame tokens ``[B, T, P, C]`` → video tokens ``[B, M, C]``.
+    """LinVT video tokenizer (docs/models.md §4.2): frame tokens ``[B, T, P, C]`` → video tokens ``[B, M, C]``.
 
     SVR: ``svr_layers`` blocks of spatial attention within each frame (``stq.attention``, G = B·T
     over P patches) and temporal attention across frames per patch position

@@ -1,4 +1,4 @@
-"""RED-VILLM's temporal adapter (SPEC §4.3; "Resource-efficient development of video LLMs", Sec. 3.2–3.3)."""
+"""RED-VILLM's temporal adapter (docs/models.md §4.3; "Resource-efficient development of video LLMs", Sec. 3.2–3.3)."""
 from __future__ import annotations
 
 import copy
@@ -12,7 +12,7 @@ from .common import freeze, frame_validity, parameter_counts, run_in_own_dtype
 
 
 class TemporalPoolAdapter(nn.Module):
-    """Spatial/temporal pooling of frame tokens, each aligned to the LLM (SPEC §4.3).
+    """Spatial/temporal pooling of frame tokens, each aligned to the LLM (docs/models.md §4.3).
 
     ``temporal, spatial = stq.st_pool(x)``: ``t_i = mean_p x[:, i]`` (``[B, T, C]``) and
     ``z_p = mean_t x[:, :, p]`` (``[B, P, C]``), RED-VILLM's spatial/temporal pooling.

@@ -1,4 +1,4 @@
-"""A video LMM: frozen vision encoder → video tokenizer → language projection → frozen causal LM (SPEC §4.4)."""
+"""A video LMM: frozen vision encoder → video tokenizer → language projection → frozen causal LM (docs/models.md §4.4)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,7 +31,7 @@ class VideoLMMOutput:
 
 
 class VideoLMM(nn.Module):
-    """Video LMM (SPEC §4.4): the LLM reads the text with the video's visual tokens placed in it.
+    """Video LMM (docs/models.md §4.4): the LLM reads the text with the video's visual tokens placed in it.
 
     ``vision_model`` (frozen, run without grad; None when frame features are precomputed) maps
     ``pixel_values [B, T, 3, H, W]`` to frame tokens ``[B, T, N, Cv]``; ``frame_projection``

@@ -1,4 +1,4 @@
-"""MTransLLaMA's video Q-Former (SPEC §4.1): an InstructBLIP Q-Former turned into a video tokenizer.
+"""MTransLLaMA's video Q-Former (docs/models.md §4.1): an InstructBLIP Q-Former turned into a video tokenizer.
 
 Early text fusion (eq. 5), per-frame cross-attention (eq. 6) and temporal self-attention that reuses
 the spatial self-attention's own Wq/Wk/Wv, output dense and LayerNorm (eq. 7) with separate LoRA
@@ -52,7 +52,7 @@ class _LayerAdapters(nn.Module):
 
 
 class VideoQFormer(nn.Module):
-    """Video Q-Former of MTransLLaMA (SPEC §4.1) over a frozen ``InstructBlipQFormerModel``.
+    """Video Q-Former of MTransLLaMA (docs/models.md §4.1) over a frozen ``InstructBlipQFormerModel``.
 
     Queries are replicated per frame, ``q[t, l] = query_tokens[l] + e_t[t] + e_s[l]`` (eq. 4), and
     concatenated with the instruction text ``[queries; text]`` (text shared by the T frames). Each
@@ -67,7 +67,7 @@ class VideoQFormer(nn.Module):
        ``output.LayerNorm`` modules as step 1, with ``Wq + LoRA_t``, ``Wv + LoRA_t`` and its own router;
     4. the Q-Former's query feed-forward (queries) and text feed-forward (text).
 
-    DAR (eq. 9–10, SPEC §2.3): ``alpha = softmax(MLP(avgpool(x)))`` per routed attention, pooled
+    DAR (eq. 9–10, docs/ops.md §2.3): ``alpha = softmax(MLP(avgpool(x)))`` per routed attention, pooled
     per frame (spatial, cross: ``[B*T, p]``) or per query over the real frames (temporal:
     ``[B, L, p]``). Default mask sets: temporal ``{window(1), window(2), global}``; cross
     ``{grid radius 2, grid radius 4, global}`` (:func:`grid_neighbourhood_masks`); spatial global
@@ -78,7 +78,7 @@ class VideoQFormer(nn.Module):
     6 cross-attention layers, 32 queries) with the defaults (``lora_rank=8``, ``max_frames=64``,
     ``router_hidden=D/4``): **3,331,638 trainable of 189,015,606 parameters = 1.763 %**
     (LoRA 589,824; 18 routers 2,668,086; e_t 49,152; e_s 24,576). With ``router_hidden=D/2``
-    (SPEC's width) it would be 5,999,670 / 191,683,638 = 3.13 %; see ``router_hidden``.
+    it would be 5,999,670 / 191,683,638 = 3.13 %; see ``router_hidden``.
 
     Differences from the Q-Former in training mode: attention-probability dropout
     (``attention_probs_dropout_prob``) is not applied (the stquery ops have none); hidden-state
@@ -94,10 +94,9 @@ class VideoQFormer(nn.Module):
         temporal_masks, spatial_masks: lists of ``stq.masks`` masks (None: the defaults above).
             Spatial masks are over ``[queries; text]`` with the text tokens global.
         cross_radii: patch-grid radii of the cross-attention masks (a global mask is appended).
-        router_hidden: router MLP width; default ``D // 4``. SPEC §4.1 says ``D/2``; at that width the
-            18 routers alone are 2.8 % of the model, so the default is halved to meet the < 2 %
-            trainable budget. Pass ``hidden_size // 2`` for the SPEC width.
-        dar_mode: ``"mix"`` or ``"scale"`` (SPEC §2.3).
+        router_hidden: router MLP width; default ``D // 4``, which keeps the trainable share under
+            2 % (at ``D // 2`` the 18 routers alone are 2.8 % of the model).
+        dar_mode: ``"mix"`` or ``"scale"`` (docs/ops.md §2.3).
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""What every op's checks share (SPEC §1): the dtype lists and the tensor checks.
+"""What every op's checks share (docs/ops.md §1): the dtype lists and the tensor checks.
 
 Every error names the argument, the shape it got and the one it needs. Checks read only shapes,
 dtypes and devices, never tensor values, so they cost no device synchronisation.

@@ -29,7 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "output_dir": "runs/default",
     "data": {
-        # JSONL manifests (SPEC §5) or, for the synthetic set, a `shapes:` section instead.
+        # JSONL manifests (docs/training.md §5) or, for the synthetic set, a `shapes:` section instead.
         "train": None,
         "val": None,
         "frames": 4,

@@ -1,4 +1,4 @@
-"""Converters from the official annotation files of the paper's datasets to the manifest (SPEC §5).
+"""Converters from the official annotation files of the paper's datasets to the manifest (docs/training.md §5).
 
 Each ``convert_*`` reads the official files, writes one JSONL manifest per split
 (``OUT_PREFIX_<split>.jsonl``, or ``OUT_PREFIX.jsonl`` when there is one split) and returns

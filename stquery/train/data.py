@@ -1,4 +1,4 @@
-"""Manifest, frame decoding and batching (SPEC §5).
+"""Manifest, frame decoding and batching (docs/training.md §5).
 
 Manifest: one JSON object per line (JSONL). Keys:
 

@@ -1,4 +1,4 @@
-"""The LLM head (``model.kind: video_lmm``, SPEC §4.4 / §5) as a trainer task model.
+"""The LLM head (``model.kind: video_lmm``, docs/models.md §4.4 / docs/training.md §5) as a trainer task model.
 
 :class:`LMMTask` wraps a :class:`stquery.models.VideoLMM` and its text tokenizer(s) so that the
 trainer can call ``forward(batch) -> loss`` and ``predict(batch) -> list[str]``.

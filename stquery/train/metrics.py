@@ -1,4 +1,4 @@
-"""Evaluation metrics (SPEC §5): accuracy, ROUGE-L and METEOR, all computed offline.
+"""Evaluation metrics (docs/training.md §5): accuracy, ROUGE-L and METEOR, all computed offline.
 
 **Answer parsing** (:func:`parse_choice`), for records with ``options``:
 1. normalise prediction and options (lower case, punctuation and surrounding spaces removed,

@@ -18,7 +18,7 @@ Each clip is rendered as RGB frames ``[T, S, S, 3]`` (black background, squares 
 colours). The precomputed features are the raw frame patches: ``[T, (S/p)^2, p*p*3 + (S/p)^2]``, pixels in [-0.5, 0.5]
 plus a one-hot of the patch position (each frame on its own: no temporal information in the
 features). :func:`generate` writes a
-manifest per split (SPEC §5) whose ``features`` point into one ``.safetensors`` file per split, and
+manifest per split (docs/training.md §5) whose ``features`` point into one ``.safetensors`` file per split, and
 optionally the clips as real video files (PyAV) for the decoding path.
 """
 from __future__ import annotations

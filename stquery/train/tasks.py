@@ -11,7 +11,7 @@
 
 Trainable parameters are those with ``requires_grad``; the trainer optimises and checkpoints
 exactly those. ``model.kind`` picks the builder: ``shapes_classifier`` (the CPU-sized moving-shapes
-demo below) or ``video_lmm`` (the LLM head, SPEC §4.4; see :mod:`stquery.train.lmm`).
+demo below) or ``video_lmm`` (the LLM head, docs/models.md §4.4; see :mod:`stquery.train.lmm`).
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ class ShapesClassifier(nn.Module):
 
     ``train_base``: also train the (random) Q-Former weights. Off by default, as in the paper (LoRA,
     routers and position embeddings only). ``position_init_std``: random init of ``e_t`` instead of
-    SPEC's zeros (only with ``temporal``; see the comment in ``__init__``).
+    the documented zeros (only with ``temporal``; see the comment in ``__init__``).
     """
 
     def __init__(self, labels: list[str], *, temporal: bool = True, dar: bool = False, hidden_size: int = 64,
@@ -87,7 +87,7 @@ class ShapesClassifier(nn.Module):
             for p in self.qformer.qformer.parameters():
                 p.requires_grad_(True)
         if position_init_std and temporal:
-            # SPEC §4.1 zero-initialises e_t so that a pretrained Q-Former starts unchanged. From a
+            # docs/models.md §4.1 zero-initialises e_t so that a pretrained Q-Former starts unchanged. From a
             # random Q-Former there is nothing to preserve, and e_t = 0 is a saddle for order tasks:
             # every frame looks alike to temporal attention, the symmetric head gets no gradient
             # towards order, and training waits for noise to break the tie.

@@ -1,4 +1,4 @@
-"""The training loop (SPEC §5): LoRA-only AdamW, accumulation, bf16 autocast on GPU, DDP, exact resume.
+"""The training loop (docs/training.md §5): LoRA-only AdamW, accumulation, bf16 autocast on GPU, DDP, exact resume.
 
 Batching. ``train.batch_size`` is the **global** batch of one optimizer step, over all ranks and
 accumulation steps; each rank runs ``grad_accum`` micro-batches of ``batch_size / (world ×

@@ -1,4 +1,4 @@
-"""SPEC §3: backend= > $STQUERY_BACKEND > auto; reasons; no silent fallback."""
+"""docs/backends.md §3: backend= > $STQUERY_BACKEND > auto; reasons; no silent fallback."""
 import logging
 
 import pytest

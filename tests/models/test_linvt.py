@@ -1,4 +1,4 @@
-"""LinVTTokenizer (SPEC §4.2): temporal order, gate gradients, shapes, padding."""
+"""LinVTTokenizer (docs/models.md §4.2): temporal order, gate gradients, shapes, padding."""
 import pytest
 import torch
 

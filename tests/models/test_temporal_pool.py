@@ -1,4 +1,4 @@
-"""TemporalPoolAdapter (SPEC §4.3)."""
+"""TemporalPoolAdapter (docs/models.md §4.3)."""
 import torch
 from torch import nn
 

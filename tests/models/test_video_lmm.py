@@ -1,4 +1,4 @@
-"""VideoLMM (SPEC §4.4) on a tiny random InstructBLIP (ViT + Q-Former + Llama-style LM), CPU."""
+"""VideoLMM (docs/models.md §4.4) on a tiny random InstructBLIP (ViT + Q-Former + Llama-style LM), CPU."""
 import pytest
 import torch
 import torch.nn.functional as F

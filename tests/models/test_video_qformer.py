@@ -1,4 +1,4 @@
-"""VideoQFormer (SPEC §4.1): equivalence with the image Q-Former, temporal reuse, gradients, padding."""
+"""VideoQFormer (docs/models.md §4.1): equivalence with the image Q-Former, temporal reuse, gradients, padding."""
 import inspect
 
 import pytest

@@ -43,7 +43,7 @@ def compiled(fn):
 
 
 def assert_error_names(call, exc, words):
-    """``call()`` raises ``exc`` whose message contains every one of ``words`` (SPEC §1)."""
+    """``call()`` raises ``exc`` whose message contains every one of ``words`` (docs/ops.md §1)."""
     try:
         call()
     except exc as e:

@@ -1,4 +1,4 @@
-"""The LLM head in the trainer (``model.kind: video_lmm``, SPEC §4.4 / §5) on tiny random models.
+"""The LLM head in the trainer (``model.kind: video_lmm``, docs/models.md §4.4 / docs/training.md §5) on tiny random models.
 
 A random InstructBLIP (1-layer ViT width 24, 2-layer Q-Former, 1-layer Llama-style LM), a
 word-level LLM tokenizer and Q-Former tokenizer (built offline with ``tokenizers``), all saved with

@@ -1,4 +1,4 @@
-"""Attention: ``stq.attention`` (spatial, SPEC §2.1), ``stq.temporal_attention`` (§2.2) and routed
+"""Attention: ``stq.attention`` (spatial, docs/ops.md §2.1), ``stq.temporal_attention`` (§2.2) and routed
 mask sets (§2.3).
 
 - ``op.py``: the public functions, the custom ops and their autograd formula;

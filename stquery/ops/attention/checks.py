@@ -1,4 +1,4 @@
-"""Argument checks of ``stq.attention`` / ``stq.temporal_attention`` (SPEC §1, §2.1–2.3).
+"""Argument checks of ``stq.attention`` / ``stq.temporal_attention`` (docs/ops.md §1, §2.1–2.3).
 
 The one place attention arguments are validated; backends' ``supports`` only add what their
 kernels can't do.

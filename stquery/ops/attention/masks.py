@@ -1,4 +1,4 @@
-"""Mask sets for Dynamic Attention Routing (SPEC §2.3).
+"""Mask sets for Dynamic Attention Routing (docs/ops.md §2.3).
 
 A mask is a rule over the ``Nq × Nk`` score grid (sequence positions; for temporal attention,
 frame indices). Structured masks (``window``, ``causal``) are integers that kernels turn into

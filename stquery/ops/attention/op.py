@@ -1,6 +1,6 @@
-"""``stq.attention`` and ``stq.temporal_attention`` (SPEC §2.1–2.3).
+"""``stq.attention`` and ``stq.temporal_attention`` (docs/ops.md §2.1–2.3).
 
-Each call validates its arguments, resolves a backend (SPEC §3) and runs the backend's
+Each call validates its arguments, resolves a backend (docs/backends.md §3) and runs the backend's
 ``attention_fwd`` / ``attention_bwd``:
 
 - under ``torch.compile``, through the custom ops ``stquery::attention_fwd`` / ``attention_bwd``,
@@ -118,7 +118,7 @@ def attention(
     q: Tensor, k: Tensor, v: Tensor, *, masks: MaskSet | None = None, alpha: Tensor | None = None,
     mode: str = "mix", scale: float | None = None, key_padding: Tensor | None = None, backend: str | None = None,
 ) -> Tensor:
-    """Spatial / cross attention along dim 1, with optional routed masks (SPEC §2.1, §2.3).
+    """Spatial / cross attention along dim 1, with optional routed masks (docs/ops.md §2.1, §2.3).
 
     Args:
         q: ``[G, Nq, H, d]`` (``[G, Nq, H*d]`` packed heads is the same memory: ``q.view(G, Nq, H, d)``).
@@ -143,7 +143,7 @@ def temporal_attention(
     mode: str = "mix", scale: float | None = None, frame_lengths: Tensor | None = None, backend: str | None = None,
 ) -> Tensor:
     """Attention across frames in the native ``[B*T, L, H, d]`` layout: the BT×L ↔ BL×T channel swap
-    fused into attention (SPEC §2.2; MTransLLaMA eq. 7).
+    fused into attention (docs/ops.md §2.2; MTransLLaMA eq. 7).
 
     ``o[b*T+t, l, h] = Σ_s softmax_s(q[b*T+t, l, h] · k[b*T+s, l, h] · scale) v[b*T+s, l, h]``, i.e.
     reshaping to ``[B*L, T, H, d]``, attending and reshaping back, without the two permute copies.

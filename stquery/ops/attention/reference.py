@@ -2,7 +2,7 @@
 tested against.
 
 Plain PyTorch, readable before fast. Temporal attention uses views, never a permute copy: the plain
-case runs SDPA on the head-fold view ``[B, T, L*H, d]`` (SPEC §2.2); masked cases build per-mask
+case runs SDPA on the head-fold view ``[B, T, L*H, d]`` (docs/ops.md §2.2); masked cases build per-mask
 score matrices, which is fine here and nowhere else.
 
 - :func:`attend` takes the decomposed problem (tensors + :class:`AttnProblem`): what the torch

@@ -1,4 +1,4 @@
-"""Pooling: ``stq.multiscale_pool`` (LinVT) and ``stq.st_pool`` (RED-VILLM) (SPEC §2.5).
+"""Pooling: ``stq.multiscale_pool`` (LinVT) and ``stq.st_pool`` (RED-VILLM) (docs/ops.md §2.5).
 
 - ``op.py``: the public functions, the custom ops and their autograd formula;
 - ``checks.py``: argument validation; ``problem.py``: :func:`pooled_length`;

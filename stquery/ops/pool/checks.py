@@ -1,4 +1,4 @@
-"""Argument checks of ``stq.multiscale_pool`` and ``stq.st_pool`` (SPEC §1, §2.5); ``scales`` is
+"""Argument checks of ``stq.multiscale_pool`` and ``stq.st_pool`` (docs/ops.md §1, §2.5); ``scales`` is
 shared with ``stq.topk_tokens``."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``stq.multiscale_pool`` and ``stq.st_pool`` (SPEC §2.5)."""
+"""``stq.multiscale_pool`` and ``stq.st_pool`` (docs/ops.md §2.5)."""
 from __future__ import annotations
 
 from typing import List, Tuple

@@ -1,4 +1,4 @@
-"""Token selection: ``stq.topk_tokens`` (SPEC §2.4, LinVT's score-based selection with gating).
+"""Token selection: ``stq.topk_tokens`` (docs/ops.md §2.4, LinVT's score-based selection with gating).
 
 - ``op.py``: the public function, the custom ops and their autograd formula;
 - ``checks.py``: argument validation; ``problem.py``: the gate and order enums;

@@ -1,4 +1,4 @@
-"""Argument checks of ``stq.topk_tokens`` (SPEC §1, §2.4)."""
+"""Argument checks of ``stq.topk_tokens`` (docs/ops.md §1, §2.4)."""
 from __future__ import annotations
 
 from ..common import FLOATS, nonempty, same_device, shape, tensor

@@ -1,4 +1,4 @@
-"""``stq.topk_tokens`` (SPEC §2.4): LinVT's score-based token selection with gating.
+"""``stq.topk_tokens`` (docs/ops.md §2.4): LinVT's score-based token selection with gating.
 
 Two custom ops: ``stquery::topk_select`` (integer selection, no gradient) and
 ``stquery::gather_gate`` (the fused gather · gate · optional multi-scale pooling, differentiable

@@ -1,6 +1,6 @@
-"""Per-element loop implementation of SPEC §2.1–2.3: an independent check of the attention reference.
+"""Per-element loop implementation of docs/ops.md §2.1–2.3: an independent check of the attention reference.
 
-Written from the SPEC's formulas, sharing no code with the reference. Slow: tiny inputs only.
+Written from the formulas of docs/ops.md, sharing no code with the reference. Slow: tiny inputs only.
 """
 import math
 

@@ -1,4 +1,4 @@
-"""SPEC §3: the attention ops are custom ops with a fake implementation, so torch.compile(fullgraph=True) traces it."""
+"""docs/backends.md §3: the attention ops are custom ops with a fake implementation, so torch.compile(fullgraph=True) traces it."""
 import torch
 
 import stquery as stq

@@ -1,4 +1,4 @@
-"""SPEC §1/§2.2: temporal attention reads [B*T, L, H, d] through views, never a copy of q/k/v."""
+"""docs/ops.md §1/§2.2: temporal attention reads [B*T, L, H, d] through views, never a copy of q/k/v."""
 import pytest
 import torch
 from torch.profiler import profile

@@ -1,4 +1,4 @@
-"""The attention reference against per-element loops written from SPEC §2.1–2.3 (naive.py here)."""
+"""The attention reference against per-element loops written from docs/ops.md §2.1–2.3 (naive.py here)."""
 import pytest
 import torch
 
@@ -93,7 +93,7 @@ def test_empty_mask_rows_are_zero_not_nan():
 
 
 def test_temporal_equals_reshape_attend_reshape():
-    """SPEC §2.2: the same as permuting to [B*L, T, H, d], attending, permuting back."""
+    """docs/ops.md §2.2: the same as permuting to [B*L, T, H, d], attending, permuting back."""
     B, T, L, H, d = 2, 6, 3, 2, 8
     q, k, v = qkv((B * T, L, H, d))
     swap = lambda t: t.reshape(B, T, L, H, d).transpose(1, 2).reshape(B * L, T, H, d)

@@ -1,4 +1,4 @@
-"""SPEC §1 for the pool ops: each bad input raises ValueError/TypeError naming the argument and the shapes."""
+"""docs/ops.md §1 for the pool ops: each bad input raises ValueError/TypeError naming the argument and the shapes."""
 import pytest
 import torch
 

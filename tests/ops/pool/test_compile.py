@@ -1,4 +1,4 @@
-"""SPEC §3: the pool ops are custom ops with fake implementations, so torch.compile(fullgraph=True) traces them."""
+"""docs/backends.md §3: the pool ops are custom ops with fake implementations, so torch.compile(fullgraph=True) traces them."""
 import torch
 
 import stquery as stq

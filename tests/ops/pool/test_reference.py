@@ -1,4 +1,4 @@
-"""The pool references against per-element loops written from SPEC §2.5 (naive.py here)."""
+"""The pool references against per-element loops written from docs/ops.md §2.5 (naive.py here)."""
 import pytest
 import torch
 

@@ -1,6 +1,6 @@
-"""Per-element loop implementation of SPEC §2.4: an independent check of the topk reference.
+"""Per-element loop implementation of docs/ops.md §2.4: an independent check of the topk reference.
 
-Written from the SPEC's formulas, sharing no code with the reference. Slow: tiny inputs only.
+Written from the formulas of docs/ops.md, sharing no code with the reference. Slow: tiny inputs only.
 """
 import math
 

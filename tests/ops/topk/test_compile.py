@@ -1,4 +1,4 @@
-"""SPEC §3: topk_tokens is a custom op with a fake implementation, so torch.compile(fullgraph=True) traces it."""
+"""docs/backends.md §3: topk_tokens is a custom op with a fake implementation, so torch.compile(fullgraph=True) traces it."""
 import torch
 
 import stquery as stq

@@ -20,6 +20,6 @@ def test_topk_tokens(gate, scales):
         return stq.topk_tokens(x, s, 4, gate=gate, scales=scales, backend="torch")[0]
 
     assert gradcheck(f, inputs)
-    if gate is None:  # SPEC §2.4: no gate, no gradient to scores
+    if gate is None:  # docs/ops.md §2.4: no gate, no gradient to scores
         stq.topk_tokens(x, scores, 4)[0].sum().backward()
         assert scores.grad is None

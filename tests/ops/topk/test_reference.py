@@ -1,4 +1,4 @@
-"""The topk reference against per-element loops written from SPEC §2.4 (naive.py here)."""
+"""The topk reference against per-element loops written from docs/ops.md §2.4 (naive.py here)."""
 import pytest
 import torch
 
