@@ -34,8 +34,8 @@ Modes (``s = scale * q.k``, all exponentials in base 2 with ``scale * log2(e)`` 
   Stats saved: ``lse_j = m + log2 l_j`` per row (``-inf`` for an empty mask row): O(N * p).
   Limitation of sharing one max: a mask whose every visible score lies more than ~87 nats
   (the float32 exponent range) below the row's maximum underflows to a zero contribution in the
-  forward (the reference keeps its share). No NaN: ``alpha_j / l_j`` is clamped to the float32
-  range, and the backward re-bases on the masks' own statistics (see ``_mix_inverse_norms``).
+  forward (the reference keeps its share), and the backward, which recomputes the same ``l_j``,
+  gives it zero gradient. No NaN: ``alpha_j / l_j`` is clamped to the float32 range.
 - SCALE (MTransLLaMA eq. 9): one flash pass on ``s * w``, ``w = sum_j alpha_j M_j``, keys with
   ``w <= 0`` excluded; stats = ``lse`` of ``s * w``.
 
@@ -273,6 +273,13 @@ def _mix_weight(bits, coef, offs_p, n_masks):
 
 
 @triton.jit
+def _mix_coef(alpha, l):
+    """``alpha_j / l_j`` clamped to the float32 range (a tiny ``l_j`` must not make inf · 0), 0 for
+    an empty mask row."""
+    return tl.where(l > 0, tl.minimum(tl.maximum(alpha / l, -_FMAX), _FMAX), 0.0)
+
+
+@triton.jit
 def _scores(b_q, b_k, qk_scale, PRECISION: tl.constexpr):
     """``s * log2(e)`` for the tile; ``[BM, BN]`` float32."""
     return tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale
@@ -360,7 +367,7 @@ def _attn_fwd(
 
     m_fix = tl.where(m_i == float("-inf"), 0.0, m_i)
     # [BLOCK_M, PP] per-mask weight alpha_j / l_j (MIX, two passes)
-    coef = tl.where(l_mix > 0, tl.minimum(tl.maximum(b_alpha / l_mix, -_FMAX), _FMAX), 0.0)
+    coef = _mix_coef(b_alpha, l_mix)
     for kb in range(n_kblocks):
         offs_n = kb * BLOCK_N + offs_nb
         sl_n, pos_n, in_n, ok_n, b_n, l_n, h_n = _key_rows(
@@ -387,7 +394,7 @@ def _attn_fwd(
                     has_j = _has(bits, j)
                     # [BLOCK_M]
                     l_j = tl.sum(tl.where(has_j, p, 0.0), axis=1)
-                    c_j = tl.where(l_j > 0, tl.minimum(tl.maximum(_col(b_alpha, offs_p, j) / l_j, -_FMAX), _FMAX), 0.0)
+                    c_j = _mix_coef(_col(b_alpha, offs_p, j), l_j)
                     w += tl.where(has_j, c_j[:, None], 0.0)
                     l_mix += tl.where(offs_p[None, :] == j, l_j[:, None], 0.0)
             else:
@@ -439,28 +446,22 @@ def _store_dalpha_segments(dalpha_ptr, vals, sl_m, seq0, n_seq, seqs_per_prog, j
 
 
 @triton.jit
-def _mix_inverse_norms(lse):
-    """From ``lse_j = m + log2 l_j`` (``[BM, PP]``): a reference ``m_ref`` and ``r_j = 2^(m_ref -
-    lse_j)`` (0 for an empty mask row), so that ``P_j = 2^(s - m_ref) · r_j``.
-
-    ``m_ref = max_j lse_j`` (>= every visible score) unless the masks' lse spread exceeds 120
-    (log2 units): then ``m_ref = min_j lse_j + 120`` keeps every ``r_j`` finite (a mask whose
-    scores all sit far below the others' would otherwise overflow r_j and give inf · 0 = NaN)."""
-    m_hi = tl.max(lse, axis=1)
-    m_lo = tl.min(tl.where(lse > float("-inf"), lse, float("inf")), axis=1)
-    m_ref = tl.minimum(m_hi, m_lo + 120.0)
-    m_ref = tl.where(m_hi == float("-inf"), 0.0, m_ref)
-    r = tl.where(lse > float("-inf"), tl.exp2(tl.minimum(m_ref[:, None] - lse, 126.0)), 0.0)
-    return m_ref, r
+def _mix_row_ref(lse):
+    """``max_j lse_j`` (0 for a row with no visible key) from ``lse_j = m + log2 l_j``
+    (``[BM, PP]``): the looping backward's reference for ``p = 2^(s - m_ref) <= 1`` (the mask
+    holding the row maximum has ``l_j >= 1``). Its rounding cancels: the l_j are recomputed
+    against it."""
+    m_ref = tl.max(lse, axis=1)
+    return tl.where(m_ref == float("-inf"), 0.0, m_ref)
 
 
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _attn_bwd_one_block(
-    q_ptr, k_ptr, v_ptr, do_ptr, dq_ptr, dk_ptr, dv_ptr, stats_ptr, alpha_ptr, dalpha_ptr,
+    q_ptr, k_ptr, v_ptr, do_ptr, dq_ptr, dk_ptr, dv_ptr, alpha_ptr, dalpha_ptr,
     dense_ptr, kpad_ptr, flen_ptr,
     sq_b, sq_l, sq_h, sq_n, sk_b, sk_l, sk_h, sk_n, sv_b, sv_l, sv_h, sv_n,
     sdo_b, sdo_l, sdo_h, sdo_n, sdq_b, sdq_l, sdq_h, sdq_n, sdk_b, sdk_l, sdk_h, sdk_n,
-    sdv_b, sdv_l, sdv_h, sdv_n, ss_b, ss_l, ss_h, ss_n, sa_b, sa_l, sa_h, sa_p,
+    sdv_b, sdv_l, sdv_h, sdv_n, sa_b, sa_l, sa_h, sa_p,
     sd_m, sd_q, sd_k, skp_b, skp_n,
     n_seq, L, H, Nq, Nk, d, seqs_per_prog, n_blocks, qk_scale, scale,
     n_masks, m0, m1, m2, m3, m4, m5, m6, m7, g_start, g_end, has_kpad, has_flen,
@@ -468,7 +469,8 @@ def _attn_bwd_one_block(
     PRECISION: tl.constexpr,
 ):
     """Whole sequences per tile (``seqs_per_prog * N <= BLOCK``): dq, dk, dv and dalpha from one
-    load of q, k, v, dO; delta comes from the tile itself (``sum_k P dP``), o is never read."""
+    load of q, k, v, dO; the softmax statistics and delta (``sum_k P dP``) come from the tile
+    itself, neither the saved statistics nor o is read."""
     pid = tl.program_id(0)
     seq0 = pid * seqs_per_prog
     b0, l0, h0 = _seq_coords(seq0, L, H)
@@ -493,7 +495,6 @@ def _attn_bwd_one_block(
     # [BLOCK_M, PP]
     b_alpha = _load_alpha(alpha_ptr, b_m, l_m, h_m, ok_m, sa_b, sa_l, sa_h, sa_p, n_masks, offs_p,
                           MODE, True)
-    s_off = _offsets(b_m, l_m, h_m, pos_m, ss_b, ss_l, ss_h, ss_n)
 
     # [BLOCK_M, BLOCK_N]
     s = _scores(b_q, b_k, qk_scale, PRECISION)
@@ -502,37 +503,38 @@ def _attn_bwd_one_block(
     vis = bits != 0
     # [BLOCK_M, BLOCK_N]
     dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
+    if MODE == _SCALE:
+        w = _mix_weight(bits, b_alpha, offs_p, n_masks)
+        vis = vis & (w > 0)
+        s_nat = s * (1.0 / _LOG2E)
+        s = s * w
+    # The whole row is in the tile: its statistics are recomputed exactly as the forward computed
+    # them rather than read back from ``lse``, whose rounding (half an ulp of |lse|, ~1e-6 at
+    # logits ~16) would scale every P by the same (1 + eps) and leave sum_k dS != 0: an error
+    # proportional to the logits themselves once dS is multiplied by s (dalpha) or K (dq).
+    # [BLOCK_M]
+    m = tl.max(tl.where(vis, s, float("-inf")), axis=1)
+    m = tl.where(m == float("-inf"), 0.0, m)
+    # [BLOCK_M, BLOCK_N]
+    p = tl.where(vis, tl.exp2(s - m[:, None]), 0.0)
     if MODE == _MIX:
-        # [BLOCK_M, PP]
-        lse = tl.load(stats_ptr + s_off[:, None] + offs_p[None, :],
-                      mask=ok_m[:, None] & (offs_p[None, :] < n_masks), other=float("-inf"))
-        m_ref, r = _mix_inverse_norms(lse)
-        # [BLOCK_M, BLOCK_N]
-        p = tl.where(vis, tl.exp2(s - m_ref[:, None]), 0.0)
         pdp = p * dp
         w = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         e = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for j in range(n_masks):
             has_j = _has(bits, j)
-            r_j = _col(r, offs_p, j)
-            # [BLOCK_M] delta_j = sum_k P_j dP
-            delta_j = r_j * tl.sum(tl.where(has_j, pdp, 0.0), axis=1)
-            c_j = _col(b_alpha, offs_p, j) * r_j
+            # [BLOCK_M] l_j and delta_j = sum_k P_j dP (P_j = p / l_j on mask j)
+            l_j = tl.sum(tl.where(has_j, p, 0.0), axis=1)
+            delta_j = tl.sum(tl.where(has_j, pdp, 0.0), axis=1) / tl.where(l_j > 0, l_j, 1.0)
+            c_j = _mix_coef(_col(b_alpha, offs_p, j), l_j)
             w += tl.where(has_j, c_j[:, None], 0.0)
             e += tl.where(has_j, (c_j * delta_j)[:, None], 0.0)
             _store_dalpha_segments(dalpha_ptr, delta_j, sl_m, seq0, n_seq, seqs_per_prog, j, n_masks, BLOCK_M)
         attn = p * w
         ds = p * (dp * w - e)
     else:
-        # [BLOCK_M]
-        lse = tl.load(stats_ptr + s_off, mask=ok_m, other=0.0)
-        if MODE == _SCALE:
-            w = _mix_weight(bits, b_alpha, offs_p, n_masks)
-            vis = vis & (w > 0)
-            s_nat = s * (1.0 / _LOG2E)
-            s = s * w
-        # [BLOCK_M, BLOCK_N]
-        p = tl.where(vis, tl.exp2(s - lse[:, None]), 0.0)
+        l = tl.sum(p, axis=1)
+        p = p * (1.0 / tl.where(l > 0, l, 1.0))[:, None]
         delta = tl.sum(p * dp, axis=1)
         ds = p * (dp - delta[:, None])
         attn = p
@@ -556,7 +558,7 @@ def _attn_bwd_one_block(
 
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _attn_bwd_dq(
-    q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, dq_ptr, stats_ptr, delta_ptr, alpha_ptr, dalpha_ptr,
+    q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, dq_ptr, stats_ptr, delta_ptr, coef_ptr, alpha_ptr, dalpha_ptr,
     dense_ptr, kpad_ptr, flen_ptr,
     sq_b, sq_l, sq_h, sq_n, sk_b, sk_l, sk_h, sk_n, sv_b, sv_l, sv_h, sv_n,
     so_b, so_l, so_h, so_n, sdo_b, sdo_l, sdo_h, sdo_n, sdq_b, sdq_l, sdq_h, sdq_n,
@@ -595,9 +597,10 @@ def _attn_bwd_dq(
         # [BLOCK_M, PP]
         lse = tl.load(stats_ptr + s_off[:, None] + offs_p[None, :],
                       mask=ok_m[:, None] & (offs_p[None, :] < n_masks), other=float("-inf"))
-        m_ref, r = _mix_inverse_norms(lse)
-        # [BLOCK_M, PP] delta_j, pass 1 over the keys
+        m_ref = _mix_row_ref(lse)
+        # [BLOCK_M, PP] sum_k p dP and l_j on each mask, pass 1 over the keys
         delta = tl.zeros([BLOCK_M, _PP], dtype=tl.float32)
+        l_mix = tl.zeros([BLOCK_M, _PP], dtype=tl.float32)
         for kb in range(n_kblocks):
             offs_n = kb * BLOCK_N + offs_nb
             sl_n, pos_n, in_n, ok_n, b_n, l_n, h_n = _key_rows(
@@ -614,15 +617,20 @@ def _attn_bwd_dq(
             p = tl.where(bits != 0, tl.exp2(s - m_ref[:, None]), 0.0)
             pdp = p * tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
             for j in range(n_masks):
-                delta += tl.where(offs_p[None, :] == j,
-                                  tl.sum(tl.where(_has(bits, j), pdp, 0.0), axis=1)[:, None], 0.0)
-        delta = delta * r
+                has_j = _has(bits, j)
+                delta += tl.where(offs_p[None, :] == j, tl.sum(tl.where(has_j, pdp, 0.0), axis=1)[:, None], 0.0)
+                l_mix += tl.where(offs_p[None, :] == j, tl.sum(tl.where(has_j, p, 0.0), axis=1)[:, None], 0.0)
+        # [BLOCK_M, PP] delta_j = sum_k P_j dP with P_j = p / l_j normalised by the l_j just
+        # recomputed (not by 2^(m_ref - lse_j), whose rounding would leave sum_k dS != 0)
+        delta = delta / tl.where(l_mix > 0, l_mix, 1.0)
+        c = _mix_coef(b_alpha, l_mix)
         tl.store(delta_ptr + s_off[:, None] + offs_p[None, :], delta,
+                 mask=in_m[:, None] & (offs_p[None, :] < n_masks))
+        tl.store(coef_ptr + s_off[:, None] + offs_p[None, :], c,
                  mask=in_m[:, None] & (offs_p[None, :] < n_masks))
         tl.store(dalpha_ptr + (blk * n_seq + seq0).to(tl.int64) * n_masks + offs_p, tl.sum(delta, axis=0),
                  mask=offs_p < n_masks)
         # [BLOCK_M, PP]
-        c = b_alpha * r
         e = c * delta
     else:
         # [BLOCK_M, BLOCK_D]
@@ -678,7 +686,7 @@ def _attn_bwd_dq(
 
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _attn_bwd_dkdv(
-    q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, stats_ptr, delta_ptr, alpha_ptr,
+    q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, stats_ptr, delta_ptr, coef_ptr, alpha_ptr,
     dense_ptr, kpad_ptr, flen_ptr,
     sq_b, sq_l, sq_h, sq_n, sk_b, sk_l, sk_h, sk_n, sv_b, sv_l, sv_h, sv_n,
     sdo_b, sdo_l, sdo_h, sdo_n, sdk_b, sdk_l, sdk_h, sdk_n, sdv_b, sdv_l, sdv_h, sdv_n,
@@ -733,11 +741,12 @@ def _attn_bwd_dkdv(
             # [BLOCK_M, PP]
             lse = tl.load(stats_ptr + s_off[:, None] + offs_p[None, :],
                           mask=ok_m[:, None] & (offs_p[None, :] < n_masks), other=float("-inf"))
-            # [BLOCK_M, PP]
+            # [BLOCK_M, PP] delta_j and alpha_j / l_j from _attn_bwd_dq
             delta = tl.load(delta_ptr + s_off[:, None] + offs_p[None, :],
                             mask=ok_m[:, None] & (offs_p[None, :] < n_masks), other=0.0)
-            m_ref, r = _mix_inverse_norms(lse)
-            c = b_alpha * r
+            c = tl.load(coef_ptr + s_off[:, None] + offs_p[None, :],
+                        mask=ok_m[:, None] & (offs_p[None, :] < n_masks), other=0.0)
+            m_ref = _mix_row_ref(lse)
             # [BLOCK_M, BLOCK_N]
             p = tl.where(vis, tl.exp2(s - m_ref[:, None]), 0.0)
             w = _mix_weight(bits, c, offs_p, n_masks)
@@ -1003,13 +1012,13 @@ def attention_bwd(grad_out, q, k, v, out, stats, alpha, dense, key_padding, fram
         return (dq.zero_(), dk.zero_(), dv.zero_(),
                 torch.zeros_like(alpha) if routed else None)
     strides = dict(**_args("sq", q, prob), **_args("sk", k, prob), **_args("sv", v, prob),
-                   **_args("sdo", grad_out, prob), **_args("ss", stats, prob))
+                   **_args("sdo", grad_out, prob))
     seqs = _packing(Nq, Nk, *_config("bwd_one", q.dtype, bd, prob.mode)[:2])
     if seqs:
         block_m, block_n, warps, stages = _config("bwd_one", q.dtype, bd, prob.mode)
         dalpha = _empty((1, n_seq, n_masks), torch.float32, q.device) if routed else _dummy(q.device, torch.float32)
         _attn_bwd_one_block[(triton.cdiv(n_seq, seqs),)](
-            q, k, v, grad_out, dq, dk, dv, stats, dalpha_ptr=dalpha, **strides,
+            q, k, v, grad_out, dq, dk, dv, dalpha_ptr=dalpha, **strides,
             **_args("sdq", dq, prob), **_args("sdk", dk, prob), **_args("sdv", dv, prob), **args,
             seqs_per_prog=seqs, n_blocks=1, scale=prob.scale,
             BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages,
@@ -1018,10 +1027,13 @@ def attention_bwd(grad_out, q, k, v, out, stats, alpha, dense, key_padding, fram
         block_m, block_n, warps, stages = _config("bwd_dq", q.dtype, bd, prob.mode)
         n_qblocks = triton.cdiv(Nq, block_m)
         delta = _empty(stats.shape, torch.float32, q.device)
+        # MIX: alpha_j / l_j per row, recomputed by the dq kernel for the dk/dv kernel
+        coef = _empty(stats.shape, torch.float32, q.device) if prob.mode == MIX else _dummy(q.device, torch.float32)
         dalpha = (_empty((n_qblocks, n_seq, n_masks), torch.float32, q.device) if routed
                   else _dummy(q.device, torch.float32))
         _attn_bwd_dq[(n_qblocks * n_seq,)](
-            q, k, v, out, grad_out, dq, stats, delta, dalpha_ptr=dalpha, **strides,
+            q, k, v, out, grad_out, dq, stats, delta, coef, dalpha_ptr=dalpha, **strides,
+            **_args("ss", stats, prob),
             **_args("so", out, prob), **_args("sdq", dq, prob), **args,
             seqs_per_prog=1, n_blocks=n_qblocks, scale=prob.scale,
             BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages,
@@ -1029,7 +1041,7 @@ def attention_bwd(grad_out, q, k, v, out, stats, alpha, dense, key_padding, fram
         block_m, block_n, warps, stages = _config("bwd_dkdv", q.dtype, bd, prob.mode)
         n_kblocks = triton.cdiv(Nk, block_n)
         _attn_bwd_dkdv[(n_kblocks * n_seq,)](
-            q, k, v, grad_out, dk, dv, stats, delta, **strides,
+            q, k, v, grad_out, dk, dv, stats, delta, coef, **strides, **_args("ss", stats, prob),
             **_args("sdk", dk, prob), **_args("sdv", dv, prob), **args,
             seqs_per_prog=1, n_blocks=n_kblocks, scale=prob.scale,
             BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages,
@@ -1045,7 +1057,7 @@ def attention_bwd(grad_out, q, k, v, out, stats, alpha, dense, key_padding, fram
 def _signature(fn, dtype: str, constexprs: dict) -> dict:
     """Triton signature of ``fn`` for q/k/v of ``dtype``: float pointers for the activations,
     fixed types for the side inputs, i32 for every integer, fp32 for the scales."""
-    fixed = {"stats_ptr": "*fp32", "delta_ptr": "*fp32", "alpha_ptr": "*fp32", "dalpha_ptr": "*fp32",
+    fixed = {"stats_ptr": "*fp32", "delta_ptr": "*fp32", "coef_ptr": "*fp32", "alpha_ptr": "*fp32", "dalpha_ptr": "*fp32",
              "dense_ptr": "*i1", "kpad_ptr": "*i1", "flen_ptr": "*i64"}
     sig = {}
     for name in fn.arg_names:

@@ -68,12 +68,14 @@ class Case:
     glob: bool = False  # global tokens (0, 2)
     pad: bool = False  # key_padding (spatial) / frame_lengths (temporal)
     alpha: str = "full"  # "p" | "group" | "full": the broadcast shape of the routing weights
+    scale: float = 0.0  # softmax scale (0: the op's default 1/sqrt(d))
 
     def __str__(self):
         dt = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype]
         size = f"T{self.n}L{self.L}" if self.op == "temporal" else f"N{self.n}x{self.nk or self.n}"
         masks = "+".join(self.kinds) or "nomask"
         extra = ("-glob" if self.glob else "") + ("-pad" if self.pad else "") + (f"-a{self.alpha}" if self.kinds else "")
+        extra += f"-scale{self.scale:.3g}" if self.scale else ""
         return f"{self.op}-{self.mode}-{masks}-{size}-H{self.H}-d{self.d}-{dt}{extra}"
 
 
@@ -185,6 +187,8 @@ def _inputs(case: Case):
             kwargs["key_padding"] = kp
         args = (q, k, v)
     kwargs["masks"] = masks
+    if case.scale:
+        kwargs["scale"] = case.scale
     if masks is not None:
         kwargs["alpha"] = (torch.rand(*groups, device=DEVICE) + 0.1).to(case.dtype)
         kwargs["mode"] = case.mode
@@ -205,7 +209,23 @@ def _run(case: Case, fn, args, kwargs, diff, dtype, grad_out, **extra):
     return [out] + list(grads)
 
 
-@pytest.mark.parametrize("backend, case", CASES)
+# Logits far from unit variance (issue 14): scale in {1/sqrt(d), 0.3, 1, 2} puts the standard
+# deviation of s = scale * q.k up to 2 * sqrt(64) = 16 (spatial) and 2 * sqrt(40) ~ 12.6
+# (temporal); float32, both ops, every mode, the packed (temporal) and looping (spatial, N > 16)
+# float32 Triton kernels.
+SCALE_CASES = [
+    pytest.param(b.values[0], c, marks=b.marks, id=f"{b.values[0]}-{c}")
+    for b in BACKENDS if b.values[0] == "triton"
+    for c in (
+        Case(op, mode, kinds, **shape, scale=scale)
+        for op, shape in ((S, dict(n=20, nk=18, d=64, alpha="group")), (T, dict(n=5, L=3, d=40)))
+        for mode, kinds in (("none", ()), ("mix", ("dense", "window")), ("scale", ("window", "causal")))
+        for scale in (1 / math.sqrt(shape["d"]), 0.3, 1.0, 2.0)
+    )
+]
+
+
+@pytest.mark.parametrize("backend, case", CASES + SCALE_CASES)
 def test_matches_reference(backend: str, case: Case):
     _skip_unsupported(backend, case.dtype)
     args, kwargs, diff = _inputs(case)
