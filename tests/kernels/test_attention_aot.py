@@ -1,7 +1,7 @@
 """Ahead-of-time compile of every configuration the attention launchers can launch, for sm_90 and
 sm_80, on the CPU (no GPU needed; see ``tests/kernels/aot.py``).
 
-The configurations come from ``aot_configs()`` in ``kernels/attention.py``: the five kernels
+The configurations come from ``aot_configs()`` in ``kernels/attention/``: the five kernels
 (forward packed / looping, backward packed / dq / dk-dv) x float16, bfloat16, float32 x modes
 none / mix / scale x every head-width bucket (BLOCK_D 16 .. 256) with its block configuration.
 Each must compile (the interpreter accepts programs a GPU compile rejects, e.g. ``tl.dot`` on

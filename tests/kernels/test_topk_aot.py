@@ -1,8 +1,8 @@
 """Ahead-of-time compile of every configuration the top-k and pooling launchers can launch, for
 sm_90 and sm_80, on the CPU (no GPU needed): the compile must succeed (the interpreter accepts
 programs a GPU compile rejects) and no kernel may spill to local memory (``cuobjdump -res-usage``
-and STL/LDL in the SASS). The configurations come from ``aot_configs()`` in ``kernels/topk.py`` and
-``kernels/pool.py``: fp16/bf16/fp32 x every block config x every gate/pool specialisation.
+and STL/LDL in the SASS). The configurations come from ``aot_configs()`` in ``kernels/topk/`` and
+``kernels/pool/``: fp16/bf16/fp32 x every block config x every gate/pool specialisation.
 """
 import pytest
 
