@@ -41,3 +41,18 @@ KERNEL_BACKENDS = [
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def _nan_fill(t):
+    t.fill_(float("nan") if t.dtype.is_floating_point else -1)
+
+
+@pytest.fixture(autouse=True)
+def _poison_kernel_outputs(monkeypatch):
+    """Every output buffer a kernel backend allocates is poisoned, NaN for floats and -1 for
+    integers, so an element a kernel forgets to write fails the comparison: the Triton launchers
+    through the hook ``stquery.kernels._fill``, the cpu and cuda backends under ``STQUERY_POISON=1``."""
+    import stquery.kernels
+
+    monkeypatch.setattr(stquery.kernels, "_fill", _nan_fill)
+    monkeypatch.setenv("STQUERY_POISON", "1")

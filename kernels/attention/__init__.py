@@ -60,14 +60,15 @@ save the tile loads of a second pass; the looping dq kernel re-reads K/V once mo
 """
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from stquery.kernels import empty
 from stquery.kernels import interpreting as _interpreting
 from stquery.ops.attention.problem import CAUSAL, DENSE, MAX_HEAD_DIM, MAX_MASKS, MIX, NONE, SCALE, WINDOW, AttnProblem
+
 LOG2E = 1.4426950408889634
 _LOG2E = tl.constexpr(LOG2E)
 
@@ -824,15 +825,6 @@ def _precision(dtype: torch.dtype) -> str:
     return "tf32x3" if dtype == torch.float32 else "tf32"
 
 
-def _empty(shape, dtype, device) -> torch.Tensor:
-    """``torch.empty``; NaN-filled when ``STQUERY_POISON=1`` (tests), so an element a kernel
-    forgets to write shows up as NaN."""
-    out = torch.empty(shape, dtype=dtype, device=device)
-    if os.environ.get("STQUERY_POISON", "0") == "1" and dtype.is_floating_point:
-        out.fill_(float("nan"))
-    return out
-
-
 def _dummy(device, dtype) -> torch.Tensor:
     key = (str(device), dtype)
     if key not in _dummies:
@@ -866,7 +858,7 @@ def _mask_descriptors(prob: AttnProblem, n_max: int) -> dict:
         if kind == DENSE:
             param, n_dense = n_dense, n_dense + 1
         else:
-            param = -1 if radius is None or radius < 0 or radius >= n_max else int(radius)
+            param = -1 if radius < 0 or radius >= n_max else int(radius)
         descs.append(kind + 4 * (param + 1))
     descs += [0] * (MAX_MASKS - len(descs))
     return {f"m{j}": descs[j] for j in range(MAX_MASKS)}
@@ -967,8 +959,8 @@ def attention_fwd(q, k, v, alpha, dense, key_padding, frame_lengths, prob: AttnP
     ``stats[..., j]`` is ``log2`` of the softmax normaliser (``m + log2 l``) of mask j (MIX) or of
     the single softmax (NONE / SCALE), ``-inf`` for a row with no visible key.
     """
-    out = _empty(q.shape, q.dtype, q.device)
-    stats = _empty(tuple(q.shape[:3]) + (prob.stats_width,), torch.float32, q.device)
+    out = empty(q.shape, q.dtype, q.device)
+    stats = empty(tuple(q.shape[:3]) + (prob.stats_width,), torch.float32, q.device)
     args = _common(q, k, alpha, dense, key_padding, frame_lengths, prob)
     n_seq, Nq, Nk = args["n_seq"], args["Nq"], args["Nk"]
     if out.numel() == 0:
@@ -997,13 +989,9 @@ def attention_bwd(grad_out, q, k, v, out, stats, alpha, dense, key_padding, fram
                   prob: AttnProblem):
     """Backward pass; returns ``(dq, dk, dv, dalpha)`` (dalpha in alpha's expanded shape and
     dtype, None without routing)."""
-    if grad_out.stride(-1) != 1:
-        # autograd hands e.g. ``out.sum()``'s gradient as an expanded tensor (all strides 0);
-        # the kernels read rows of d contiguous elements, so only this case is materialised.
-        grad_out = grad_out.contiguous()
-    dq = _empty(q.shape, q.dtype, q.device)
-    dk = _empty(k.shape, k.dtype, k.device)
-    dv = _empty(v.shape, v.dtype, v.device)
+    dq = empty(q.shape, q.dtype, q.device)
+    dk = empty(k.shape, k.dtype, k.device)
+    dv = empty(v.shape, v.dtype, v.device)
     args = _common(q, k, alpha, dense, key_padding, frame_lengths, prob)
     n_seq, Nq, Nk, n_masks = args["n_seq"], args["Nq"], args["Nk"], args["n_masks"]
     bd = args["BLOCK_D"]
@@ -1016,7 +1004,7 @@ def attention_bwd(grad_out, q, k, v, out, stats, alpha, dense, key_padding, fram
     seqs = _packing(Nq, Nk, *_config("bwd_one", q.dtype, bd, prob.mode)[:2])
     if seqs:
         block_m, block_n, warps, stages = _config("bwd_one", q.dtype, bd, prob.mode)
-        dalpha = _empty((1, n_seq, n_masks), torch.float32, q.device) if routed else _dummy(q.device, torch.float32)
+        dalpha = empty((1, n_seq, n_masks), torch.float32, q.device) if routed else _dummy(q.device, torch.float32)
         _attn_bwd_one_block[(triton.cdiv(n_seq, seqs),)](
             q, k, v, grad_out, dq, dk, dv, dalpha_ptr=dalpha, **strides,
             **_args("sdq", dq, prob), **_args("sdk", dk, prob), **_args("sdv", dv, prob), **args,
@@ -1026,10 +1014,10 @@ def attention_bwd(grad_out, q, k, v, out, stats, alpha, dense, key_padding, fram
     else:
         block_m, block_n, warps, stages = _config("bwd_dq", q.dtype, bd, prob.mode)
         n_qblocks = triton.cdiv(Nq, block_m)
-        delta = _empty(stats.shape, torch.float32, q.device)
+        delta = empty(stats.shape, torch.float32, q.device)
         # MIX: alpha_j / l_j per row, recomputed by the dq kernel for the dk/dv kernel
-        coef = _empty(stats.shape, torch.float32, q.device) if prob.mode == MIX else _dummy(q.device, torch.float32)
-        dalpha = (_empty((n_qblocks, n_seq, n_masks), torch.float32, q.device) if routed
+        coef = empty(stats.shape, torch.float32, q.device) if prob.mode == MIX else _dummy(q.device, torch.float32)
+        dalpha = (empty((n_qblocks, n_seq, n_masks), torch.float32, q.device) if routed
                   else _dummy(q.device, torch.float32))
         _attn_bwd_dq[(n_qblocks * n_seq,)](
             q, k, v, out, grad_out, dq, stats, delta, coef, dalpha_ptr=dalpha, **strides,

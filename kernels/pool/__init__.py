@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from stquery.kernels import device_reason
+from stquery.kernels import device_reason, empty
 from stquery.ops.common import KERNEL_DTYPES as _DTYPES
 from stquery.ops.pool.problem import pooled_length
 
@@ -36,11 +36,6 @@ POOL_BWD_CONFIG = dict(BLOCK_K=32, BLOCK_C=128, num_warps=8)
 ST_POOL_CONFIG = dict(BLOCK_P=64, BLOCK_C=64, num_warps=8)
 ST_REDUCE_CONFIG = dict(BLOCK_C=256, num_warps=4)
 ST_BWD_CONFIG = dict(BLOCK_P=32, BLOCK_C=128, num_warps=8)
-
-
-def _empty(shape, dtype, device):
-    """Allocate a tensor the kernels overwrite completely (tests swap this for a NaN fill)."""
-    return torch.empty(shape, dtype=dtype, device=device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,7 +303,7 @@ def multiscale_pool(y: torch.Tensor, scales) -> torch.Tensor:
     """Multi-scale token pooling. y ``[B, k, C]`` -> ``[B, sum_s ceil(k / s), C]`` (SPEC §2.5)."""
     B, k, C = y.shape
     scales = tuple(int(s) for s in scales)
-    out = _empty((B, pooled_length(k, scales), C), y.dtype, y.device)
+    out = empty((B, pooled_length(k, scales), C), y.dtype, y.device)
     if B == 0 or k == 0 or C == 0:
         return out
     if tree_scales(scales):
@@ -336,7 +331,7 @@ def multiscale_pool_bwd(grad: torch.Tensor, k: int, scales) -> torch.Tensor:
     """dy ``[B, k, C]`` from the pooled gradient ``[B, sum_s ceil(k / s), C]``."""
     B, _, C = grad.shape
     scales = tuple(int(s) for s in scales)
-    dy = _empty((B, k, C), grad.dtype, grad.device)
+    dy = empty((B, k, C), grad.dtype, grad.device)
     if B == 0 or k == 0 or C == 0:
         return dy
     cfg = POOL_BWD_CONFIG
@@ -352,8 +347,8 @@ def st_pool(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x ``[B, T, P, C]`` -> (temporal ``[B, T, C]`` = mean over P, spatial ``[B, P, C]`` = mean
     over T), one read of x (RED-VILLM; SPEC §2.5)."""
     B, T, P, C = x.shape
-    temporal = _empty((B, T, C), x.dtype, x.device)
-    spatial = _empty((B, P, C), x.dtype, x.device)
+    temporal = empty((B, T, C), x.dtype, x.device)
+    spatial = empty((B, P, C), x.dtype, x.device)
     if x.numel() == 0:
         return temporal, spatial
     cfg = ST_POOL_CONFIG
@@ -377,7 +372,7 @@ def st_pool_bwd(grad_temporal: torch.Tensor, grad_spatial: torch.Tensor) -> torc
     """dx ``[B, T, P, C]`` = grad_temporal[:, :, None] / P + grad_spatial[:, None] / T."""
     B, T, C = grad_temporal.shape
     P = grad_spatial.shape[1]
-    dx = _empty((B, T, P, C), grad_temporal.dtype, grad_temporal.device)
+    dx = empty((B, T, P, C), grad_temporal.dtype, grad_temporal.device)
     if dx.numel() == 0:
         return dx
     cfg = ST_BWD_CONFIG

@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from stquery.kernels import empty
 from stquery.ops.topk.problem import GATES
 
 from .. import pool as _pool
@@ -41,11 +42,6 @@ STATS_CONFIG = dict(BLOCK_K=1024, num_warps=4)
 GATHER_CONFIG = dict(BLOCK_K=32, BLOCK_C=128, num_warps=8)
 BWD_CONFIG = dict(BLOCK_N=32, BLOCK_C=64, num_warps=8)
 INVERSE_CONFIG = dict(BLOCK_K=1024, num_warps=4)
-
-
-def _empty(shape, dtype, device):
-    """Allocate a tensor the kernels overwrite completely (tests swap this for a NaN / -1 fill)."""
-    return torch.empty(shape, dtype=dtype, device=device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,7 +382,7 @@ def topk_select(scores: torch.Tensor, k: int, order: str) -> torch.Tensor:
     ``order="time"``: ascending index; ``"score"``: descending score. Ties: lower index first.
     """
     B, N = scores.shape
-    idx = _empty((B, k), torch.int64, scores.device)
+    idx = empty((B, k), torch.int64, scores.device)
     if B == 0 or k == 0:
         return idx
     cfg = SELECT_CONFIG
@@ -441,7 +437,7 @@ def gather_gate(x: torch.Tensor, scores: torch.Tensor, idx: torch.Tensor, gate: 
     k = idx.shape[1]
     if scales and not _pool.tree_scales(scales):
         return _pool.multiscale_pool(gather_gate(x, scores, idx, gate, ()), scales)
-    y = _empty((B, _pool.pooled_length(k, scales) if scales else k, C), x.dtype, x.device)
+    y = empty((B, _pool.pooled_length(k, scales) if scales else k, C), x.dtype, x.device)
     if B == 0 or k == 0 or C == 0:
         return y
     stats = _softmax_stats(scores, idx) if gate == "softmax" else scores
@@ -470,8 +466,8 @@ def gather_gate_bwd(grad_y: torch.Tensor, x: torch.Tensor, scores: torch.Tensor,
     scales = tuple(int(s) for s in (scales or ()))
     B, N, C = x.shape
     k = idx.shape[1]
-    dx = _empty((B, N, C), x.dtype, x.device)
-    ds = _empty((B, N), scores.dtype, scores.device) if gate != "none" else None
+    dx = empty((B, N, C), x.dtype, x.device)
+    ds = empty((B, N), scores.dtype, scores.device) if gate != "none" else None
     if B == 0 or N == 0:
         return dx, ds
     pos = torch.full((B, N), -1, dtype=torch.int32, device=x.device)

@@ -5,11 +5,20 @@ are installed here by ``pyproject.toml``. ``kernels/`` itself has no ``__init__.
 a top-level package named ``kernels`` would shadow Hugging Face's ``kernels`` (imported by
 transformers) whenever the repository root is on ``sys.path``.
 
-This file holds the one rule about where Triton runs; it imports no Triton.
+This file holds the one rule about where Triton runs and the one allocator of kernel outputs; it
+imports no Triton. Every buffer a launcher hands to a kernel to overwrite completely comes from
+:func:`empty`; the kernel tests install a fill (``tests/kernels/conftest.py``: NaN, -1 for
+integers) as ``_fill``, so an element a kernel forgets to write shows up. Nothing reads it from the
+environment.
 """
 from __future__ import annotations
 
 import os
+from typing import Callable, Optional
+
+import torch
+
+_fill: Optional[Callable[[torch.Tensor], None]] = None
 
 
 def interpreting() -> bool:
@@ -31,3 +40,11 @@ def device_reason(device_type: str) -> str | None:
         return None
     hint = " (TRITON_INTERPRET=1 runs the interpreter, for tests)" if device_type == "cpu" else ""
     return f"tensors are on {device_type}: Triton needs CUDA tensors{hint}"
+
+
+def empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
+    """``torch.empty(shape)`` for an output a kernel writes in full (poisoned under the tests)."""
+    out = torch.empty(shape, dtype=dtype, device=device)
+    if _fill is not None:
+        _fill(out)
+    return out

@@ -6,7 +6,7 @@ backend (``triton``, ``cpu``, ``cuda``: on CPU under the CUDA emulation) forward
 and compares with ``stquery.ops.reference`` in float64. The bound is flash-attention's: the kernel's
 error against float64 must be at most 2x (3x for gradients) the error of the same reference run in
 the input dtype, plus a tiny absolute eps. Outputs and gradients are NaN-poisoned before every
-launch (``STQUERY_POISON=1``), so an element a kernel forgets to write fails.
+launch (``tests/kernels/conftest.py``), so an element a kernel forgets to write fails.
 
 The cases combine the parameters pairwise rather than as a full product (the interpreter is
 slow): both ops, modes none/mix/scale, p = 1..4 over window/causal/dense, global tokens,
@@ -22,7 +22,6 @@ import math
 import os
 from dataclasses import dataclass
 
-import numpy as np
 import pytest
 import torch
 
@@ -43,14 +42,6 @@ EPS = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 def _skip_unsupported(backend: str, dtype: torch.dtype) -> None:
     if backend == "triton" and dtype == torch.bfloat16 and not torch.cuda.is_available():
         pytest.skip("the Triton interpreter's bfloat16 arithmetic is inexact")
-
-
-@pytest.fixture(autouse=True)
-def _poison(monkeypatch):
-    monkeypatch.setenv("STQUERY_POISON", "1")
-    with np.errstate(all="ignore"):  # the interpreter evaluates both sides of tl.where
-        yield
-
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import torch
 import stquery as stq
 from stquery.ops import reference as ref
 
-from .test_topk import BACKENDS, DEVICE, DTYPES, _poison, assert_bounded, skip_unsupported, strided  # noqa: F401
+from .test_topk import BACKENDS, DEVICE, DTYPES, assert_bounded, skip_unsupported, strided
 
 
 def check(fn, ref_fn, x, n_out):

@@ -4,9 +4,9 @@
 
 Indices must match exactly. Values and gradients: the kernel's error against the float64
 reference is at most 2x (3x for gradients) the error of the same-dtype reference, plus a tiny eps.
-Every output the kernels allocate is NaN-poisoned (index tensors: -1), through the Triton kernel
-modules' ``_empty`` hook and ``STQUERY_POISON=1`` for the cpu and cuda backends, so an element a kernel
-forgets to write fails the comparison.
+Every output the kernels allocate is NaN-poisoned (index tensors: -1; ``tests/conftest.py``: the
+Triton launchers through ``stquery.kernels._fill``, the cpu and cuda backends under
+``STQUERY_POISON=1``), so an element a kernel forgets to write fails the comparison.
 """
 import pytest
 import torch
@@ -19,7 +19,6 @@ from ..conftest import DEVICE, TRITON
 from ..conftest import KERNEL_BACKENDS as BACKENDS
 
 if TRITON:
-    from stquery.kernels import pool as pool_kernels
     from stquery.kernels import topk as topk_kernels
 needs_triton = pytest.mark.skipif(not TRITON, reason="needs triton with CUDA or TRITON_INTERPRET=1")
 
@@ -30,19 +29,6 @@ DTYPES = (torch.float32, torch.float16)  # the interpreter's bfloat16 is broken;
 def skip_unsupported(backend, dtype):
     if backend == "triton" and dtype == torch.bfloat16 and not torch.cuda.is_available():
         pytest.skip("the Triton interpreter's bfloat16 arithmetic is inexact")
-
-
-def _poisoned_empty(shape, dtype, device):
-    return torch.full(shape, float("nan") if dtype.is_floating_point else -1, dtype=dtype,
-                      device=device)
-
-
-@pytest.fixture(autouse=True)
-def _poison(monkeypatch):
-    monkeypatch.setenv("STQUERY_POISON", "1")
-    if TRITON:
-        monkeypatch.setattr(topk_kernels, "_empty", _poisoned_empty)
-        monkeypatch.setattr(pool_kernels, "_empty", _poisoned_empty)
 
 
 def strided(*shape, dtype, scale=1.0):
