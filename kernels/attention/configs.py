@@ -76,7 +76,7 @@ def _signature(fn, dtype: str, constexprs: dict) -> dict:
     """Triton signature of ``fn`` for q/k/v of ``dtype``: float pointers for the activations,
     fixed types for the side inputs, i32 for every integer, fp32 for the scales."""
     fixed = {"stats_ptr": "*fp32", "delta_ptr": "*fp32", "coef_ptr": "*fp32", "alpha_ptr": "*fp32", "dalpha_ptr": "*fp32",
-             "dense_ptr": "*i1", "kpad_ptr": "*i1", "flen_ptr": "*i64"}
+             "dense_ptr": "*i1", "kpad_ptr": "*i1", "flen_ptr": "*i64", "masks_ptr": "*i32"}
     sig = {}
     for name in fn.arg_names:
         if name in constexprs:

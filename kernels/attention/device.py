@@ -80,8 +80,7 @@ _FMAX = tl.constexpr(3.0e38)  # alpha_j / l_j is clamped here: a tiny l_j must n
 
 # Runtime integers that must not be specialised (a new T, N, G, mask set never recompiles).
 _RUNTIME_INTS = ["n_seq", "L", "H", "Nq", "Nk", "seqs_per_prog", "n_blocks", "n_masks",
-                 "m0", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "g_start", "g_end", "has_kpad",
-                 "has_flen"]
+                 "g_start", "g_end", "has_kpad", "has_flen"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -195,18 +194,6 @@ def _load_alpha(alpha_ptr, b, l, h, ok, sa_b, sa_l, sa_h, sa_p, n_masks, offs_p,
 
 
 @triton.jit
-def _pick(j, m0, m1, m2, m3, m4, m5, m6, m7):
-    x = tl.where(j == 1, m1, m0)
-    x = tl.where(j == 2, m2, x)
-    x = tl.where(j == 3, m3, x)
-    x = tl.where(j == 4, m4, x)
-    x = tl.where(j == 5, m5, x)
-    x = tl.where(j == 6, m6, x)
-    x = tl.where(j == 7, m7, x)
-    return x
-
-
-@triton.jit
 def _col(x, offs_p, j):
     """Column j of a ``[BLOCK, PP]`` statistics tile -> ``[BLOCK]``."""
     return tl.sum(tl.where(offs_p[None, :] == j, x, 0.0), axis=1)
@@ -218,11 +205,12 @@ def _has(bits, j):
 
 
 @triton.jit
-def _mask_bits(pos_m, sl_m, ok_m, pos_n, sl_n, ok_n, n_masks, m0, m1, m2, m3, m4, m5, m6, m7,
-               dense_ptr, sd_m, sd_q, sd_k, g_start, g_end, MODE: tl.constexpr, PACKED: tl.constexpr):
+def _mask_bits(pos_m, sl_m, ok_m, pos_n, sl_n, ok_n, n_masks, masks_ptr, dense_ptr, sd_m, sd_q, sd_k,
+               g_start, g_end, MODE: tl.constexpr, PACKED: tl.constexpr):
     """``[BM, BN]`` int32 bit field: bit j set iff key n is visible to row m under mask j.
 
-    Mask descriptor ``m_j = kind + 4 * (param + 1)``: param is the radius r (-1 unbounded) for
+    ``masks_ptr``: the int32 table of the call's mask descriptors, one per mask,
+    ``kind + 4 * (param + 1)``: param is the radius r (-1 unbounded) for
     window/causal, the index into the dense buffer for dense masks. Window and causal are one
     band test ``lo <= i - k <= lo + span``, done as an unsigned compare (window: lo = -r,
     span = 2r; causal: lo = 0, span = r), so a mask costs two operations per score and no
@@ -238,7 +226,7 @@ def _mask_bits(pos_m, sl_m, ok_m, pos_n, sl_n, ok_n, n_masks, m0, m1, m2, m3, m4
     else:
         bits = tl.zeros(ok.shape, dtype=tl.int32)
         for j in range(n_masks):
-            desc = _pick(j, m0, m1, m2, m3, m4, m5, m6, m7)
+            desc = tl.load(masks_ptr + j)
             kind = desc & 3
             param = (desc >> 2) - 1
             if kind == _DENSE:
@@ -304,7 +292,7 @@ def _attn_fwd(
     so_b, so_l, so_h, so_n, ss_b, ss_l, ss_h, ss_n, sa_b, sa_l, sa_h, sa_p,
     sd_m, sd_q, sd_k, skp_b, skp_n,
     n_seq, L, H, Nq, Nk, d, seqs_per_prog, n_blocks, qk_scale,
-    n_masks, m0, m1, m2, m3, m4, m5, m6, m7, g_start, g_end, has_kpad, has_flen,
+    n_masks, masks_ptr, g_start, g_end, has_kpad, has_flen,
     MODE: tl.constexpr, ONE_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -349,8 +337,8 @@ def _attn_fwd(
             b_k = _load_tile(k_ptr, _offsets(b_n, l_n, h_n, pos_n, sk_b, sk_l, sk_h, sk_n), ok_n, offs_d, d)
             # [BLOCK_M, BLOCK_N]
             s = _scores(b_q, b_k, qk_scale, PRECISION)
-            bits = _mask_bits(pos_m, sl_m, ok_m, pos_n, sl_n, ok_n, n_masks, m0, m1, m2, m3, m4, m5,
-                              m6, m7, dense_ptr, sd_m, sd_q, sd_k, g_start, g_end, MODE, ONE_BLOCK)
+            bits = _mask_bits(pos_m, sl_m, ok_m, pos_n, sl_n, ok_n, n_masks, masks_ptr, dense_ptr, sd_m, sd_q,
+                              sd_k, g_start, g_end, MODE, ONE_BLOCK)
             vis = bits != 0
             m_new = tl.maximum(m_i, tl.max(tl.where(vis, s, float("-inf")), axis=1))
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -376,8 +364,8 @@ def _attn_fwd(
         b_v = _load_tile(v_ptr, _offsets(b_n, l_n, h_n, pos_n, sv_b, sv_l, sv_h, sv_n), ok_n, offs_d, d)
         # [BLOCK_M, BLOCK_N]
         s = _scores(b_q, b_k, qk_scale, PRECISION)
-        bits = _mask_bits(pos_m, sl_m, ok_m, pos_n, sl_n, ok_n, n_masks, m0, m1, m2, m3, m4, m5,
-                          m6, m7, dense_ptr, sd_m, sd_q, sd_k, g_start, g_end, MODE, ONE_BLOCK)
+        bits = _mask_bits(pos_m, sl_m, ok_m, pos_n, sl_n, ok_n, n_masks, masks_ptr, dense_ptr, sd_m, sd_q,
+                          sd_k, g_start, g_end, MODE, ONE_BLOCK)
         vis = bits != 0
         if MODE == _MIX:
             if ONE_BLOCK:
@@ -461,7 +449,7 @@ def _attn_bwd_one_block(
     sdv_b, sdv_l, sdv_h, sdv_n, sa_b, sa_l, sa_h, sa_p,
     sd_m, sd_q, sd_k, skp_b, skp_n,
     n_seq, L, H, Nq, Nk, d, seqs_per_prog, n_blocks, qk_scale, scale,
-    n_masks, m0, m1, m2, m3, m4, m5, m6, m7, g_start, g_end, has_kpad, has_flen,
+    n_masks, masks_ptr, g_start, g_end, has_kpad, has_flen,
     MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
@@ -495,8 +483,8 @@ def _attn_bwd_one_block(
 
     # [BLOCK_M, BLOCK_N]
     s = _scores(b_q, b_k, qk_scale, PRECISION)
-    bits = _mask_bits(pos_m, sl_m, ok_m, pos_n, sl_n, ok_n, n_masks, m0, m1, m2, m3, m4, m5, m6,
-                      m7, dense_ptr, sd_m, sd_q, sd_k, g_start, g_end, MODE, True)
+    bits = _mask_bits(pos_m, sl_m, ok_m, pos_n, sl_n, ok_n, n_masks, masks_ptr, dense_ptr, sd_m, sd_q,
+                      sd_k, g_start, g_end, MODE, True)
     vis = bits != 0
     # [BLOCK_M, BLOCK_N]
     dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
@@ -561,7 +549,7 @@ def _attn_bwd_dq(
     so_b, so_l, so_h, so_n, sdo_b, sdo_l, sdo_h, sdo_n, sdq_b, sdq_l, sdq_h, sdq_n,
     ss_b, ss_l, ss_h, ss_n, sa_b, sa_l, sa_h, sa_p, sd_m, sd_q, sd_k, skp_b, skp_n,
     n_seq, L, H, Nq, Nk, d, seqs_per_prog, n_blocks, qk_scale, scale,
-    n_masks, m0, m1, m2, m3, m4, m5, m6, m7, g_start, g_end, has_kpad, has_flen,
+    n_masks, masks_ptr, g_start, g_end, has_kpad, has_flen,
     MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
@@ -609,8 +597,8 @@ def _attn_bwd_dq(
             b_v = _load_tile(v_ptr, _offsets(b_n, l_n, h_n, pos_n, sv_b, sv_l, sv_h, sv_n), ok_n, offs_d, d)
             # [BLOCK_M, BLOCK_N]
             s = _scores(b_q, b_k, qk_scale, PRECISION)
-            bits = _mask_bits(pos_m, sl_m, ok_m, pos_n, sl_n, ok_n, n_masks, m0, m1, m2, m3, m4,
-                              m5, m6, m7, dense_ptr, sd_m, sd_q, sd_k, g_start, g_end, MODE, False)
+            bits = _mask_bits(pos_m, sl_m, ok_m, pos_n, sl_n, ok_n, n_masks, masks_ptr, dense_ptr, sd_m, sd_q,
+                              sd_k, g_start, g_end, MODE, False)
             p = tl.where(bits != 0, tl.exp2(s - m_ref[:, None]), 0.0)
             pdp = p * tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
             for j in range(n_masks):
@@ -651,8 +639,8 @@ def _attn_bwd_dq(
         b_v = _load_tile(v_ptr, _offsets(b_n, l_n, h_n, pos_n, sv_b, sv_l, sv_h, sv_n), ok_n, offs_d, d)
         # [BLOCK_M, BLOCK_N]
         s = _scores(b_q, b_k, qk_scale, PRECISION)
-        bits = _mask_bits(pos_m, sl_m, ok_m, pos_n, sl_n, ok_n, n_masks, m0, m1, m2, m3, m4, m5,
-                          m6, m7, dense_ptr, sd_m, sd_q, sd_k, g_start, g_end, MODE, False)
+        bits = _mask_bits(pos_m, sl_m, ok_m, pos_n, sl_n, ok_n, n_masks, masks_ptr, dense_ptr, sd_m, sd_q,
+                          sd_k, g_start, g_end, MODE, False)
         vis = bits != 0
         # [BLOCK_M, BLOCK_N]
         dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
@@ -689,7 +677,7 @@ def _attn_bwd_dkdv(
     sdo_b, sdo_l, sdo_h, sdo_n, sdk_b, sdk_l, sdk_h, sdk_n, sdv_b, sdv_l, sdv_h, sdv_n,
     ss_b, ss_l, ss_h, ss_n, sa_b, sa_l, sa_h, sa_p, sd_m, sd_q, sd_k, skp_b, skp_n,
     n_seq, L, H, Nq, Nk, d, seqs_per_prog, n_blocks, qk_scale, scale,
-    n_masks, m0, m1, m2, m3, m4, m5, m6, m7, g_start, g_end, has_kpad, has_flen,
+    n_masks, masks_ptr, g_start, g_end, has_kpad, has_flen,
     MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
@@ -729,8 +717,8 @@ def _attn_bwd_dkdv(
         s_off = _offsets(b_m, l_m, h_m, pos_m, ss_b, ss_l, ss_h, ss_n)
         # [BLOCK_M, BLOCK_N]
         s = _scores(b_q, b_k, qk_scale, PRECISION)
-        bits = _mask_bits(pos_m, sl_m, ok_m, pos_n, sl_n, ok_n, n_masks, m0, m1, m2, m3, m4, m5,
-                          m6, m7, dense_ptr, sd_m, sd_q, sd_k, g_start, g_end, MODE, False)
+        bits = _mask_bits(pos_m, sl_m, ok_m, pos_n, sl_n, ok_n, n_masks, masks_ptr, dense_ptr, sd_m, sd_q,
+                          sd_k, g_start, g_end, MODE, False)
         vis = bits != 0
         # [BLOCK_M, BLOCK_N]
         dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)

@@ -16,6 +16,7 @@ from .configs import DTYPES, MAX_HEAD_DIM_FP32, block_d, config, precision
 from .device import LOG2E, _attn_bwd_dkdv, _attn_bwd_dq, _attn_bwd_one_block, _attn_fwd
 
 _dummies: dict = {}
+_tables: dict = {}  # mask descriptor tables by (descriptors, device): a few per model
 
 
 def _dummy(device, dtype) -> torch.Tensor:
@@ -43,9 +44,10 @@ def _args(prefix, x, prob):
     return {f"{prefix}_{n}": s for n, s in zip("blhn", _strides(x, prob))}
 
 
-def _mask_descriptors(prob: AttnProblem, n_max: int) -> dict:
-    """One int32 per mask: ``kind + 4 * (param + 1)``; a radius of at least ``n_max = max(Nq, Nk)``
-    bounds nothing and is sent as unbounded (-1), which keeps huge radii inside int32."""
+def _mask_table(prob: AttnProblem, n_max: int, device) -> torch.Tensor:
+    """int32 ``[max(p, 1)]``, one descriptor per mask: ``kind + 4 * (param + 1)``, param the dense
+    buffer index or the radius; a radius of at least ``n_max = max(Nq, Nk)`` bounds nothing and is
+    sent as unbounded (-1), which keeps huge radii inside int32."""
     descs, n_dense = [], 0
     for kind, radius in zip(prob.kinds, prob.radii):
         if kind == DENSE:
@@ -53,8 +55,10 @@ def _mask_descriptors(prob: AttnProblem, n_max: int) -> dict:
         else:
             param = -1 if radius < 0 or radius >= n_max else int(radius)
         descs.append(kind + 4 * (param + 1))
-    descs += [0] * (MAX_MASKS - len(descs))
-    return {f"m{j}": descs[j] for j in range(MAX_MASKS)}
+    key = (tuple(descs), str(device))
+    if key not in _tables:
+        _tables[key] = torch.tensor(descs or [0], dtype=torch.int32, device=device)
+    return _tables[key]
 
 
 def _common(q, k, alpha, dense, key_padding, frame_lengths, prob: AttnProblem) -> dict:
@@ -82,7 +86,7 @@ def _common(q, k, alpha, dense, key_padding, frame_lengths, prob: AttnProblem) -
         skp_b=skp[0], skp_n=skp[1],
         n_seq=B * L * H, L=L, H=H, Nq=Nq, Nk=Nk, d=q.shape[-1],
         qk_scale=prob.scale * LOG2E, n_masks=prob.p if prob.mode != NONE else 0,
-        **_mask_descriptors(prob, max(Nq, Nk)), g_start=gs, g_end=ge,
+        masks_ptr=_mask_table(prob, max(Nq, Nk), dev), g_start=gs, g_end=ge,
         has_kpad=int(key_padding is not None), has_flen=int(frame_lengths is not None),
         MODE=prob.mode, BLOCK_D=block_d(q.shape[-1]), PRECISION=precision(q.dtype),
     )
