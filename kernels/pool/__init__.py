@@ -7,7 +7,7 @@ it has), concatenated in scale order::
     pooled[b, off_s + w] = 1 / |W_w| * sum_{i in W_w} y[b, i],   W_w = [w*s, min((w+1)*s, k))
 
 Power-of-two scales (<= 256) are pooled from one register tile by a pairwise tree, so every token is
-read once for all scales (``_store_pooled``, shared with the fused gather of ``kernels/topk.py``);
+read once for all scales (``_store_pooled``, shared with the fused gather of ``kernels/topk/``);
 other scales take one window-mean launch per scale.
 
 ``st_pool`` (RED-VILLM / Video-ChatGPT): x ``[B, T, P, C]`` -> temporal ``[B, T, C]`` (mean over P)
@@ -39,7 +39,7 @@ ST_BWD_CONFIG = dict(BLOCK_P=32, BLOCK_C=128, num_warps=8)
 
 
 # ---------------------------------------------------------------------------------------------
-# Shared device helpers (also used by kernels/topk.py)
+# Shared device helpers (also used by kernels/topk/)
 # ---------------------------------------------------------------------------------------------
 @triton.jit
 def _store_pooled(tile, out_ptr, stride_on, pid_k, k, offs_c, mask_c, tab_ptr, n_scales,
