@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import triton
 
+from stquery.kernels import triton36
 from stquery.ops.attention.problem import MIX, NONE, SCALE
 
 from .device import _attn_bwd_dkdv, _attn_bwd_dq, _attn_bwd_one_block, _attn_fwd
@@ -39,20 +40,18 @@ PLAIN_CONFIGS = {"bwd_one": {"half": {64: (64, 64, 8, 1)}}}
 MAX_HEAD_DIM_FP32 = 64
 
 
-# Triton 3.6 (what torch 2.11 ships) allocates registers differently: under it these replace
-# entries of CONFIGS that spill there (the AOT test runs under 3.6 and the newest Triton in CI).
+# Under Triton 3.6 these replace entries of CONFIGS that spill there.
 TRITON36_CONFIGS = {
     "fwd_one": {"half": {128: (32, 32, 8, 1)}, "fp32": {64: (16, 16, 8, 1)}},
     "bwd_dq": {"half": {128: (32, 32, 4, 1)}},
     "bwd_dkdv": {"half": {256: (16, 32, 8, 1)}},
 }
-_TRITON36 = tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 7)
 
 
 def config(kernel: str, dtype: torch.dtype, block_d: int, mode: int):
     group = "fp32" if dtype == torch.float32 else "half"
     plain = PLAIN_CONFIGS.get(kernel, {}).get(group, {}) if mode == NONE else {}
-    old = TRITON36_CONFIGS.get(kernel, {}).get(group, {}) if _TRITON36 else {}
+    old = TRITON36_CONFIGS.get(kernel, {}).get(group, {}) if triton36() else {}
     return plain.get(block_d) or old.get(block_d) or CONFIGS[kernel][group][block_d]
 
 

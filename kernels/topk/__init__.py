@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from stquery.kernels import empty
+from stquery.kernels import empty, triton36
 from stquery.ops.topk.problem import GATES
 
 from .. import pool as _pool
@@ -40,7 +40,8 @@ RANK_MAX_K = 8192  # order="score": the O(k^2) rank kernel up to here, a stable 
 RANK_CONFIG = dict(BLOCK_I=64, BLOCK_J=64, num_warps=4)
 STATS_CONFIG = dict(BLOCK_K=1024, num_warps=4)
 GATHER_CONFIG = dict(BLOCK_K=32, BLOCK_C=128, num_warps=8)
-BWD_CONFIG = dict(BLOCK_N=32, BLOCK_C=64, num_warps=8)
+# Triton 3.6 spills registers in the softmax + pool variant on sm_80 at 32 x 64.
+BWD_CONFIG = dict(BLOCK_N=16 if triton36() else 32, BLOCK_C=64, num_warps=8)
 INVERSE_CONFIG = dict(BLOCK_K=1024, num_warps=4)
 
 

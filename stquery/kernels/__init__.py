@@ -5,11 +5,11 @@ are installed here by ``pyproject.toml``. ``kernels/`` itself has no ``__init__.
 a top-level package named ``kernels`` would shadow Hugging Face's ``kernels`` (imported by
 transformers) whenever the repository root is on ``sys.path``.
 
-This file holds the one rule about where Triton runs and the one allocator of kernel outputs; it
-imports no Triton. Every buffer a launcher hands to a kernel to overwrite completely comes from
-:func:`empty`; the kernel tests install a fill (``tests/kernels/conftest.py``: NaN, -1 for
-integers) as ``_fill``, so an element a kernel forgets to write shows up. Nothing reads it from the
-environment.
+This file holds the one rule about where Triton runs, the Triton-version switch and the one
+allocator of kernel outputs; it imports no Triton. Every buffer a launcher hands to a kernel to
+overwrite completely comes from :func:`empty`; the kernel tests install a fill
+(``tests/kernels/conftest.py``: NaN, -1 for integers) as ``_fill``, so an element a kernel forgets
+to write shows up. Nothing reads it from the environment.
 """
 from __future__ import annotations
 
@@ -40,6 +40,15 @@ def device_reason(device_type: str) -> str | None:
         return None
     hint = " (TRITON_INTERPRET=1 runs the interpreter, for tests)" if device_type == "cpu" else ""
     return f"tensors are on {device_type}: Triton needs CUDA tensors{hint}"
+
+
+def triton36() -> bool:
+    """True under Triton 3.6 (what torch 2.11 ships), which allocates registers differently from
+    the newest: the few launch configurations that spill there have a 3.6 variant (the AOT test
+    runs under both in CI). Called by the kernel modules, which import Triton anyway."""
+    import triton
+
+    return tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 7)
 
 
 def empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
