@@ -8,7 +8,7 @@ transformers) whenever the repository root is on ``sys.path``.
 This file holds the one rule about where Triton runs, the Triton-version switch and the one
 allocator of kernel outputs; it imports no Triton. Every buffer a launcher hands to a kernel to
 overwrite completely comes from :func:`empty`; the kernel tests install a fill
-(``tests/kernels/conftest.py``: NaN, -1 for integers) as ``_fill``, so an element a kernel forgets
+(``tests/conftest.py``: NaN, -1 for integers) as ``_fill``, so an element a kernel forgets
 to write shows up. Nothing reads it from the environment.
 """
 from __future__ import annotations

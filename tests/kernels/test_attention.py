@@ -6,7 +6,7 @@ backend (``triton``, ``cpu``, ``cuda``: on CPU under the CUDA emulation) forward
 and compares with ``stquery.ops.reference`` in float64. The bound is flash-attention's: the kernel's
 error against float64 must be at most 2x (3x for gradients) the error of the same reference run in
 the input dtype, plus a tiny absolute eps. Outputs and gradients are NaN-poisoned before every
-launch (``tests/kernels/conftest.py``), so an element a kernel forgets to write fails.
+launch (``tests/conftest.py``), so an element a kernel forgets to write fails.
 
 The cases combine the parameters pairwise rather than as a full product (the interpreter is
 slow): both ops, modes none/mix/scale, p = 1..4 over window/causal/dense, global tokens,
