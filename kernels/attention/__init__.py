@@ -1,4 +1,4 @@
-"""Fused spatial / temporal attention with routed masks (DAR) in Triton (SPEC §2.1–2.3).
+"""Fused spatial / temporal attention with routed masks (DAR) in Triton (docs/ops.md §2.1–2.3).
 
 - ``device.py``: the jitted kernels and their helpers (the algorithm is described there);
 - ``launch.py``: :func:`attention_fwd`, :func:`attention_bwd` and :func:`supports`, what the

@@ -1,6 +1,6 @@
 """Fused spatial / temporal attention with routed masks (DAR) in Triton.
 
-One kernel family serves ``stq.attention`` (SPEC §2.1) and ``stq.temporal_attention`` (§2.2).
+One kernel family serves ``stq.attention`` (docs/ops.md §2.1) and ``stq.temporal_attention`` (§2.2).
 Every attention *sequence* is a triple ``(b, l, h)`` with rows ``n``; a row's address is
 
     base + b * s_b + l * s_l + h * s_h + n * s_n

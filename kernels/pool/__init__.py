@@ -1,6 +1,6 @@
 """Token pooling kernels: LinVT multi-scale token pooling and RED-VILLM spatio-temporal pooling.
 
-``multiscale_pool`` (LinVT, Sec. 3.2.1 "Multi-scale Token Pooling"; SPEC §2.5): for each scale s,
+``multiscale_pool`` (LinVT, Sec. 3.2.1 "Multi-scale Token Pooling"; docs/ops.md §2.5): for each scale s,
 the mean over consecutive non-overlapping windows of s tokens (a last partial window averages what
 it has), concatenated in scale order::
 
@@ -300,7 +300,7 @@ def supports(op: str, *args) -> list[str]:
 
 
 def multiscale_pool(y: torch.Tensor, scales) -> torch.Tensor:
-    """Multi-scale token pooling. y ``[B, k, C]`` -> ``[B, sum_s ceil(k / s), C]`` (SPEC §2.5)."""
+    """Multi-scale token pooling. y ``[B, k, C]`` -> ``[B, sum_s ceil(k / s), C]`` (docs/ops.md §2.5)."""
     B, k, C = y.shape
     scales = tuple(int(s) for s in scales)
     out = empty((B, pooled_length(k, scales), C), y.dtype, y.device)
@@ -345,7 +345,7 @@ def multiscale_pool_bwd(grad: torch.Tensor, k: int, scales) -> torch.Tensor:
 
 def st_pool(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x ``[B, T, P, C]`` -> (temporal ``[B, T, C]`` = mean over P, spatial ``[B, P, C]`` = mean
-    over T), one read of x (RED-VILLM; SPEC §2.5)."""
+    over T), one read of x (RED-VILLM; docs/ops.md §2.5)."""
     B, T, P, C = x.shape
     temporal = empty((B, T, C), x.dtype, x.device)
     spatial = empty((B, P, C), x.dtype, x.device)

@@ -1,4 +1,4 @@
-"""Score-based top-k token selection with a fused gated gather (LinVT SVR; SPEC §2.4).
+"""Score-based top-k token selection with a fused gated gather (LinVT SVR; docs/ops.md §2.4).
 
 LinVT (Sec. 3.2.1, "Score-based token selection") keeps the k tokens of highest significance
 score out of the T*P tokens of a video, then pools them at several temporal scales (MTP)::

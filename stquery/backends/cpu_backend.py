@@ -8,7 +8,7 @@ unchanged tree never does. The kernels run on ATen's thread pool (``at::parallel
 float32 registers: fp16/bf16 are converted on load, accumulation is float32, and every output
 element is computed by one task in a fixed order, so results do not depend on the thread count.
 
-Outputs are allocated here (NaN-filled when ``STQUERY_POISON=1``, for tests) and filled in place.
+Outputs are allocated through :func:`stquery.kernels.empty` (poisoned under the tests) and filled in place.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..kernels import empty
 from ..ops.attention.problem import NONE
 from ..ops.common import KERNEL_DTYPES as DTYPES
 from ..ops.pool.problem import pooled_length
@@ -98,12 +99,8 @@ def _build_error() -> str | None:
 
 
 def _empty(shape, dtype) -> torch.Tensor:
-    """``torch.empty`` on CPU; filled with NaN (integers: -1) when ``STQUERY_POISON=1`` (tests), so
-    an element a kernel forgets to write shows up."""
-    out = torch.empty(shape, dtype=dtype)
-    if os.environ.get("STQUERY_POISON", "0") == "1":
-        out.fill_(float("nan") if dtype.is_floating_point else -1)
-    return out
+    """An output the kernels write in full, on CPU (the one kernel-output allocator)."""
+    return empty(shape, dtype, "cpu")
 
 
 def _alpha4(alpha, prob):

@@ -12,8 +12,8 @@ rebuilds and an unchanged tree never does:
 
 Layout: ``csrc/bindings.cpp`` (the module), ``csrc/common/`` (emulation, helpers), one folder per
 op with its kernels (``*.cu``), launcher header and ``*_bindings.cpp``; every ``csrc/*/*.cu`` and
-``csrc/*/*_bindings.cpp`` is compiled. Outputs are allocated here (``_empty``: NaN-filled under
-``STQUERY_POISON=1`` for tests) and written by the kernels.
+``csrc/*/*_bindings.cpp`` is compiled. Outputs are allocated through :func:`stquery.kernels.empty` (poisoned
+under the tests) and written by the kernels.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch.utils import cpp_extension
 
+from ..kernels import empty
 from ..ops.attention.problem import NONE
 from ..ops.common import KERNEL_DTYPES as DTYPES
 from ..ops.pool.problem import pooled_length
@@ -142,14 +143,6 @@ def toolchain_reasons(emulate: bool) -> list[str]:
     return why
 
 
-def _empty(shape, dtype, device) -> torch.Tensor:
-    """``torch.empty``; NaN (integers: -1) when ``STQUERY_POISON=1`` (tests), so an element a kernel
-    forgets to write shows."""
-    if os.environ.get("STQUERY_POISON", "0") == "1":
-        return torch.full(shape, float("nan") if dtype.is_floating_point else -1, dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
 def _run(fn: str, device: torch.device, *args):
     """``module().fn(*args, stream)`` on ``device`` (its current stream; 0 under the emulation)."""
     mod = module(emulate=device.type == "cpu")
@@ -210,14 +203,14 @@ class CudaBackend:
     def topk_select(self, scores, k, order):
         B, N = scores.shape
         dev = scores.device
-        idx = _empty((B, k), torch.int64, dev)
+        idx = empty((B, k), torch.int64, dev)
         if B == 0 or k == 0:
             return idx
         chunks = module(emulate=dev.type == "cpu").select_chunks(N)
         hist = torch.zeros((B, 4, 256), dtype=torch.int32, device=dev)
         state = torch.empty((B, 2), dtype=torch.int32, device=dev)
         counts = torch.empty((B, chunks, 2), dtype=torch.int32, device=dev)
-        time_idx = idx if order == "time" else _empty((B, k), torch.int64, dev)
+        time_idx = idx if order == "time" else empty((B, k), torch.int64, dev)
         _run("topk_select_time", dev, scores, k, hist, state, counts, time_idx)
         if order == "score" and k <= RANK_MAX_K:
             _run("topk_rank_by_score", dev, scores, time_idx, idx)
@@ -237,7 +230,7 @@ class CudaBackend:
     def gather_gate(self, x, scores, idx, gate, scales):
         B, N, C = x.shape
         k = idx.shape[1]
-        y = _empty((B, pooled_length(k, scales), C), x.dtype, x.device)
+        y = empty((B, pooled_length(k, scales), C), x.dtype, x.device)
         stats = self._softmax_stats(scores, idx, gate)
         _run("gather_gate_fwd", x.device, x, scores, idx, GATES[gate], list(scales), stats, y)
         return y
@@ -245,8 +238,8 @@ class CudaBackend:
     def gather_gate_bwd(self, grad_y, x, scores, idx, gate, scales):
         B, N, C = x.shape
         k = idx.shape[1]
-        dx = _empty((B, N, C), x.dtype, x.device)
-        ds = _empty((B, N), scores.dtype, scores.device) if gate != "none" else None
+        dx = empty((B, N, C), x.dtype, x.device)
+        ds = empty((B, N), scores.dtype, scores.device) if gate != "none" else None
         pos = torch.full((B, N), -1, dtype=torch.int32, device=x.device)
         _run("topk_inverse", x.device, idx, pos)
         stats = self._softmax_stats(scores, idx, gate)
@@ -257,8 +250,8 @@ class CudaBackend:
 
     # --- attention (csrc/attention) -----------------------------------------------------------
     def attention_fwd(self, q, k, v, alpha, dense, key_padding, frame_lengths, prob):
-        out = _empty(q.shape, q.dtype, q.device)
-        stats = _empty(tuple(q.shape[:3]) + (prob.stats_width,), torch.float32, q.device)
+        out = empty(q.shape, q.dtype, q.device)
+        stats = empty(tuple(q.shape[:3]) + (prob.stats_width,), torch.float32, q.device)
         if _geometry(q, k, prob)[2] == 0:
             return out.zero_(), stats.fill_(float("-inf"))
         _run("attention_fwd", q.device, q, k, v, _alpha32(alpha), dense, key_padding, frame_lengths, out, stats,
@@ -266,7 +259,7 @@ class CudaBackend:
         return out, stats
 
     def attention_bwd(self, grad_out, q, k, v, out, stats, alpha, dense, key_padding, frame_lengths, prob):
-        dq, dk, dv = (_empty(t.shape, t.dtype, t.device) for t in (q, k, v))
+        dq, dk, dv = (empty(t.shape, t.dtype, t.device) for t in (q, k, v))
         routed = prob.mode != NONE
         if q.numel() == 0 or k.numel() == 0:
             return dq.zero_(), dk.zero_(), dv.zero_(), torch.zeros_like(alpha) if routed else None
@@ -274,7 +267,7 @@ class CudaBackend:
         _, n_qtiles, _ = module(emulate=q.device.type == "cpu").attention_bwd_plan(n_seq, nq, nk, q.shape[-1])
         delta = torch.empty(stats.shape, dtype=torch.float32, device=q.device)
         # per (query tile, sequence) sums of the alpha gradient, added here in a fixed order
-        partial = _empty((n_qtiles, n_seq, prob.p), torch.float32, q.device) if routed else None
+        partial = empty((n_qtiles, n_seq, prob.p), torch.float32, q.device) if routed else None
         _run("attention_bwd", q.device, grad_out, q, k, v, out, stats, _alpha32(alpha), dense, key_padding,
              frame_lengths, dq, dk, dv, delta, partial, *_problem(prob))
         return dq, dk, dv, partial.sum(0).view(alpha.shape).to(alpha.dtype) if routed else None
@@ -282,8 +275,8 @@ class CudaBackend:
     # --- pooling (csrc/pool) ---------------------------------------------------------------
     def st_pool(self, x):
         B, T, P, C = x.shape
-        temporal = _empty((B, T, C), x.dtype, x.device)
-        spatial = _empty((B, P, C), x.dtype, x.device)
+        temporal = empty((B, T, C), x.dtype, x.device)
+        spatial = empty((B, P, C), x.dtype, x.device)
         if x.numel() == 0:
             return temporal, spatial
         n_partial = module(emulate=x.device.type == "cpu").st_pool_partial_size(B, T, P, C)
@@ -293,19 +286,19 @@ class CudaBackend:
 
     def st_pool_bwd(self, grad_temporal, grad_spatial):
         (B, T, C), P = grad_temporal.shape, grad_spatial.shape[1]
-        dx = _empty((B, T, P, C), grad_temporal.dtype, grad_temporal.device)
+        dx = empty((B, T, P, C), grad_temporal.dtype, grad_temporal.device)
         _run("st_pool_bwd", dx.device, grad_temporal, grad_spatial, dx)
         return dx
 
     def multiscale_pool(self, y, scales):
         B, k, C = y.shape
-        out = _empty((B, pooled_length(k, scales), C), y.dtype, y.device)
+        out = empty((B, pooled_length(k, scales), C), y.dtype, y.device)
         _run("multiscale_pool_fwd", y.device, y, list(scales), out)
         return out
 
     def multiscale_pool_bwd(self, grad, k, scales):
         B, _, C = grad.shape
-        dy = _empty((B, k, C), grad.dtype, grad.device)
+        dy = empty((B, k, C), grad.dtype, grad.device)
         _run("multiscale_pool_bwd", dy.device, grad, k, list(scales), dy)
         return dy
 

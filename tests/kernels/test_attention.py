@@ -271,7 +271,7 @@ def test_supports_reasons():
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_mix_with_a_mask_far_below_the_others_stays_finite(backend):
     """The diagonal mask's only score sits 86 nats below the global mask's: the backward must not
-    overflow its normaliser into inf · 0 = NaN (SPEC §1), and its share of dv stays right."""
+    overflow its normaliser into inf · 0 = NaN (docs/ops.md §1), and its share of dv stays right."""
     N, d = 16, 32
     gap = math.sqrt(124.5 * math.log(2))
     q = torch.zeros(1, N, 1, d, device=DEVICE)

@@ -1,5 +1,5 @@
 """``stq.multiscale_pool`` and ``stq.st_pool`` on each kernel backend (``triton``, ``cpu``, ``cuda``)
-against the torch reference (SPEC §2.5), outputs NaN-poisoned; same error bound as
+against the torch reference (docs/ops.md §2.5), outputs NaN-poisoned; same error bound as
 tests/kernels/test_topk.py."""
 import pytest
 import torch

@@ -1,12 +1,11 @@
 """``stq.topk_tokens`` on each kernel backend (``triton``, ``cpu``, ``cuda``) against the torch reference
-(SPEC §2.4). On CPU, Triton runs in its interpreter and the cuda backend under its emulation
+(docs/ops.md §2.4). On CPU, Triton runs in its interpreter and the cuda backend under its emulation
 (``STQUERY_CUDA_EMULATE=1``: the kernels' own source, one OS thread per CUDA thread).
 
 Indices must match exactly. Values and gradients: the kernel's error against the float64
 reference is at most 2x (3x for gradients) the error of the same-dtype reference, plus a tiny eps.
 Every output the kernels allocate is NaN-poisoned (index tensors: -1; ``tests/conftest.py``: the
-Triton launchers through ``stquery.kernels._fill``, the cpu and cuda backends under
-``STQUERY_POISON=1``), so an element a kernel forgets to write fails the comparison.
+one allocator's hook ``stquery.kernels._fill``), so an element a kernel forgets to write fails the comparison.
 """
 import pytest
 import torch
@@ -208,7 +207,7 @@ def test_dx_zero_off_selected_rows(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_softmax_gate_of_very_negative_scores_stays_finite(scales, backend):
     """exp(0 - m) overflows when every score is far below 0: padded and unselected rows must not
-    turn that into 0 * inf = NaN (SPEC §1: finite inputs never give NaN)."""
+    turn that into 0 * inf = NaN (docs/ops.md §1: finite inputs never give NaN)."""
     x = strided(1, 40, 8, dtype=torch.float32).requires_grad_()
     scores = (strided(1, 40, dtype=torch.float32) - 200).requires_grad_()
     y, _ = stq.topk_tokens(x, scores, 10, gate="softmax", scales=scales, backend=backend)
