@@ -21,7 +21,10 @@
 //   (no shared-max underflow); stats = lse_j per mask (-inf for an empty mask row): O(N p).
 // - SCALE: softmax over {k : w_ik > 0} of s_ik * w_ik, w = sum_j alpha_j M_j. stats = lse.
 // Backward, per query row from the saved stats (the forward is not re-run):
-//   P = exp(s - lse) (per mask in MIX), dP = dO V^T, delta = sum_k P dP,
+//   P = exp(s - lse) / sum_k exp(s - lse) (per mask in MIX): the saved lse is the shift, and the row
+//   is normalised again as in the forward, because a rounded lse scales every weight of the row by
+//   one (1 + e): sum_k P != 1, delta no longer cancels, and dq / dalpha pick up an error that grows
+//   with the logits (12x the reference's at scale 2 before this). dP = dO V^T, delta = sum_k P dP,
 //   NONE: dS = P (dP - delta); SCALE: dS' = P (dP - delta), dS = dS' w,
 //   dalpha_j = sum_k dS' s M_j; MIX: dS = sum_j alpha_j P_j (dP - delta_j), dalpha_j = sum_i delta_j.
 //   dq = scale dS K, dk = scale dS^T Q, dv = A^T dO with A the final attention weights.
@@ -222,6 +225,12 @@ void fwd_row(const Problem& P, const Seq& q, int64_t i, float* s, const float* k
   st[0] = softmax_row(s, tmp, w, Nkp);
 }
 
+// P = exp(s - lse) normalised over {k : vis[k] > 0} (see the note at the top).
+void renormalised_exp(const float* s, const float* vis, float lse, float* w, int64_t n) {
+  const Vec inv(1.f / masked_exp(s, vis, lse, w, n));
+  for (int64_t k = 0; k < n; k += kV) (Vec::loadu(w + k) * inv).store(w + k);
+}
+
 // Backward for query row i: from s (scaled scores), dp (dO . v_k) and the stats -> a (attention
 // weights), ds (gradient w.r.t. s); adds the row's share of dalpha.
 void bwd_row(const Problem& P, const Seq& q, int64_t i, const float* s, const float* dp, const float* keyok, float* mj,
@@ -231,7 +240,7 @@ void bwd_row(const Problem& P, const Seq& q, int64_t i, const float* s, const fl
   if (i >= q.n_alive) return;
   if (P.mode == kNone) {
     if (st[0] == -kInf) return;
-    masked_exp(s, keyok, st[0], a, Nkp);
+    renormalised_exp(s, keyok, st[0], a, Nkp);
     const Vec delta(dot(a, dp, Nkp));
     for (int64_t k = 0; k < Nkp; k += kV) (Vec::loadu(a + k) * (Vec::loadu(dp + k) - delta)).store(ds + k);
     return;
@@ -240,7 +249,7 @@ void bwd_row(const Problem& P, const Seq& q, int64_t i, const float* s, const fl
   if (P.mode == kMix) {
     for (int j = 0; j < P.p; ++j) {
       if (st[j] == -kInf) continue;
-      masked_exp(s, mj + j * Nkp, st[j], tmp, Nkp);
+      renormalised_exp(s, mj + j * Nkp, st[j], tmp, Nkp);
       const float delta = dot(tmp, dp, Nkp);
       dalpha[j] += delta;
       const Vec alpha(q.alpha[j]), vdelta(delta);
@@ -257,7 +266,7 @@ void bwd_row(const Problem& P, const Seq& q, int64_t i, const float* s, const fl
   std::fill(tmp, tmp + Nkp, 0.f);
   for (int j = 0; j < P.p; ++j) axpy(q.alpha[j], mj + j * Nkp, tmp, Nkp);
   for (int64_t k = 0; k < Nkp; k += kV) (Vec::loadu(s + k) * Vec::loadu(tmp + k)).store(ds + k);
-  masked_exp(ds, tmp, st[0], a, Nkp);
+  renormalised_exp(ds, tmp, st[0], a, Nkp);
   const Vec delta(dot(a, dp, Nkp));
   for (int64_t k = 0; k < Nkp; k += kV) {
     const Vec g = Vec::loadu(a + k) * (Vec::loadu(dp + k) - delta);

@@ -202,11 +202,11 @@ def _run(case: Case, fn, args, kwargs, diff, dtype, grad_out, **extra):
 
 # Logits far from unit variance (issue 14): scale in {1/sqrt(d), 0.3, 1, 2} puts the standard
 # deviation of s = scale * q.k up to 2 * sqrt(64) = 16 (spatial) and 2 * sqrt(40) ~ 12.6
-# (temporal); float32, both ops, every mode, the packed (temporal) and looping (spatial, N > 16)
-# float32 Triton kernels.
+# (temporal); float32, both ops, every mode, on every kernel backend (for Triton: the packed
+# (temporal) and looping (spatial, N > 16) float32 kernels).
 SCALE_CASES = [
     pytest.param(b.values[0], c, marks=b.marks, id=f"{b.values[0]}-{c}")
-    for b in BACKENDS if b.values[0] == "triton"
+    for b in BACKENDS
     for c in (
         Case(op, mode, kinds, **shape, scale=scale)
         for op, shape in ((S, dict(n=20, nk=18, d=64, alpha="group")), (T, dict(n=5, L=3, d=40)))
