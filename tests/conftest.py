@@ -38,6 +38,20 @@ KERNEL_BACKENDS = [
 ]
 
 
+def assert_same_with_1_and_2_threads(run) -> None:
+    """``run()`` returns tensors that must be bitwise equal with 1 and with 2 ATen threads."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(2)
+        two = run()
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

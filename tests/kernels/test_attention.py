@@ -28,7 +28,7 @@ import torch
 import stquery as stq
 from stquery.ops import reference
 
-from ..conftest import DEVICE, TRITON
+from ..conftest import DEVICE, TRITON, assert_same_with_1_and_2_threads
 from ..conftest import KERNEL_BACKENDS as BACKENDS
 # Absolute slack, relative to the largest reference value. The reference computes in float32 even
 # for float16 inputs, so its "same dtype" error is only the final rounding (flash-attention's
@@ -325,13 +325,4 @@ def test_cpu_results_do_not_depend_on_the_thread_count(mode):
         out = stq.temporal_attention(*xs[:3], T, frame_lengths=torch.tensor([6, 4, 0]), backend="cpu", **kw)
         return [out, *torch.autograd.grad(out, xs, grad)]
 
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = run()
-        torch.set_num_threads(2)
-        two = run()
-    finally:
-        torch.set_num_threads(threads)
-    for a, b in zip(one, two):
-        assert torch.equal(a, b)
+    assert_same_with_1_and_2_threads(run)

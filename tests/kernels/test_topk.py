@@ -14,7 +14,7 @@ import stquery as stq
 from stquery.backends import cuda_backend
 from stquery.ops import reference as ref
 
-from ..conftest import DEVICE, TRITON
+from ..conftest import DEVICE, TRITON, assert_same_with_1_and_2_threads
 from ..conftest import KERNEL_BACKENDS as BACKENDS
 
 if TRITON:
@@ -227,13 +227,4 @@ def test_cpu_topk_does_not_depend_on_the_thread_count():
         y, idx = stq.topk_tokens(xs, ss, 70, order="score", gate="softmax", scales=(1, 2, 4), backend="cpu")
         return [y, idx, *torch.autograd.grad(y, (xs, ss), torch.ones_like(y))]
 
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = run()
-        torch.set_num_threads(2)
-        two = run()
-    finally:
-        torch.set_num_threads(threads)
-    for a, b in zip(one, two):
-        assert torch.equal(a, b)
+    assert_same_with_1_and_2_threads(run)
