@@ -18,6 +18,7 @@ from stquery.train.config import load_config
 from stquery.train.data import read_manifest
 from stquery.train.trainer import seed_everything
 
+from ..models.bounds import C_EPS, assert_within_eps
 from ..models.tiny_models import informative_init
 from .conftest import read_log
 
@@ -329,9 +330,12 @@ def test_token_loss_does_not_depend_on_the_accumulation_split(lmm_files, tmp_pat
     task(collate([VideoQADataset(records, frames=FRAMES)[i] for i in range(4)])).backward()
     expected = [p.grad for p in task.parameters() if p.requires_grad]
     assert len(expected) == len(grads[1]) == len(grads[2])
-    for g1, g2, e in zip(grads[1], grads[2], expected):
-        torch.testing.assert_close(g1, e, rtol=1e-5, atol=1e-7)
-        torch.testing.assert_close(g2, e, rtol=1e-5, atol=1e-7)
+    # The same float32 sums in another order: at most a few dozen roundings of the largest gradient
+    # apart (a token weighting error would be off by a factor, not by roundings).
+    truth = torch.cat([e.flatten() for e in expected]).double()
+    for accum in (1, 2):
+        got = torch.cat([g.flatten() for g in grads[accum]])
+        assert_within_eps(got, truth, c=C_EPS, name=f"grad_accum={accum}")
     for name in w1:
         torch.testing.assert_close(w2[name], w1[name], rtol=1e-6, atol=1e-6)
 
