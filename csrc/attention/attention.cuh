@@ -16,6 +16,10 @@
 // sequence of N <= BM rows lives in one block, and T = 8 does not leave 7/8 of a tile idle).
 // Shared rows are padded to BD + 1 floats: threads reading different rows hit different banks.
 //
+// Every kernel visits tiles the same way: stage_queries / stage_keys fill a tile's Row records and
+// shared rows, score_keys gives one query row's scores and mask bits against the staged key tile,
+// and grad_row / score_grad hold the backward algebra both backward kernels share.
+//
 // Forward (scores s in base 2): NONE/SCALE run one flash pass (online max m, normaliser l;
 // SCALE multiplies s by w = sum_j alpha_j M_j and drops keys with w <= 0). MIX runs a first pass
 // for the union max m and one normaliser l_j per mask, then one accumulator weighted by
@@ -48,8 +52,6 @@ struct BwdTile {
                        KPT = (BN + TPR - 1) / TPR;
 };
 
-STQ_HD inline int block_d(int d) { return d <= 64 ? 64 : (d <= 128 ? 128 : 256); }
-
 // One query or key row of a tile.
 struct Row {
   int pos;      // position in its sequence
@@ -75,6 +77,18 @@ __device__ inline Row make_row(int gr, int N, int seq0, const Params& p, bool ke
   return r;
 }
 
+// Where a thread works: row (forward, dq) or key (dk/dv) i of its block's tile, lane lr of that
+// row's TPR lanes; the block's tile and its group's first sequence (the launchers number blocks
+// group * n_tiles + tile, a group being spp whole sequences).
+struct Place {
+  int i, lr, tile, seq0;
+};
+template <int TPR>
+__device__ inline Place place(int n_tiles, int spp) {
+  const int tid = threadIdx.x, block = blockIdx.x;
+  return {tid / TPR, tid % TPR, block % n_tiles, block / n_tiles * spp};
+}
+
 __device__ inline int64_t offset(const Row& r, const Strides& s) {
   return r.b * s.b + r.l * s.l + r.h * s.h + (int64_t)r.pos * s.n;
 }
@@ -87,6 +101,35 @@ __device__ inline void load_tile(float (*dst)[BD + 1], const void* x, const Stri
     const int r = e / BD, c = e % BD;
     dst[r][c] = (rows[r].ok && c < d) ? to_float(base[offset(rows[r], s) + c]) : 0.f;
   }
+}
+
+// Tile `tile` (R rows, N per sequence) of the block's sequences, for every thread: its Row
+// records, then tensor x (and y, unless sy is null) as float rows in shared memory. The first
+// barrier waits for the readers of the previous tile, the last publishes this one.
+template <typename T, int BD, int R>
+__device__ inline void stage(Row* rows, int tile, int N, bool key, int seq0, const Params& p,
+                             float (*sx)[BD + 1], const void* x, const Strides& xs,
+                             float (*sy)[BD + 1], const void* y, const Strides& ys) {
+  __syncthreads();
+  for (int r = threadIdx.x; r < R; r += kThreads) rows[r] = make_row(tile * R + r, N, seq0, p, key);
+  __syncthreads();
+  load_tile<T, BD, R>(sx, x, xs, rows, p.d);
+  if (sy != nullptr) load_tile<T, BD, R>(sy, y, ys, rows, p.d);
+  __syncthreads();
+}
+
+// Query tile qt: the Q rows, and the dO rows unless sDO is null (forward).
+template <typename T, int BD, int BM>
+__device__ inline void stage_queries(Row* rows, float (*sQ)[BD + 1], float (*sDO)[BD + 1], int qt, int seq0,
+                                     const Params& p) {
+  stage<T, BD, BM>(rows, qt, p.Nq, false, seq0, p, sQ, p.q, p.sq, sDO, p.dout, p.sdo);
+}
+
+// Key tile kt: the K rows, and the V rows unless sV is null (the MIX forward's first pass).
+template <typename T, int BD, int BN>
+__device__ inline void stage_keys(Row* keys, float (*sK)[BD + 1], float (*sV)[BD + 1], int kt, int seq0,
+                                  const Params& p) {
+  stage<T, BD, BN>(keys, kt, p.Nk, true, seq0, p, sK, p.k, p.sk, sV, p.v, p.sv);
 }
 
 template <int TPR>
@@ -120,6 +163,30 @@ __device__ inline void row_dots(const float* a, const float (*rows)[BD + 1], int
   }
 }
 
+// acc[u] = acc[u] * corr + sum_{k in [lo, hi)} w[k] rows[k][c] for this thread's columns
+// c = lr + TPR * u: one row of P V (forward) or dS K (dq).
+template <int BD, int TPR, int CPT>
+__device__ inline void accumulate(float (&acc)[CPT], float corr, const float* w, const float (*rows)[BD + 1], int lo,
+                                  int hi, int lr) {
+#pragma unroll
+  for (int u = 0; u < CPT; ++u) {
+    const int c = lr + TPR * u;
+    float a = acc[u] * corr;
+    for (int k = lo; k < hi; ++k) a = fmaf(w[k], rows[k][c], a);
+    acc[u] = a;
+  }
+}
+
+// dst[c] = acc[u] * f for this thread's columns c = lr + TPR * u < d.
+template <typename T, int TPR, int CPT>
+__device__ inline void store_row(T* dst, const float (&acc)[CPT], float f, int lr, int d) {
+#pragma unroll
+  for (int u = 0; u < CPT; ++u) {
+    const int c = lr + TPR * u;
+    if (c < d) dst[c] = from_float<T>(acc[u] * f);
+  }
+}
+
 // Tile-local range [lo, hi) of the rows (or keys) of local sequence sl in the tile starting at
 // global index tile0 (B rows per tile, N per sequence); empty for sl < 0. The products with P / dS
 // run over this range only, so packed sequences cost no FLOPs for each other's zeros.
@@ -135,6 +202,34 @@ __device__ inline unsigned visible_bits(const Row& q, const Row& k, const Params
   return p.mode == kModeNone ? 1u : mask_bits(q.pos, k.pos, p.masks);
 }
 
+// One query row against this thread's keys k = lr + TPR * u (u < KPT) of a staged key tile.
+template <int KPT>
+struct KeyScores {
+  float s[KPT];        // qk_scale * q . k (base 2) where visible, -inf elsewhere
+  float dp[KPT];       // dO . v (backward), 0 without dO
+  unsigned bits[KPT];  // visible_bits; 0 for keys past the tile
+  int k_lo, k_hi;      // the tile-local keys of the row's sequence (seq_range)
+};
+
+// The scores of query row `me` (shared rows q and, unless null, dout) against key tile kt.
+template <int BD, int BN, int TPR, int KPT>
+__device__ inline KeyScores<KPT> score_keys(const Row& me, const float* q, const float* dout, const Row* keys,
+                                            const float (*sK)[BD + 1], const float (*sV)[BD + 1], int kt, int lr,
+                                            const Params& p) {
+  KeyScores<KPT> r;
+  seq_range(me.sl, p.Nk, kt * BN, BN, r.k_lo, r.k_hi);
+  const bool any = r.k_lo < r.k_hi;
+  row_dots<BD, BN, TPR, KPT>(q, sK, lr, p.d, any, r.s);
+  row_dots<BD, BN, TPR, KPT>(dout, sV, lr, p.d, any && dout != nullptr, r.dp);
+#pragma unroll
+  for (int u = 0; u < KPT; ++u) {
+    const int k = lr + TPR * u;
+    r.bits[u] = k < BN ? visible_bits(me, keys[k], p) : 0u;
+    r.s[u] = r.bits[u] ? r.s[u] * p.qk_scale : neg_inf();
+  }
+  return r;
+}
+
 __device__ inline void load_alpha(float* alpha, const Row& r, const Params& p) {
 #pragma unroll
   for (int j = 0; j < kMaxMasks; ++j)
@@ -143,26 +238,76 @@ __device__ inline void load_alpha(float* alpha, const Row& r, const Params& p) {
                    : 0.f;
 }
 
+// What the backward needs of one query row. NONE/SCALE: W = 2^(s w - lse) (w = 1 in NONE),
+// delta = rowsum(dO * O). MIX: P_j = 2^(s - m_ref) r_j, cj = alpha_j r_j, ej = cj delta_j with
+// delta_j = sum_k P_j dP. SCALE: cj = alpha_j, and ej collects the row's dalpha_j in the dq kernel.
+struct GradRow {
+  float lse, delta, m_ref;
+  float cj[kMaxMasks], ej[kMaxMasks];
+};
+
+// g from the forward's stats at st_off, and delta / ej from p.delta when with_delta (the dk/dv
+// kernel; the dq kernel computes them). r: MIX's r_j.
+__device__ inline void grad_row(GradRow& g, float* r, const Row& me, int64_t st_off, const Params& p, bool with_delta) {
+  g.lse = g.delta = g.m_ref = 0.f;
+#pragma unroll
+  for (int j = 0; j < kMaxMasks; ++j) g.ej[j] = r[j] = 0.f;
+  load_alpha(g.cj, me, p);
+  if (!me.ok) return;
+  if (p.mode != kModeMix) {
+    g.lse = p.stats[st_off];
+    if (with_delta) g.delta = p.delta[st_off];
+    return;
+  }
+  float lsej[kMaxMasks];
+#pragma unroll
+  for (int j = 0; j < kMaxMasks; ++j) lsej[j] = j < p.masks.n ? p.stats[st_off + j] : neg_inf();
+  g.m_ref = mix_inverse_norms(lsej, p.masks.n, r);
+#pragma unroll
+  for (int j = 0; j < kMaxMasks; ++j) {
+    g.cj[j] *= r[j];
+    if (with_delta && j < p.masks.n) g.ej[j] = g.cj[j] * p.delta[st_off + j];
+  }
+}
+
+struct ScoreGrad {
+  float w;   // the attention weight W of the score: dv += W dO
+  float ds;  // dq += dS k, dk += dS q (times the softmax scale)
+};
+
+// W and dS of one visible score s (base 2) with dP = dp:
+//   MIX:   W = 2^(s - m_ref) sum_j M_j cj,  dS = 2^(s - m_ref) (dp sum_j M_j cj - sum_j M_j ej);
+//   NONE:  W = 2^(s - lse),                 dS = W (dp - delta);
+//   SCALE: W = 2^(s w - lse), w = sum_j M_j alpha_j,  dS = W (dp - delta) w;  0 where w <= 0.
+// With kDalpha, SCALE also adds dL/dalpha_j = W (dp - delta) s ln 2 to g.ej for each set bit j.
+template <bool kDalpha>
+__device__ inline ScoreGrad score_grad(float s, float dp, unsigned bits, int mode, GradRow& g) {
+  if (mode == kModeMix) {
+    const float e = exp2f(s - g.m_ref), c = mix_weight(bits, g.cj);
+    return {e * c, e * (dp * c - mix_weight(bits, g.ej))};
+  }
+  const float w = mode == kModeScale ? mix_weight(bits, g.cj) : 1.f;
+  if (!(w > 0.f)) return {0.f, 0.f};
+  const float w_att = exp2f(s * w - g.lse), dsw = w_att * (dp - g.delta);
+  if (kDalpha && mode == kModeScale) add_masked(g.ej, bits, dsw * (s * (1.f / kLog2e)));
+  return {w_att, dsw * w};
+}
+
 // ------------------------------------------------------------------------------------ forward
 template <typename T, int BD>
 __global__ void __launch_bounds__(kThreads, 1) attn_fwd_kernel(const Params p) {
   using Tile = FwdTile<BD>;
   constexpr int BM = Tile::BM, BN = Tile::BN, TPR = Tile::TPR, CPT = Tile::CPT, KPT = Tile::KPT;
   __shared__ float sQ[BM][BD + 1];
-  __shared__ float sK[BN][BD + 1];
-  __shared__ float sV[BN][BD + 1];
+  __shared__ float sK[BN][BD + 1], sV[BN][BD + 1];
   __shared__ float sP[BM][BN + 1];
-  __shared__ Row rows[BM];
-  __shared__ Row keys[BN];
+  __shared__ Row rows[BM], keys[BN];
 
-  const int tid = threadIdx.x, i = tid / TPR, lr = tid % TPR;
-  const int qt = blockIdx.x % p.n_qtiles, seq0 = blockIdx.x / p.n_qtiles * p.spp;
-  const int n_kt = (p.spp * p.Nk + BN - 1) / BN, n = p.masks.n;
+  const auto [i, lr, qt, seq0] = place<TPR>(p.n_qtiles, p.spp);
+  const int n_kt = ceil_div(p.spp * p.Nk, BN), n = p.masks.n;
   const bool mix = p.mode == kModeMix, scale_mode = p.mode == kModeScale;
 
-  for (int r = tid; r < BM; r += kThreads) rows[r] = make_row(qt * BM + r, p.Nq, seq0, p, false);
-  __syncthreads();
-  load_tile<T, BD, BM>(sQ, p.q, p.sq, rows, p.d);
+  stage_queries<T, BD, BM>(rows, sQ, nullptr, qt, seq0, p);
   const Row me = rows[i];
   // wj: alpha_j; in MIX, alpha_j / l_j after pass 1 (one array for both modes: fewer registers)
   float wj[kMaxMasks];
@@ -173,32 +318,15 @@ __global__ void __launch_bounds__(kThreads, 1) attn_fwd_kernel(const Params p) {
 
   if (mix) {  // pass 1: union max and one normaliser per mask
     for (int kt = 0; kt < n_kt; ++kt) {
-      __syncthreads();
-      for (int r = tid; r < BN; r += kThreads) keys[r] = make_row(kt * BN + r, p.Nk, seq0, p, true);
-      __syncthreads();
-      load_tile<T, BD, BN>(sK, p.k, p.sk, keys, p.d);
-      __syncthreads();
-      float s[KPT];
-      unsigned bits[KPT];
+      stage_keys<T, BD, BN>(keys, sK, nullptr, kt, seq0, p);
+      const KeyScores<KPT> sc = score_keys<BD, BN, TPR, KPT>(me, sQ[i], nullptr, keys, sK, nullptr, kt, lr, p);
       float mx = neg_inf();
-      int k_lo, k_hi;
-      seq_range(me.sl, p.Nk, kt * BN, BN, k_lo, k_hi);
-      row_dots<BD, BN, TPR, KPT>(sQ[i], sK, lr, p.d, k_lo < k_hi, s);
 #pragma unroll
-      for (int u = 0; u < KPT; ++u) {
-        const int k = lr + TPR * u;
-        bits[u] = k < BN ? visible_bits(me, keys[k], p) : 0u;
-        s[u] = bits[u] ? s[u] * p.qk_scale : neg_inf();
-        mx = fmaxf(mx, s[u]);
-      }
+      for (int u = 0; u < KPT; ++u) mx = fmaxf(mx, sc.s[u]);
       const float m_new = fmaxf(m, row_max<TPR>(mx)), corr = rebase(m, m_new), base = finite_base(m_new);
       float part[kMaxMasks] = {};
 #pragma unroll
-      for (int u = 0; u < KPT; ++u) {
-        const float pv = prob(bits[u] != 0u, s[u], base);
-#pragma unroll
-        for (int j = 0; j < kMaxMasks; ++j) part[j] += ((bits[u] >> j) & 1u) ? pv : 0.f;
-      }
+      for (int u = 0; u < KPT; ++u) add_masked(part, sc.bits[u], prob(sc.bits[u] != 0u, sc.s[u], base));
 #pragma unroll
       for (int j = 0; j < kMaxMasks; ++j)
         if (j < n) lj[j] = lj[j] * corr + row_sum<TPR>(part[j]);
@@ -209,32 +337,16 @@ __global__ void __launch_bounds__(kThreads, 1) attn_fwd_kernel(const Params p) {
   }
 
   for (int kt = 0; kt < n_kt; ++kt) {  // the output pass (the only pass for NONE / SCALE)
-    __syncthreads();
-    for (int r = tid; r < BN; r += kThreads) keys[r] = make_row(kt * BN + r, p.Nk, seq0, p, true);
-    __syncthreads();
-    load_tile<T, BD, BN>(sK, p.k, p.sk, keys, p.d);
-    load_tile<T, BD, BN>(sV, p.v, p.sv, keys, p.d);
-    __syncthreads();
-    float s[KPT];
-    unsigned bits[KPT];
+    stage_keys<T, BD, BN>(keys, sK, sV, kt, seq0, p);
+    KeyScores<KPT> sc = score_keys<BD, BN, TPR, KPT>(me, sQ[i], nullptr, keys, sK, nullptr, kt, lr, p);
     float mx = neg_inf();
-    int k_lo, k_hi;
-    seq_range(me.sl, p.Nk, kt * BN, BN, k_lo, k_hi);
-    row_dots<BD, BN, TPR, KPT>(sQ[i], sK, lr, p.d, k_lo < k_hi, s);
 #pragma unroll
     for (int u = 0; u < KPT; ++u) {
-      const int k = lr + TPR * u;
-      bits[u] = k < BN ? visible_bits(me, keys[k], p) : 0u;
-      if (!bits[u]) {
-        s[u] = neg_inf();
-      } else {
-        s[u] *= p.qk_scale;
-        if (scale_mode) {
-          const float w = mix_weight(bits[u], wj);
-          s[u] = w > 0.f ? s[u] * w : neg_inf();
-        }
+      if (scale_mode && sc.bits[u]) {
+        const float w = mix_weight(sc.bits[u], wj);
+        sc.s[u] = w > 0.f ? sc.s[u] * w : neg_inf();
       }
-      mx = fmaxf(mx, s[u]);
+      mx = fmaxf(mx, sc.s[u]);
     }
     float corr = 1.f, base = finite_base(m);
     if (!mix) {
@@ -247,30 +359,18 @@ __global__ void __launch_bounds__(kThreads, 1) attn_fwd_kernel(const Params p) {
 #pragma unroll
     for (int u = 0; u < KPT; ++u) {
       const int k = lr + TPR * u;
-      float pv = prob(s[u] != neg_inf(), s[u], base);
-      if (mix) pv *= mix_weight(bits[u], wj);
+      float pv = prob(sc.s[u] != neg_inf(), sc.s[u], base);
+      if (mix) pv *= mix_weight(sc.bits[u], wj);
       psum += pv;
       if (k < BN) sP[i][k] = pv;
     }
     if (!mix) l = l * corr + row_sum<TPR>(psum);
     __syncthreads();
-#pragma unroll
-    for (int u = 0; u < CPT; ++u) {
-      const int c = lr + TPR * u;
-      float a = acc[u] * corr;
-      for (int k = k_lo; k < k_hi; ++k) a = fmaf(sP[i][k], sV[k][c], a);
-      acc[u] = a;
-    }
+    accumulate<BD, TPR, CPT>(acc, corr, sP[i], sV, sc.k_lo, sc.k_hi, lr);
   }
 
   if (me.sl < 0) return;
-  T* o = static_cast<T*>(p.o) + offset(me, p.so);
-  const float inv = (mix || l == 0.f) ? 1.f : 1.f / l;
-#pragma unroll
-  for (int u = 0; u < CPT; ++u) {
-    const int c = lr + TPR * u;
-    if (c < p.d) o[c] = from_float<T>(acc[u] * inv);
-  }
+  store_row<T, TPR, CPT>(static_cast<T*>(p.o) + offset(me, p.so), acc, (mix || l == 0.f) ? 1.f : 1.f / l, lr, p.d);
   if (lr == 0) {
     float* st = p.stats + offset(me, p.ss);
     if (mix) {
@@ -290,34 +390,23 @@ template <typename T, int BD>
 __global__ void __launch_bounds__(kThreads, 1) attn_bwd_dq_kernel(const Params p) {
   using Tile = BwdTile<BD>;
   constexpr int BM = Tile::BM, BN = Tile::BN, TPR = Tile::TPR, CPT = Tile::CPT, KPT = Tile::KPT;
-  __shared__ float sQ[BM][BD + 1];
-  __shared__ float sDO[BM][BD + 1];
-  __shared__ float sK[BN][BD + 1];
-  __shared__ float sV[BN][BD + 1];
+  __shared__ float sQ[BM][BD + 1], sDO[BM][BD + 1];
+  __shared__ float sK[BN][BD + 1], sV[BN][BD + 1];
   __shared__ float sS[BM][BN + 1];
   __shared__ float sRed[BM][kMaxMasks];
-  __shared__ Row rows[BM];
-  __shared__ Row keys[BN];
+  __shared__ Row rows[BM], keys[BN];
 
-  const int tid = threadIdx.x, i = tid / TPR, lr = tid % TPR;
-  const int qt = blockIdx.x % p.n_qtiles, seq0 = blockIdx.x / p.n_qtiles * p.spp;
-  const int n_kt = (p.spp * p.Nk + BN - 1) / BN, n = p.masks.n;
-  const bool mix = p.mode == kModeMix, scale_mode = p.mode == kModeScale;
+  const auto [i, lr, qt, seq0] = place<TPR>(p.n_qtiles, p.spp);
+  const int n_kt = ceil_div(p.spp * p.Nk, BN), n = p.masks.n;
 
-  for (int r = tid; r < BM; r += kThreads) rows[r] = make_row(qt * BM + r, p.Nq, seq0, p, false);
-  __syncthreads();
-  load_tile<T, BD, BM>(sQ, p.q, p.sq, rows, p.d);
-  load_tile<T, BD, BM>(sDO, p.dout, p.sdo, rows, p.d);
-  __syncthreads();
+  stage_queries<T, BD, BM>(rows, sQ, sDO, qt, seq0, p);
   const Row me = rows[i];
   const int64_t st_off = offset(me, p.ss);
-  // Two per-mask arrays serve both routed modes (fewer live registers):
-  // cj: MIX alpha_j r_j, SCALE alpha_j;  ej: MIX alpha_j r_j delta_j, SCALE the row's dalpha_j.
-  float cj[kMaxMasks], ej[kMaxMasks] = {};
-  load_alpha(cj, me, p);
+  GradRow g;
+  float r[kMaxMasks];
+  grad_row(g, r, me, st_off, p, false);
 
-  float lse = 0.f, delta = 0.f, m_ref = 0.f;
-  if (!mix) {
+  if (p.mode != kModeMix) {
     float part = 0.f;
     if (me.ok) {
       const T* o = static_cast<const T*>(p.out) + offset(me, p.so);
@@ -326,45 +415,23 @@ __global__ void __launch_bounds__(kThreads, 1) attn_bwd_dq_kernel(const Params p
         const int c = lr + TPR * u;
         if (c < p.d) part = fmaf(sDO[i][c], to_float(o[c]), part);
       }
-      lse = p.stats[st_off];
     }
-    delta = row_sum<TPR>(part);
-    if (me.sl >= 0 && lr == 0) p.delta[st_off] = delta;
+    g.delta = row_sum<TPR>(part);
+    if (me.sl >= 0 && lr == 0) p.delta[st_off] = g.delta;
   } else {
-    float lsej[kMaxMasks], r[kMaxMasks];
-#pragma unroll
-    for (int j = 0; j < kMaxMasks; ++j) lsej[j] = (j < n && me.ok) ? p.stats[st_off + j] : neg_inf();
-    m_ref = mix_inverse_norms(lsej, n, r);
     float part[kMaxMasks] = {};
     for (int kt = 0; kt < n_kt; ++kt) {  // pass A: delta_j
-      __syncthreads();
-      for (int rr = tid; rr < BN; rr += kThreads) keys[rr] = make_row(kt * BN + rr, p.Nk, seq0, p, true);
-      __syncthreads();
-      load_tile<T, BD, BN>(sK, p.k, p.sk, keys, p.d);
-      load_tile<T, BD, BN>(sV, p.v, p.sv, keys, p.d);
-      __syncthreads();
-      float qk[KPT], dp[KPT];
-      int k_lo, k_hi;
-      seq_range(me.sl, p.Nk, kt * BN, BN, k_lo, k_hi);
-      row_dots<BD, BN, TPR, KPT>(sQ[i], sK, lr, p.d, k_lo < k_hi, qk);
-      row_dots<BD, BN, TPR, KPT>(sDO[i], sV, lr, p.d, k_lo < k_hi, dp);
+      stage_keys<T, BD, BN>(keys, sK, sV, kt, seq0, p);
+      const KeyScores<KPT> sc = score_keys<BD, BN, TPR, KPT>(me, sQ[i], sDO[i], keys, sK, sV, kt, lr, p);
 #pragma unroll
-      for (int u = 0; u < KPT; ++u) {
-        const int k = lr + TPR * u;
-        const unsigned bits = k < BN ? visible_bits(me, keys[k], p) : 0u;
-        if (bits) {
-          const float pdp = exp2f(qk[u] * p.qk_scale - m_ref) * dp[u];
-#pragma unroll
-          for (int j = 0; j < kMaxMasks; ++j) part[j] += ((bits >> j) & 1u) ? pdp : 0.f;
-        }
-      }
+      for (int u = 0; u < KPT; ++u)
+        if (sc.bits[u]) add_masked(part, sc.bits[u], exp2f(sc.s[u] - g.m_ref) * sc.dp[u]);
     }
 #pragma unroll
     for (int j = 0; j < kMaxMasks; ++j) {
       if (j < n) {
         const float dl = row_sum<TPR>(part[j]) * r[j];  // delta_j, also this row's dalpha_j term
-        cj[j] *= r[j];
-        ej[j] = cj[j] * dl;
+        g.ej[j] = g.cj[j] * dl;
         if (me.sl >= 0 && lr == 0) p.delta[st_off + j] = dl;
         if (lr == 0) sRed[i][j] = me.ok ? dl : 0.f;
       }
@@ -373,76 +440,37 @@ __global__ void __launch_bounds__(kThreads, 1) attn_bwd_dq_kernel(const Params p
 
   float acc[CPT] = {};
   for (int kt = 0; kt < n_kt; ++kt) {
-    __syncthreads();
-    for (int rr = tid; rr < BN; rr += kThreads) keys[rr] = make_row(kt * BN + rr, p.Nk, seq0, p, true);
-    __syncthreads();
-    load_tile<T, BD, BN>(sK, p.k, p.sk, keys, p.d);
-    load_tile<T, BD, BN>(sV, p.v, p.sv, keys, p.d);
-    __syncthreads();
-    float qk[KPT], dpk[KPT];
-    int k_lo, k_hi;
-    seq_range(me.sl, p.Nk, kt * BN, BN, k_lo, k_hi);
-    row_dots<BD, BN, TPR, KPT>(sQ[i], sK, lr, p.d, k_lo < k_hi, qk);
-    row_dots<BD, BN, TPR, KPT>(sDO[i], sV, lr, p.d, k_lo < k_hi, dpk);
+    stage_keys<T, BD, BN>(keys, sK, sV, kt, seq0, p);
+    const KeyScores<KPT> sc = score_keys<BD, BN, TPR, KPT>(me, sQ[i], sDO[i], keys, sK, sV, kt, lr, p);
 #pragma unroll
     for (int u = 0; u < KPT; ++u) {
       const int k = lr + TPR * u;
-      const unsigned bits = k < BN ? visible_bits(me, keys[k], p) : 0u;
-      float ds = 0.f;
-      if (bits) {
-        const float s = qk[u] * p.qk_scale, dp = dpk[u];
-        if (mix) {
-          ds = exp2f(s - m_ref) * (dp * mix_weight(bits, cj) - mix_weight(bits, ej));
-        } else if (!scale_mode) {
-          ds = exp2f(s - lse) * (dp - delta);
-        } else {
-          const float w = mix_weight(bits, cj);
-          if (w > 0.f) {
-            const float dsw = exp2f(s * w - lse) * (dp - delta), gs = dsw * (s * (1.f / kLog2e));
-#pragma unroll
-            for (int j = 0; j < kMaxMasks; ++j) ej[j] += ((bits >> j) & 1u) ? gs : 0.f;
-            ds = dsw * w;
-          }
-        }
-      }
+      const float ds = sc.bits[u] ? score_grad<true>(sc.s[u], sc.dp[u], sc.bits[u], p.mode, g).ds : 0.f;
       if (k < BN) sS[i][k] = ds;
     }
     __syncthreads();
-#pragma unroll
-    for (int u = 0; u < CPT; ++u) {
-      const int c = lr + TPR * u;
-      float a = acc[u];
-      for (int k = k_lo; k < k_hi; ++k) a = fmaf(sS[i][k], sK[k][c], a);
-      acc[u] = a;
-    }
+    accumulate<BD, TPR, CPT>(acc, 1.f, sS[i], sK, sc.k_lo, sc.k_hi, lr);
   }
 
-  if (me.sl >= 0) {
-    T* dq = static_cast<T*>(p.dq) + offset(me, p.sdq);
-#pragma unroll
-    for (int u = 0; u < CPT; ++u) {
-      const int c = lr + TPR * u;
-      if (c < p.d) dq[c] = from_float<T>(acc[u] * p.scale);
-    }
-  }
+  if (me.sl >= 0) store_row<T, TPR, CPT>(static_cast<T*>(p.dq) + offset(me, p.sdq), acc, p.scale, lr, p.d);
   if (p.mode == kModeNone) return;
   // dalpha: per-row values (MIX: delta_j, stored after pass A), then one fixed-order sum per
   // (sequence, mask)
-  if (scale_mode) {
+  if (p.mode == kModeScale) {
 #pragma unroll
     for (int j = 0; j < kMaxMasks; ++j) {
       if (j < n) {
-        const float val = row_sum<TPR>(ej[j]);
+        const float val = row_sum<TPR>(g.ej[j]);
         if (lr == 0) sRed[i][j] = me.ok ? val : 0.f;
       }
     }
   }
   __syncthreads();
-  for (int t = tid; t < p.spp * n; t += kThreads) {
+  for (int t = threadIdx.x; t < p.spp * n; t += kThreads) {
     const int sl = t / n, j = t % n;
     if (seq0 + sl >= p.n_seq) continue;
     float sum = 0.f;
-    for (int r = 0; r < BM; ++r) sum += rows[r].sl == sl ? sRed[r][j] : 0.f;
+    for (int rr = 0; rr < BM; ++rr) sum += rows[rr].sl == sl ? sRed[rr][j] : 0.f;
     p.dalpha[((int64_t)qt * p.n_seq + seq0 + sl) * n + j] = sum;
   }
 }
@@ -454,84 +482,33 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_kernel(const Params p)
   using Tile = BwdTile<BD>;
   constexpr int BM = Tile::BM, BN = Tile::BN, TPR = Tile::TPR, CPT = Tile::CPT, KPT = Tile::KPT;
   static_assert(BM == BN, "a thread owns row i = tid / TPR of the query tile and key i of the key tile");
-  __shared__ float sQ[BM][BD + 1];
-  __shared__ float sDO[BM][BD + 1];
-  __shared__ float sK[BN][BD + 1];
-  __shared__ float sV[BN][BD + 1];
+  __shared__ float sQ[BM][BD + 1], sDO[BM][BD + 1];
+  __shared__ float sK[BN][BD + 1], sV[BN][BD + 1];
   __shared__ float sS[BM][BN + 1];
   __shared__ float sW[BM][BN + 1];
-  __shared__ Row rows[BM];
-  __shared__ Row keys[BN];
+  __shared__ Row rows[BM], keys[BN];
 
-  const int tid = threadIdx.x, i = tid / TPR, lr = tid % TPR;
-  const int kt = blockIdx.x % p.n_ktiles, seq0 = blockIdx.x / p.n_ktiles * p.spp;
-  const int n_qt = (p.spp * p.Nq + BM - 1) / BM, n = p.masks.n;
-  const bool mix = p.mode == kModeMix, scale_mode = p.mode == kModeScale;
+  const auto [i, lr, kt, seq0] = place<TPR>(p.n_ktiles, p.spp);
+  const int n_qt = ceil_div(p.spp * p.Nq, BM);
 
-  for (int r = tid; r < BN; r += kThreads) keys[r] = make_row(kt * BN + r, p.Nk, seq0, p, true);
-  __syncthreads();
-  load_tile<T, BD, BN>(sK, p.k, p.sk, keys, p.d);
-  load_tile<T, BD, BN>(sV, p.v, p.sv, keys, p.d);
+  stage_keys<T, BD, BN>(keys, sK, sV, kt, seq0, p);
   float dk[CPT] = {}, dv[CPT] = {};
 
   for (int qt = 0; qt < n_qt; ++qt) {
-    __syncthreads();
-    for (int r = tid; r < BM; r += kThreads) rows[r] = make_row(qt * BM + r, p.Nq, seq0, p, false);
-    __syncthreads();
-    load_tile<T, BD, BM>(sQ, p.q, p.sq, rows, p.d);
-    load_tile<T, BD, BM>(sDO, p.dout, p.sdo, rows, p.d);
+    stage_queries<T, BD, BM>(rows, sQ, sDO, qt, seq0, p);
     const Row me = rows[i];
     const int64_t st_off = offset(me, p.ss);
-    float alpha[kMaxMasks];
-    load_alpha(alpha, me, p);
-    float lse = 0.f, delta = 0.f, m_ref = 0.f;
-    float cj[kMaxMasks] = {}, ej[kMaxMasks] = {};
-    if (me.ok) {
-      if (mix) {
-        float lsej[kMaxMasks], r[kMaxMasks];
-#pragma unroll
-        for (int j = 0; j < kMaxMasks; ++j) lsej[j] = j < n ? p.stats[st_off + j] : neg_inf();
-        m_ref = mix_inverse_norms(lsej, n, r);
-#pragma unroll
-        for (int j = 0; j < kMaxMasks; ++j) {
-          if (j < n) {
-            cj[j] = alpha[j] * r[j];
-            ej[j] = cj[j] * p.delta[st_off + j];
-          }
-        }
-      } else {
-        lse = p.stats[st_off];
-        delta = p.delta[st_off];
-      }
-    }
-    __syncthreads();
-    float qk[KPT], dpk[KPT];
-    int k_lo, k_hi;
-    seq_range(me.sl, p.Nk, kt * BN, BN, k_lo, k_hi);
-    row_dots<BD, BN, TPR, KPT>(sQ[i], sK, lr, p.d, k_lo < k_hi, qk);
-    row_dots<BD, BN, TPR, KPT>(sDO[i], sV, lr, p.d, k_lo < k_hi, dpk);
+    GradRow g;
+    float r[kMaxMasks];
+    grad_row(g, r, me, st_off, p, true);
+    const KeyScores<KPT> sc = score_keys<BD, BN, TPR, KPT>(me, sQ[i], sDO[i], keys, sK, sV, kt, lr, p);
 #pragma unroll
     for (int u = 0; u < KPT; ++u) {
       const int k = lr + TPR * u;
-      const unsigned bits = k < BN ? visible_bits(me, keys[k], p) : 0u;
-      float ds = 0.f, w_att = 0.f;
-      if (bits) {
-        const float s = qk[u] * p.qk_scale, dp = dpk[u];
-        if (mix) {
-          const float e = exp2f(s - m_ref), c = mix_weight(bits, cj);
-          w_att = e * c;
-          ds = e * (dp * c - mix_weight(bits, ej));
-        } else {
-          const float w = scale_mode ? mix_weight(bits, alpha) : 1.f;
-          if (w > 0.f) {
-            w_att = exp2f(s * w - lse);
-            ds = w_att * (dp - delta) * w;
-          }
-        }
-      }
+      const ScoreGrad sg = sc.bits[u] ? score_grad<false>(sc.s[u], sc.dp[u], sc.bits[u], p.mode, g) : ScoreGrad{};
       if (k < BN) {
-        sS[i][k] = ds;
-        sW[i][k] = w_att;
+        sS[i][k] = sg.ds;
+        sW[i][k] = sg.w;
       }
     }
     int r_lo, r_hi;
@@ -541,9 +518,9 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_kernel(const Params p)
     for (int u = 0; u < CPT; ++u) {  // this thread's key is i
       const int c = lr + TPR * u;
       float a = dk[u], b = dv[u];
-      for (int r = r_lo; r < r_hi; ++r) {
-        a = fmaf(sS[r][i], sQ[r][c], a);
-        b = fmaf(sW[r][i], sDO[r][c], b);
+      for (int rr = r_lo; rr < r_hi; ++rr) {
+        a = fmaf(sS[rr][i], sQ[rr][c], a);
+        b = fmaf(sW[rr][i], sDO[rr][c], b);
       }
       dk[u] = a;
       dv[u] = b;
@@ -552,16 +529,8 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_kernel(const Params p)
 
   const Row key = keys[i];
   if (key.sl < 0) return;
-  T* dkp = static_cast<T*>(p.dk) + offset(key, p.sdk);
-  T* dvp = static_cast<T*>(p.dv) + offset(key, p.sdv);
-#pragma unroll
-  for (int u = 0; u < CPT; ++u) {
-    const int c = lr + TPR * u;
-    if (c < p.d) {
-      dkp[c] = from_float<T>(dk[u] * p.scale);
-      dvp[c] = from_float<T>(dv[u]);
-    }
-  }
+  store_row<T, TPR, CPT>(static_cast<T*>(p.dk) + offset(key, p.sdk), dk, p.scale, lr, p.d);
+  store_row<T, TPR, CPT>(static_cast<T*>(p.dv) + offset(key, p.sdv), dv, 1.f, lr, p.d);
 }
 
 }  // namespace attn

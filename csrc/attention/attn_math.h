@@ -72,6 +72,12 @@ STQ_HD inline float mix_weight(unsigned bits, const float* coef) {
   return w;
 }
 
+// acc[j] += x for each set bit j (the per-mask sums of a row).
+STQ_HD inline void add_masked(float* acc, unsigned bits, float x) {
+#pragma unroll
+  for (int j = 0; j < kMaxMasks; ++j) acc[j] += ((bits >> j) & 1u) ? x : 0.f;
+}
+
 // A row maximum usable as an exponent base: -inf (nothing visible yet) becomes 0.
 STQ_HD inline float finite_base(float m) { return m == neg_inf() ? 0.f : m; }
 
