@@ -242,22 +242,25 @@ __device__ inline void load_alpha(float* alpha, const Row& r, const Params& p) {
 // delta = rowsum(dO * O). MIX: P_j = 2^(s - m_ref) r_j, cj = alpha_j r_j, ej = cj delta_j with
 // delta_j = sum_k P_j dP. SCALE: cj = alpha_j, and ej collects the row's dalpha_j in the dq kernel.
 struct GradRow {
+  int64_t st_off;  // the row's offset in stats and delta
   float lse, delta, m_ref;
   float cj[kMaxMasks], ej[kMaxMasks];
 };
 
-// g from the forward's stats at st_off, and delta / ej from p.delta when with_delta (the dk/dv
-// kernel; the dq kernel computes them). r: MIX's r_j.
-__device__ inline void grad_row(GradRow& g, float* r, const Row& me, int64_t st_off, const Params& p, bool with_delta) {
+// Row me's GradRow from the forward's stats, and delta / ej from p.delta when with_delta (the
+// dk/dv kernel; the dq kernel computes them); r: MIX's r_j.
+__device__ inline GradRow grad_row(const Row& me, const Params& p, bool with_delta, float* r) {
+  GradRow g;
+  const int64_t st_off = g.st_off = offset(me, p.ss);
   g.lse = g.delta = g.m_ref = 0.f;
 #pragma unroll
   for (int j = 0; j < kMaxMasks; ++j) g.ej[j] = r[j] = 0.f;
   load_alpha(g.cj, me, p);
-  if (!me.ok) return;
+  if (!me.ok) return g;
   if (p.mode != kModeMix) {
     g.lse = p.stats[st_off];
     if (with_delta) g.delta = p.delta[st_off];
-    return;
+    return g;
   }
   float lsej[kMaxMasks];
 #pragma unroll
@@ -268,6 +271,7 @@ __device__ inline void grad_row(GradRow& g, float* r, const Row& me, int64_t st_
     g.cj[j] *= r[j];
     if (with_delta && j < p.masks.n) g.ej[j] = g.cj[j] * p.delta[st_off + j];
   }
+  return g;
 }
 
 struct ScoreGrad {
@@ -401,10 +405,8 @@ __global__ void __launch_bounds__(kThreads, 1) attn_bwd_dq_kernel(const Params p
 
   stage_queries<T, BD, BM>(rows, sQ, sDO, qt, seq0, p);
   const Row me = rows[i];
-  const int64_t st_off = offset(me, p.ss);
-  GradRow g;
   float r[kMaxMasks];
-  grad_row(g, r, me, st_off, p, false);
+  GradRow g = grad_row(me, p, false, r);
 
   if (p.mode != kModeMix) {
     float part = 0.f;
@@ -417,7 +419,7 @@ __global__ void __launch_bounds__(kThreads, 1) attn_bwd_dq_kernel(const Params p
       }
     }
     g.delta = row_sum<TPR>(part);
-    if (me.sl >= 0 && lr == 0) p.delta[st_off] = g.delta;
+    if (me.sl >= 0 && lr == 0) p.delta[g.st_off] = g.delta;
   } else {
     float part[kMaxMasks] = {};
     for (int kt = 0; kt < n_kt; ++kt) {  // pass A: delta_j
@@ -432,7 +434,7 @@ __global__ void __launch_bounds__(kThreads, 1) attn_bwd_dq_kernel(const Params p
       if (j < n) {
         const float dl = row_sum<TPR>(part[j]) * r[j];  // delta_j, also this row's dalpha_j term
         g.ej[j] = g.cj[j] * dl;
-        if (me.sl >= 0 && lr == 0) p.delta[st_off + j] = dl;
+        if (me.sl >= 0 && lr == 0) p.delta[g.st_off + j] = dl;
         if (lr == 0) sRed[i][j] = me.ok ? dl : 0.f;
       }
     }
@@ -497,10 +499,8 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_kernel(const Params p)
   for (int qt = 0; qt < n_qt; ++qt) {
     stage_queries<T, BD, BM>(rows, sQ, sDO, qt, seq0, p);
     const Row me = rows[i];
-    const int64_t st_off = offset(me, p.ss);
-    GradRow g;
     float r[kMaxMasks];
-    grad_row(g, r, me, st_off, p, true);
+    GradRow g = grad_row(me, p, true, r);
     const KeyScores<KPT> sc = score_keys<BD, BN, TPR, KPT>(me, sQ[i], sDO[i], keys, sK, sV, kt, lr, p);
 #pragma unroll
     for (int u = 0; u < KPT; ++u) {
