@@ -42,6 +42,20 @@ ST_BWD_CONFIG = dict(BLOCK_P=32, BLOCK_C=128, num_warps=8)
 # Shared device helpers (also used by kernels/topk/)
 # ---------------------------------------------------------------------------------------------
 @triton.jit
+def _row_tile(n_rows, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's tile of a ``[B, n_rows, C]`` tensor on the grid (row blocks, C blocks, B).
+
+    Returns (pid_r, pid_b, offs_r ``[BLOCK_R]``, offs_c ``[BLOCK_C]``, mask_r, mask_c); pid_b is
+    int64 so that ``pid_b * stride`` cannot overflow.
+    """
+    pid_r = tl.program_id(0)
+    pid_b = tl.program_id(2).to(tl.int64)
+    offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return pid_r, pid_b, offs_r, offs_c, offs_r < n_rows, offs_c < C
+
+
+@triton.jit
 def _store_pooled(tile, out_ptr, stride_on, pid_k, k, offs_c, mask_c, tab_ptr, n_scales,
                   BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, LOG_BK: tl.constexpr):
     """Pool a tile of tokens ``pid_k*BLOCK_K + [0, BLOCK_K)`` at every power-of-two scale.
@@ -99,13 +113,7 @@ def _pool_grad_rows(grad_ptr, stride_gn, rows, mask_rows, offs_c, mask_c, tab_pt
 def _pool_tree_kernel(y_ptr, stride_yb, stride_yk, out_ptr, stride_ob, stride_on, tab_ptr,
                       n_scales, k, C,
                       BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, LOG_BK: tl.constexpr):
-    pid_k = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    pid_b = tl.program_id(2).to(tl.int64)
-    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_k = offs_k < k
-    mask_c = offs_c < C
+    pid_k, pid_b, offs_k, offs_c, mask_k, mask_c = _row_tile(k, C, BLOCK_K, BLOCK_C)
     # [BLOCK_K, BLOCK_C]
     tile = tl.load(y_ptr + pid_b * stride_yb + offs_k.to(tl.int64)[:, None] * stride_yk
                    + offs_c[None, :], mask=mask_k[:, None] & mask_c[None, :], other=0.0)
@@ -117,15 +125,9 @@ def _pool_tree_kernel(y_ptr, stride_yb, stride_yk, out_ptr, stride_ob, stride_on
 def _window_mean_kernel(y_ptr, stride_yb, stride_yk, out_ptr, stride_ob, stride_on, s, off, k, C,
                         BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
     """One scale of any size: out[off + w] = mean of y[w*s : min((w+1)*s, k)]."""
-    pid_w = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    pid_b = tl.program_id(2).to(tl.int64)
     n_win = (k + s - 1) // s
-    # [BLOCK_W]
-    w = pid_w * BLOCK_W + tl.arange(0, BLOCK_W)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_w = w < n_win
-    mask_c = offs_c < C
+    # w [BLOCK_W]: this program's windows
+    _, pid_b, w, offs_c, mask_w, mask_c = _row_tile(n_win, C, BLOCK_W, BLOCK_C)
     y_row = y_ptr + pid_b * stride_yb
     # [BLOCK_W, BLOCK_C]
     acc = tl.zeros([BLOCK_W, BLOCK_C], dtype=tl.float32)
@@ -143,13 +145,7 @@ def _window_mean_kernel(y_ptr, stride_yb, stride_yk, out_ptr, stride_ob, stride_
 @triton.jit
 def _pool_bwd_kernel(grad_ptr, stride_gb, stride_gn, dy_ptr, stride_db, stride_dk, tab_ptr,
                      n_scales, k, C, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr):
-    pid_k = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    pid_b = tl.program_id(2).to(tl.int64)
-    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_k = offs_k < k
-    mask_c = offs_c < C
+    _, pid_b, offs_k, offs_c, mask_k, mask_c = _row_tile(k, C, BLOCK_K, BLOCK_C)
     # [BLOCK_K, BLOCK_C]
     dy = _pool_grad_rows(grad_ptr + pid_b * stride_gb, stride_gn, offs_k, mask_k, offs_c, mask_c,
                          tab_ptr, n_scales, k, BLOCK_K, BLOCK_C)
@@ -168,13 +164,7 @@ def _st_pool_kernel(x_ptr, stride_xb, stride_xt, stride_xp, temporal_ptr, stride
     registers) and gives one temporal partial sum (over its patches). With several patch blocks
     the temporal partials go to an fp32 ``[B, n_pblocks, T, C]`` buffer (2/BLOCK_P of x's bytes)
     that ``_st_reduce_kernel`` sums in a fixed order, so the result is deterministic."""
-    pid_p = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    pid_b = tl.program_id(2).to(tl.int64)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_p = offs_p < P
-    mask_c = offs_c < C
+    pid_p, pid_b, offs_p, offs_c, mask_p, mask_c = _row_tile(P, C, BLOCK_P, BLOCK_C)
     m2 = mask_p[:, None] & mask_c[None, :]
     x_tile = x_ptr + pid_b * stride_xb + offs_p.to(tl.int64)[:, None] * stride_xp + offs_c[None, :]
     # [BLOCK_P, BLOCK_C]

@@ -29,7 +29,7 @@ from stquery.kernels import empty, triton36
 from stquery.ops.topk.problem import GATES
 
 from .. import pool as _pool
-from ..pool import _pool_grad_rows, _store_pooled
+from ..pool import _pool_grad_rows, _row_tile, _store_pooled
 
 # Radix select: 4 passes x 8 bits over uint32 keys.
 RADIX_BITS = 8
@@ -94,6 +94,21 @@ def _load_keys(scores_ptr, stride_sb, pid_b, pid_n, N, BLOCK_N: tl.constexpr):
     # [BLOCK_N]
     s = tl.load(scores_ptr + pid_b * stride_sb + offs, mask=mask, other=0.0).to(tl.float32)
     return offs, mask, _order_key(s)
+
+
+@triton.jit
+def _selected_scores(scores_ptr, stride_sb, idx_ptr, stride_ib, pid_b, k0, k, other,
+                     BLOCK: tl.constexpr):
+    """Entries ``[k0, k0 + BLOCK)`` of row pid_b's k selected indices and their scores.
+
+    Returns (offs ``[BLOCK]``, mask = offs < k, idx = idx[pid_b, offs] (0 where masked),
+    fp32 scores[pid_b, idx] (``other`` where masked)).
+    """
+    offs = k0 + tl.arange(0, BLOCK)
+    mask = offs < k
+    idx = tl.load(idx_ptr + pid_b * stride_ib + offs, mask=mask, other=0)
+    s = tl.load(scores_ptr + pid_b * stride_sb + idx, mask=mask, other=other).to(tl.float32)
+    return offs, mask, idx, s
 
 
 @triton.jit(do_not_specialize=["pass_id"])
@@ -165,20 +180,16 @@ def _score_rank_kernel(scores_ptr, stride_sb, time_idx_ptr, idx_ptr, stride_ib, 
     """Reorder time-ordered indices by (score desc, index asc): rank_i = #{j beating i}."""
     pid_i = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
-    s_row = scores_ptr + pid_b * stride_sb
-    t_row = time_idx_ptr + pid_b * k
-    offs_i = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
-    mask_i = offs_i < k
-    # [BLOCK_I]
-    idx_i = tl.load(t_row + offs_i, mask=mask_i, other=0)
-    key_i = _order_key(tl.load(s_row + idx_i, mask=mask_i, other=0.0).to(tl.float32))
+    # [BLOCK_I]; time_idx is contiguous [B, k]
+    offs_i, mask_i, idx_i, s_i = _selected_scores(scores_ptr, stride_sb, time_idx_ptr, k, pid_b,
+                                                  pid_i * BLOCK_I, k, 0.0, BLOCK_I)
+    key_i = _order_key(s_i)
     rank = tl.zeros([BLOCK_I], dtype=tl.int32)
     for j0 in range(0, k, BLOCK_J):
-        offs_j = j0 + tl.arange(0, BLOCK_J)
-        mask_j = offs_j < k
         # [BLOCK_J]
-        idx_j = tl.load(t_row + offs_j, mask=mask_j, other=0)
-        key_j = _order_key(tl.load(s_row + idx_j, mask=mask_j, other=0.0).to(tl.float32))
+        offs_j, mask_j, idx_j, s_j = _selected_scores(scores_ptr, stride_sb, time_idx_ptr, k,
+                                                      pid_b, j0, k, 0.0, BLOCK_J)
+        key_j = _order_key(s_j)
         # [BLOCK_I, BLOCK_J]; time order: j < i <=> idx_j < idx_i
         beats = (key_j[None, :] > key_i[:, None]) | (
             (key_j[None, :] == key_i[:, None]) & (offs_j[None, :] < offs_i[:, None]))
@@ -197,12 +208,9 @@ def _softmax_stats_kernel(scores_ptr, stride_sb, idx_ptr, stride_ib, stats_ptr, 
     m = tl.full([], float("-inf"), tl.float32)
     l = tl.zeros([], dtype=tl.float32)
     for k0 in range(0, k, BLOCK_K):
-        offs = k0 + tl.arange(0, BLOCK_K)
-        mask = offs < k
-        idx = tl.load(idx_ptr + pid_b * stride_ib + offs, mask=mask, other=0)
         # [BLOCK_K]
-        s = tl.load(scores_ptr + pid_b * stride_sb + idx, mask=mask, other=float("-inf"))
-        s = s.to(tl.float32)
+        offs, mask, idx, s = _selected_scores(scores_ptr, stride_sb, idx_ptr, stride_ib, pid_b, k0,
+                                              k, float("-inf"), BLOCK_K)
         m_new = tl.maximum(m, tl.max(s, axis=0))
         l = l * tl.exp(m - m_new) + tl.sum(tl.where(mask, tl.exp(s - m_new), 0.0), axis=0)
         m = m_new
@@ -231,13 +239,7 @@ def _gather_gate_kernel(x_ptr, stride_xb, stride_xn, scores_ptr, stride_sb, idx_
                         stats_ptr, y_ptr, stride_yb, stride_yk, tab_ptr, n_scales, k, C,
                         GATE: tl.constexpr, POOL: tl.constexpr, BLOCK_K: tl.constexpr,
                         BLOCK_C: tl.constexpr, LOG_BK: tl.constexpr):
-    pid_k = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    pid_b = tl.program_id(2).to(tl.int64)
-    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_k = offs_k < k
-    mask_c = offs_c < C
+    pid_k, pid_b, offs_k, offs_c, mask_k, mask_c = _row_tile(k, C, BLOCK_K, BLOCK_C)
     m2 = mask_k[:, None] & mask_c[None, :]
     # [BLOCK_K] int64
     idx = tl.load(idx_ptr + pid_b * stride_ib + offs_k, mask=mask_k, other=0)
@@ -336,20 +338,16 @@ def _softmax_bwd_kernel(scores_ptr, stride_sb, idx_ptr, stride_ib, stats_ptr, dg
     inv_l = tl.load(stats_ptr + pid_b * 2 + 1)
     acc = tl.zeros([BLOCK_K], dtype=tl.float32)
     for k0 in range(0, k, BLOCK_K):
-        offs = k0 + tl.arange(0, BLOCK_K)
-        mask = offs < k
-        idx = tl.load(idx_ptr + pid_b * stride_ib + offs, mask=mask, other=0)
         # [BLOCK_K]
-        s = tl.load(scores_ptr + pid_b * stride_sb + idx, mask=mask, other=0.0).to(tl.float32)
+        offs, mask, idx, s = _selected_scores(scores_ptr, stride_sb, idx_ptr, stride_ib, pid_b, k0,
+                                              k, 0.0, BLOCK_K)
         dg = tl.load(dg_ptr + pid_b * k + offs, mask=mask, other=0.0)
         acc += tl.where(mask, tl.exp(s - m) * inv_l * dg, 0.0)
     total = tl.sum(acc, axis=0)
     for k0 in range(0, k, BLOCK_K):
-        offs = k0 + tl.arange(0, BLOCK_K)
-        mask = offs < k
-        idx = tl.load(idx_ptr + pid_b * stride_ib + offs, mask=mask, other=0)
         # [BLOCK_K]
-        s = tl.load(scores_ptr + pid_b * stride_sb + idx, mask=mask, other=0.0).to(tl.float32)
+        offs, mask, idx, s = _selected_scores(scores_ptr, stride_sb, idx_ptr, stride_ib, pid_b, k0,
+                                              k, 0.0, BLOCK_K)
         dg = tl.load(dg_ptr + pid_b * k + offs, mask=mask, other=0.0)
         ds = tl.exp(s - m) * inv_l * (dg - total)
         tl.store(ds_ptr + pid_b * stride_dsb + idx, ds.to(ds_ptr.dtype.element_ty), mask=mask)
