@@ -25,11 +25,19 @@ from stquery.kernels import device_reason, empty
 from stquery.ops.common import KERNEL_DTYPES as _DTYPES
 from stquery.ops.pool.problem import pooled_length
 
-# Launch configurations. The AOT test (tests/kernels/test_topk_aot.py) compiles every entry.
+# Launch configurations: each is a kernel's constexprs and num_warps, passed as ``**config`` to the
+# launch and to the AOT test (tests/kernels/test_topk_aot.py), which compiles every entry.
+
+
+def token_tile(block_k: int, block_c: int, num_warps: int) -> dict:
+    """A ``[BLOCK_K, BLOCK_C]`` token tile for ``_store_pooled`` (LOG_BK = log2 BLOCK_K)."""
+    return dict(BLOCK_K=block_k, BLOCK_C=block_c, LOG_BK=block_k.bit_length() - 1,
+                num_warps=num_warps)
+
+
 # Tree pooling: the token tile must hold the largest scale; 4096-element tiles. num_warps is what
 # compiles without spills for sm_90 and sm_80 (the AOT test; BK64 spills predicates at 8 warps).
-TREE_CONFIGS = {bk: dict(BLOCK_K=bk, BLOCK_C=4096 // bk, num_warps=4 if bk == 64 else 8)
-                for bk in (16, 32, 64, 128, 256)}
+TREE_CONFIGS = {bk: token_tile(bk, 4096 // bk, 4 if bk == 64 else 8) for bk in (16, 32, 64, 128, 256)}
 MAX_TREE_SCALE = 256
 WINDOW_CONFIG = dict(BLOCK_W=16, BLOCK_C=128, num_warps=4)
 POOL_BWD_CONFIG = dict(BLOCK_K=32, BLOCK_C=128, num_warps=8)
@@ -298,21 +306,19 @@ def multiscale_pool(y: torch.Tensor, scales) -> torch.Tensor:
         return out
     if tree_scales(scales):
         cfg = tree_config(scales)
-        bk, bc = cfg["BLOCK_K"], cfg["BLOCK_C"]
-        grid = (triton.cdiv(k, bk), triton.cdiv(C, bc), B)
-        _pool_tree_kernel[grid](y, y.stride(0), y.stride(1), out, out.stride(0), out.stride(1),
-                                scale_table(scales, k, y.device), len(scales), k, C,
-                                BLOCK_K=bk, BLOCK_C=bc, LOG_BK=bk.bit_length() - 1,
-                                num_warps=cfg["num_warps"])
+        grid = (triton.cdiv(k, cfg["BLOCK_K"]), triton.cdiv(C, cfg["BLOCK_C"]), B)
+        _pool_tree_kernel[grid](
+            y, y.stride(0), y.stride(1), out, out.stride(0), out.stride(1),
+            scale_table(scales, k, y.device), len(scales), k, C, **cfg)
         return out
     cfg = WINDOW_CONFIG
     off = 0
     for s in scales:
         n_win = -(-k // s)
         grid = (triton.cdiv(n_win, cfg["BLOCK_W"]), triton.cdiv(C, cfg["BLOCK_C"]), B)
-        _window_mean_kernel[grid](y, y.stride(0), y.stride(1), out, out.stride(0), out.stride(1),
-                                  s, off, k, C, BLOCK_W=cfg["BLOCK_W"], BLOCK_C=cfg["BLOCK_C"],
-                                  num_warps=cfg["num_warps"])
+        _window_mean_kernel[grid](
+            y, y.stride(0), y.stride(1), out, out.stride(0), out.stride(1), s, off, k, C,
+            **cfg)
         off += n_win
     return out
 
@@ -327,9 +333,7 @@ def multiscale_pool_bwd(grad: torch.Tensor, k: int, scales) -> torch.Tensor:
     cfg = POOL_BWD_CONFIG
     grid = (triton.cdiv(k, cfg["BLOCK_K"]), triton.cdiv(C, cfg["BLOCK_C"]), B)
     _pool_bwd_kernel[grid](grad, grad.stride(0), grad.stride(1), dy, dy.stride(0), dy.stride(1),
-                           scale_table(scales, k, grad.device), len(scales), k, C,
-                           BLOCK_K=cfg["BLOCK_K"], BLOCK_C=cfg["BLOCK_C"],
-                           num_warps=cfg["num_warps"])
+                           scale_table(scales, k, grad.device), len(scales), k, C, **cfg)
     return dy
 
 
@@ -348,13 +352,11 @@ def st_pool(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     grid = (n_pb, triton.cdiv(C, cfg["BLOCK_C"]), B)
     _st_pool_kernel[grid](x, x.stride(0), x.stride(1), x.stride(2), temporal, temporal.stride(0),
                           temporal.stride(1), spatial, spatial.stride(0), spatial.stride(1),
-                          partial, T, P, C, ONE_P_BLOCK=n_pb == 1, BLOCK_P=cfg["BLOCK_P"],
-                          BLOCK_C=cfg["BLOCK_C"], num_warps=cfg["num_warps"])
+                          partial, T, P, C, ONE_P_BLOCK=n_pb == 1, **cfg)
     if n_pb > 1:
         rc = ST_REDUCE_CONFIG
         _st_reduce_kernel[(T, triton.cdiv(C, rc["BLOCK_C"]), B)](
-            partial, temporal, temporal.stride(0), temporal.stride(1), n_pb, T, P, C,
-            BLOCK_C=rc["BLOCK_C"], num_warps=rc["num_warps"])
+            partial, temporal, temporal.stride(0), temporal.stride(1), n_pb, T, P, C, **rc)
     return temporal, spatial
 
 
@@ -369,9 +371,7 @@ def st_pool_bwd(grad_temporal: torch.Tensor, grad_spatial: torch.Tensor) -> torc
     grid = (B * T, triton.cdiv(P, cfg["BLOCK_P"]), triton.cdiv(C, cfg["BLOCK_C"]))
     _st_pool_bwd_kernel[grid](grad_temporal, grad_temporal.stride(0), grad_temporal.stride(1),
                               grad_spatial, grad_spatial.stride(0), grad_spatial.stride(1),
-                              dx, dx.stride(0), dx.stride(1), dx.stride(2), T, P, C,
-                              BLOCK_P=cfg["BLOCK_P"],
-                              BLOCK_C=cfg["BLOCK_C"], num_warps=cfg["num_warps"])
+                              dx, dx.stride(0), dx.stride(1), dx.stride(2), T, P, C, **cfg)
     return dx
 
 
@@ -381,11 +381,13 @@ def st_pool_bwd(grad_temporal: torch.Tensor, grad_spatial: torch.Tensor) -> torc
 AOT_DTYPES = ("fp16", "bf16", "fp32")
 
 
-def aot_config(name, fn, ptrs, constexprs, num_warps, num_stages=3):
-    """One entry for ``tests/kernels/aot.py``: pointer args typed by ``ptrs``, other args i32."""
-    sig = {a: ptrs[a] if a.endswith("_ptr") else "i32" for a in fn.arg_names if a not in constexprs}
-    return dict(name=name, fn=fn, signature=sig, constexprs=dict(constexprs),
-                num_warps=num_warps, num_stages=num_stages)
+def aot_config(name, fn, ptrs, cfg, **constexprs):
+    """One entry for ``tests/kernels/aot.py``: launch configuration ``cfg`` (constexprs and
+    num_warps) plus the specialisations ``constexprs``; pointer args typed by ``ptrs``, others i32."""
+    consts = {**{a: v for a, v in cfg.items() if a != "num_warps"}, **constexprs}
+    sig = {a: ptrs[a] if a.endswith("_ptr") else "i32" for a in fn.arg_names if a not in consts}
+    return dict(name=name, fn=fn, signature=sig, constexprs=consts, num_warps=cfg["num_warps"],
+                num_stages=3)
 
 
 def aot_configs() -> list[dict]:
@@ -393,32 +395,20 @@ def aot_configs() -> list[dict]:
     for dt in AOT_DTYPES:
         p = f"*{dt}"
         for cfg in TREE_CONFIGS.values():
-            bk, bc = cfg["BLOCK_K"], cfg["BLOCK_C"]
-            out.append(aot_config(f"pool_tree BK{bk} BC{bc} {dt}", _pool_tree_kernel,
-                                  dict(y_ptr=p, out_ptr=p, tab_ptr="*i32"),
-                                  dict(BLOCK_K=bk, BLOCK_C=bc, LOG_BK=bk.bit_length() - 1),
-                                  cfg["num_warps"]))
-        c = WINDOW_CONFIG
+            out.append(aot_config(f"pool_tree BK{cfg['BLOCK_K']} BC{cfg['BLOCK_C']} {dt}",
+                                  _pool_tree_kernel, dict(y_ptr=p, out_ptr=p, tab_ptr="*i32"), cfg))
         out.append(aot_config(f"window_mean {dt}", _window_mean_kernel, dict(y_ptr=p, out_ptr=p),
-                              dict(BLOCK_W=c["BLOCK_W"], BLOCK_C=c["BLOCK_C"]), c["num_warps"]))
-        c = POOL_BWD_CONFIG
+                              WINDOW_CONFIG))
         out.append(aot_config(f"pool_bwd {dt}", _pool_bwd_kernel,
-                              dict(grad_ptr=p, dy_ptr=p, tab_ptr="*i32"),
-                              dict(BLOCK_K=c["BLOCK_K"], BLOCK_C=c["BLOCK_C"]), c["num_warps"]))
-        c = ST_POOL_CONFIG
+                              dict(grad_ptr=p, dy_ptr=p, tab_ptr="*i32"), POOL_BWD_CONFIG))
         for one in (True, False):
             out.append(aot_config(f"st_pool {'one' if one else 'multi'}-pblock {dt}",
                                   _st_pool_kernel,
                                   dict(x_ptr=p, temporal_ptr=p, spatial_ptr=p,
                                        partial_ptr=p if one else "*fp32"),
-                                  dict(ONE_P_BLOCK=one, BLOCK_P=c["BLOCK_P"],
-                                       BLOCK_C=c["BLOCK_C"]), c["num_warps"]))
-        c = ST_REDUCE_CONFIG
+                                  ST_POOL_CONFIG, ONE_P_BLOCK=one))
         out.append(aot_config(f"st_reduce {dt}", _st_reduce_kernel,
-                              dict(partial_ptr="*fp32", temporal_ptr=p),
-                              dict(BLOCK_C=c["BLOCK_C"]), c["num_warps"]))
-        c = ST_BWD_CONFIG
+                              dict(partial_ptr="*fp32", temporal_ptr=p), ST_REDUCE_CONFIG))
         out.append(aot_config(f"st_pool_bwd {dt}", _st_pool_bwd_kernel,
-                              dict(gt_ptr=p, gs_ptr=p, dx_ptr=p),
-                              dict(BLOCK_P=c["BLOCK_P"], BLOCK_C=c["BLOCK_C"]), c["num_warps"]))
+                              dict(gt_ptr=p, gs_ptr=p, dx_ptr=p), ST_BWD_CONFIG))
     return out
