@@ -197,6 +197,16 @@ inline unsigned vote(bool pred) {
   return mask;
 }
 
+// Stores `v` into `*a` while `replaces(old, v)` holds for the value held (a compare-and-swap loop);
+// returns the value held before, as CUDA's atomicMax / atomicMin do.
+template <typename T, typename Replaces>
+T atomic_replace_if(T* a, T v, Replaces replaces) {
+  std::atomic_ref<T> r(*a);
+  T old = r.load();
+  while (replaces(old, v) && !r.compare_exchange_weak(old, v)) {}
+  return old;
+}
+
 struct ResetBlock {
   Block* block;
   void operator()() noexcept { block->reset(); }
@@ -289,19 +299,9 @@ T atomicCAS(T* a, T expected, T desired) {
   return expected;
 }
 template <typename T>
-T atomicMax(T* a, T v) {
-  std::atomic_ref<T> r(*a);
-  T old = r.load();
-  while (old < v && !r.compare_exchange_weak(old, v)) {}
-  return old;
-}
+T atomicMax(T* a, T v) { return stq_emu::atomic_replace_if(a, v, [](T old, T x) { return old < x; }); }
 template <typename T>
-T atomicMin(T* a, T v) {
-  std::atomic_ref<T> r(*a);
-  T old = r.load();
-  while (v < old && !r.compare_exchange_weak(old, v)) {}
-  return old;
-}
+T atomicMin(T* a, T v) { return stq_emu::atomic_replace_if(a, v, [](T old, T x) { return x < old; }); }
 
 // --- integer and float intrinsics ------------------------------------------------------------
 inline int min(int a, int b) { return a < b ? a : b; }

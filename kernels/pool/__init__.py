@@ -25,11 +25,19 @@ from stquery.kernels import device_reason, empty
 from stquery.ops.common import KERNEL_DTYPES as _DTYPES
 from stquery.ops.pool.problem import pooled_length
 
-# Launch configurations. The AOT test (tests/kernels/test_topk_aot.py) compiles every entry.
+# Launch configurations: each is a kernel's constexprs and num_warps, passed as ``**config`` to the
+# launch and to the AOT test (tests/kernels/test_topk_aot.py), which compiles every entry.
+
+
+def token_tile(block_k: int, block_c: int, num_warps: int) -> dict:
+    """A ``[BLOCK_K, BLOCK_C]`` token tile for ``_store_pooled`` (LOG_BK = log2 BLOCK_K)."""
+    return dict(BLOCK_K=block_k, BLOCK_C=block_c, LOG_BK=block_k.bit_length() - 1,
+                num_warps=num_warps)
+
+
 # Tree pooling: the token tile must hold the largest scale; 4096-element tiles. num_warps is what
 # compiles without spills for sm_90 and sm_80 (the AOT test; BK64 spills predicates at 8 warps).
-TREE_CONFIGS = {bk: dict(BLOCK_K=bk, BLOCK_C=4096 // bk, num_warps=4 if bk == 64 else 8)
-                for bk in (16, 32, 64, 128, 256)}
+TREE_CONFIGS = {bk: token_tile(bk, 4096 // bk, 4 if bk == 64 else 8) for bk in (16, 32, 64, 128, 256)}
 MAX_TREE_SCALE = 256
 WINDOW_CONFIG = dict(BLOCK_W=16, BLOCK_C=128, num_warps=4)
 POOL_BWD_CONFIG = dict(BLOCK_K=32, BLOCK_C=128, num_warps=8)
@@ -41,6 +49,20 @@ ST_BWD_CONFIG = dict(BLOCK_P=32, BLOCK_C=128, num_warps=8)
 # ---------------------------------------------------------------------------------------------
 # Shared device helpers (also used by kernels/topk/)
 # ---------------------------------------------------------------------------------------------
+@triton.jit
+def _row_tile(n_rows, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's tile of a ``[B, n_rows, C]`` tensor on the grid (row blocks, C blocks, B).
+
+    Returns (pid_r, pid_b, offs_r ``[BLOCK_R]``, offs_c ``[BLOCK_C]``, mask_r, mask_c); pid_b is
+    int64 so that ``pid_b * stride`` cannot overflow.
+    """
+    pid_r = tl.program_id(0)
+    pid_b = tl.program_id(2).to(tl.int64)
+    offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return pid_r, pid_b, offs_r, offs_c, offs_r < n_rows, offs_c < C
+
+
 @triton.jit
 def _store_pooled(tile, out_ptr, stride_on, pid_k, k, offs_c, mask_c, tab_ptr, n_scales,
                   BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, LOG_BK: tl.constexpr):
@@ -99,13 +121,7 @@ def _pool_grad_rows(grad_ptr, stride_gn, rows, mask_rows, offs_c, mask_c, tab_pt
 def _pool_tree_kernel(y_ptr, stride_yb, stride_yk, out_ptr, stride_ob, stride_on, tab_ptr,
                       n_scales, k, C,
                       BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, LOG_BK: tl.constexpr):
-    pid_k = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    pid_b = tl.program_id(2).to(tl.int64)
-    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_k = offs_k < k
-    mask_c = offs_c < C
+    pid_k, pid_b, offs_k, offs_c, mask_k, mask_c = _row_tile(k, C, BLOCK_K, BLOCK_C)
     # [BLOCK_K, BLOCK_C]
     tile = tl.load(y_ptr + pid_b * stride_yb + offs_k.to(tl.int64)[:, None] * stride_yk
                    + offs_c[None, :], mask=mask_k[:, None] & mask_c[None, :], other=0.0)
@@ -117,15 +133,9 @@ def _pool_tree_kernel(y_ptr, stride_yb, stride_yk, out_ptr, stride_ob, stride_on
 def _window_mean_kernel(y_ptr, stride_yb, stride_yk, out_ptr, stride_ob, stride_on, s, off, k, C,
                         BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
     """One scale of any size: out[off + w] = mean of y[w*s : min((w+1)*s, k)]."""
-    pid_w = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    pid_b = tl.program_id(2).to(tl.int64)
     n_win = (k + s - 1) // s
-    # [BLOCK_W]
-    w = pid_w * BLOCK_W + tl.arange(0, BLOCK_W)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_w = w < n_win
-    mask_c = offs_c < C
+    # w [BLOCK_W]: this program's windows
+    _, pid_b, w, offs_c, mask_w, mask_c = _row_tile(n_win, C, BLOCK_W, BLOCK_C)
     y_row = y_ptr + pid_b * stride_yb
     # [BLOCK_W, BLOCK_C]
     acc = tl.zeros([BLOCK_W, BLOCK_C], dtype=tl.float32)
@@ -143,13 +153,7 @@ def _window_mean_kernel(y_ptr, stride_yb, stride_yk, out_ptr, stride_ob, stride_
 @triton.jit
 def _pool_bwd_kernel(grad_ptr, stride_gb, stride_gn, dy_ptr, stride_db, stride_dk, tab_ptr,
                      n_scales, k, C, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr):
-    pid_k = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    pid_b = tl.program_id(2).to(tl.int64)
-    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_k = offs_k < k
-    mask_c = offs_c < C
+    _, pid_b, offs_k, offs_c, mask_k, mask_c = _row_tile(k, C, BLOCK_K, BLOCK_C)
     # [BLOCK_K, BLOCK_C]
     dy = _pool_grad_rows(grad_ptr + pid_b * stride_gb, stride_gn, offs_k, mask_k, offs_c, mask_c,
                          tab_ptr, n_scales, k, BLOCK_K, BLOCK_C)
@@ -168,13 +172,7 @@ def _st_pool_kernel(x_ptr, stride_xb, stride_xt, stride_xp, temporal_ptr, stride
     registers) and gives one temporal partial sum (over its patches). With several patch blocks
     the temporal partials go to an fp32 ``[B, n_pblocks, T, C]`` buffer (2/BLOCK_P of x's bytes)
     that ``_st_reduce_kernel`` sums in a fixed order, so the result is deterministic."""
-    pid_p = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    pid_b = tl.program_id(2).to(tl.int64)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_p = offs_p < P
-    mask_c = offs_c < C
+    pid_p, pid_b, offs_p, offs_c, mask_p, mask_c = _row_tile(P, C, BLOCK_P, BLOCK_C)
     m2 = mask_p[:, None] & mask_c[None, :]
     x_tile = x_ptr + pid_b * stride_xb + offs_p.to(tl.int64)[:, None] * stride_xp + offs_c[None, :]
     # [BLOCK_P, BLOCK_C]
@@ -308,21 +306,19 @@ def multiscale_pool(y: torch.Tensor, scales) -> torch.Tensor:
         return out
     if tree_scales(scales):
         cfg = tree_config(scales)
-        bk, bc = cfg["BLOCK_K"], cfg["BLOCK_C"]
-        grid = (triton.cdiv(k, bk), triton.cdiv(C, bc), B)
-        _pool_tree_kernel[grid](y, y.stride(0), y.stride(1), out, out.stride(0), out.stride(1),
-                                scale_table(scales, k, y.device), len(scales), k, C,
-                                BLOCK_K=bk, BLOCK_C=bc, LOG_BK=bk.bit_length() - 1,
-                                num_warps=cfg["num_warps"])
+        grid = (triton.cdiv(k, cfg["BLOCK_K"]), triton.cdiv(C, cfg["BLOCK_C"]), B)
+        _pool_tree_kernel[grid](
+            y, y.stride(0), y.stride(1), out, out.stride(0), out.stride(1),
+            scale_table(scales, k, y.device), len(scales), k, C, **cfg)
         return out
     cfg = WINDOW_CONFIG
     off = 0
     for s in scales:
         n_win = -(-k // s)
         grid = (triton.cdiv(n_win, cfg["BLOCK_W"]), triton.cdiv(C, cfg["BLOCK_C"]), B)
-        _window_mean_kernel[grid](y, y.stride(0), y.stride(1), out, out.stride(0), out.stride(1),
-                                  s, off, k, C, BLOCK_W=cfg["BLOCK_W"], BLOCK_C=cfg["BLOCK_C"],
-                                  num_warps=cfg["num_warps"])
+        _window_mean_kernel[grid](
+            y, y.stride(0), y.stride(1), out, out.stride(0), out.stride(1), s, off, k, C,
+            **cfg)
         off += n_win
     return out
 
@@ -337,9 +333,7 @@ def multiscale_pool_bwd(grad: torch.Tensor, k: int, scales) -> torch.Tensor:
     cfg = POOL_BWD_CONFIG
     grid = (triton.cdiv(k, cfg["BLOCK_K"]), triton.cdiv(C, cfg["BLOCK_C"]), B)
     _pool_bwd_kernel[grid](grad, grad.stride(0), grad.stride(1), dy, dy.stride(0), dy.stride(1),
-                           scale_table(scales, k, grad.device), len(scales), k, C,
-                           BLOCK_K=cfg["BLOCK_K"], BLOCK_C=cfg["BLOCK_C"],
-                           num_warps=cfg["num_warps"])
+                           scale_table(scales, k, grad.device), len(scales), k, C, **cfg)
     return dy
 
 
@@ -358,13 +352,11 @@ def st_pool(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     grid = (n_pb, triton.cdiv(C, cfg["BLOCK_C"]), B)
     _st_pool_kernel[grid](x, x.stride(0), x.stride(1), x.stride(2), temporal, temporal.stride(0),
                           temporal.stride(1), spatial, spatial.stride(0), spatial.stride(1),
-                          partial, T, P, C, ONE_P_BLOCK=n_pb == 1, BLOCK_P=cfg["BLOCK_P"],
-                          BLOCK_C=cfg["BLOCK_C"], num_warps=cfg["num_warps"])
+                          partial, T, P, C, ONE_P_BLOCK=n_pb == 1, **cfg)
     if n_pb > 1:
         rc = ST_REDUCE_CONFIG
         _st_reduce_kernel[(T, triton.cdiv(C, rc["BLOCK_C"]), B)](
-            partial, temporal, temporal.stride(0), temporal.stride(1), n_pb, T, P, C,
-            BLOCK_C=rc["BLOCK_C"], num_warps=rc["num_warps"])
+            partial, temporal, temporal.stride(0), temporal.stride(1), n_pb, T, P, C, **rc)
     return temporal, spatial
 
 
@@ -379,9 +371,7 @@ def st_pool_bwd(grad_temporal: torch.Tensor, grad_spatial: torch.Tensor) -> torc
     grid = (B * T, triton.cdiv(P, cfg["BLOCK_P"]), triton.cdiv(C, cfg["BLOCK_C"]))
     _st_pool_bwd_kernel[grid](grad_temporal, grad_temporal.stride(0), grad_temporal.stride(1),
                               grad_spatial, grad_spatial.stride(0), grad_spatial.stride(1),
-                              dx, dx.stride(0), dx.stride(1), dx.stride(2), T, P, C,
-                              BLOCK_P=cfg["BLOCK_P"],
-                              BLOCK_C=cfg["BLOCK_C"], num_warps=cfg["num_warps"])
+                              dx, dx.stride(0), dx.stride(1), dx.stride(2), T, P, C, **cfg)
     return dx
 
 
@@ -391,11 +381,13 @@ def st_pool_bwd(grad_temporal: torch.Tensor, grad_spatial: torch.Tensor) -> torc
 AOT_DTYPES = ("fp16", "bf16", "fp32")
 
 
-def aot_config(name, fn, ptrs, constexprs, num_warps, num_stages=3):
-    """One entry for ``tests/kernels/aot.py``: pointer args typed by ``ptrs``, other args i32."""
-    sig = {a: ptrs[a] if a.endswith("_ptr") else "i32" for a in fn.arg_names if a not in constexprs}
-    return dict(name=name, fn=fn, signature=sig, constexprs=dict(constexprs),
-                num_warps=num_warps, num_stages=num_stages)
+def aot_config(name, fn, ptrs, cfg, **constexprs):
+    """One entry for ``tests/kernels/aot.py``: launch configuration ``cfg`` (constexprs and
+    num_warps) plus the specialisations ``constexprs``; pointer args typed by ``ptrs``, others i32."""
+    consts = {**{a: v for a, v in cfg.items() if a != "num_warps"}, **constexprs}
+    sig = {a: ptrs[a] if a.endswith("_ptr") else "i32" for a in fn.arg_names if a not in consts}
+    return dict(name=name, fn=fn, signature=sig, constexprs=consts, num_warps=cfg["num_warps"],
+                num_stages=3)
 
 
 def aot_configs() -> list[dict]:
@@ -403,32 +395,20 @@ def aot_configs() -> list[dict]:
     for dt in AOT_DTYPES:
         p = f"*{dt}"
         for cfg in TREE_CONFIGS.values():
-            bk, bc = cfg["BLOCK_K"], cfg["BLOCK_C"]
-            out.append(aot_config(f"pool_tree BK{bk} BC{bc} {dt}", _pool_tree_kernel,
-                                  dict(y_ptr=p, out_ptr=p, tab_ptr="*i32"),
-                                  dict(BLOCK_K=bk, BLOCK_C=bc, LOG_BK=bk.bit_length() - 1),
-                                  cfg["num_warps"]))
-        c = WINDOW_CONFIG
+            out.append(aot_config(f"pool_tree BK{cfg['BLOCK_K']} BC{cfg['BLOCK_C']} {dt}",
+                                  _pool_tree_kernel, dict(y_ptr=p, out_ptr=p, tab_ptr="*i32"), cfg))
         out.append(aot_config(f"window_mean {dt}", _window_mean_kernel, dict(y_ptr=p, out_ptr=p),
-                              dict(BLOCK_W=c["BLOCK_W"], BLOCK_C=c["BLOCK_C"]), c["num_warps"]))
-        c = POOL_BWD_CONFIG
+                              WINDOW_CONFIG))
         out.append(aot_config(f"pool_bwd {dt}", _pool_bwd_kernel,
-                              dict(grad_ptr=p, dy_ptr=p, tab_ptr="*i32"),
-                              dict(BLOCK_K=c["BLOCK_K"], BLOCK_C=c["BLOCK_C"]), c["num_warps"]))
-        c = ST_POOL_CONFIG
+                              dict(grad_ptr=p, dy_ptr=p, tab_ptr="*i32"), POOL_BWD_CONFIG))
         for one in (True, False):
             out.append(aot_config(f"st_pool {'one' if one else 'multi'}-pblock {dt}",
                                   _st_pool_kernel,
                                   dict(x_ptr=p, temporal_ptr=p, spatial_ptr=p,
                                        partial_ptr=p if one else "*fp32"),
-                                  dict(ONE_P_BLOCK=one, BLOCK_P=c["BLOCK_P"],
-                                       BLOCK_C=c["BLOCK_C"]), c["num_warps"]))
-        c = ST_REDUCE_CONFIG
+                                  ST_POOL_CONFIG, ONE_P_BLOCK=one))
         out.append(aot_config(f"st_reduce {dt}", _st_reduce_kernel,
-                              dict(partial_ptr="*fp32", temporal_ptr=p),
-                              dict(BLOCK_C=c["BLOCK_C"]), c["num_warps"]))
-        c = ST_BWD_CONFIG
+                              dict(partial_ptr="*fp32", temporal_ptr=p), ST_REDUCE_CONFIG))
         out.append(aot_config(f"st_pool_bwd {dt}", _st_pool_bwd_kernel,
-                              dict(gt_ptr=p, gs_ptr=p, dx_ptr=p),
-                              dict(BLOCK_P=c["BLOCK_P"], BLOCK_C=c["BLOCK_C"]), c["num_warps"]))
+                              dict(gt_ptr=p, gs_ptr=p, dx_ptr=p), ST_BWD_CONFIG))
     return out

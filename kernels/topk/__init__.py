@@ -29,17 +29,19 @@ from stquery.kernels import empty, triton36
 from stquery.ops.topk.problem import GATES
 
 from .. import pool as _pool
-from ..pool import _pool_grad_rows, _store_pooled
+from ..pool import _pool_grad_rows, _row_tile, _store_pooled
 
 # Radix select: 4 passes x 8 bits over uint32 keys.
 RADIX_BITS = 8
 NUM_PASSES = 32 // RADIX_BITS
-# Launch configurations. The AOT test (tests/kernels/test_topk_aot.py) compiles every entry.
-SELECT_CONFIG = dict(BLOCK_N=2048, BLOCK_CH=256, num_warps=8)
+# Launch configurations, as in kernels/pool/: a kernel's constexprs and num_warps, passed as
+# ``**config`` to the launch and to the AOT test (tests/kernels/test_topk_aot.py).
+SELECT_CONFIG = dict(BLOCK_N=2048, BITS=RADIX_BITS, num_warps=8)
+SELECT_BLOCK_CH = 256  # chunk counts summed per step by _select_write_kernel's prefix
 RANK_MAX_K = 8192  # order="score": the O(k^2) rank kernel up to here, a stable sort beyond
 RANK_CONFIG = dict(BLOCK_I=64, BLOCK_J=64, num_warps=4)
 STATS_CONFIG = dict(BLOCK_K=1024, num_warps=4)
-GATHER_CONFIG = dict(BLOCK_K=32, BLOCK_C=128, num_warps=8)
+GATHER_CONFIG = _pool.token_tile(32, 128, 8)
 # Triton 3.6 spills registers in the softmax + pool variant on sm_80 at 32 x 64.
 BWD_CONFIG = dict(BLOCK_N=16 if triton36() else 32, BLOCK_C=64, num_warps=8)
 INVERSE_CONFIG = dict(BLOCK_K=1024, num_warps=4)
@@ -88,12 +90,33 @@ def _radix_state(hist_ptr, k, n_passes, BITS: tl.constexpr):
 
 
 @triton.jit
+def _hist_row(hist_ptr, pid_b, BITS: tl.constexpr):
+    """Row pid_b of the ``[B, 32 // BITS, 2**BITS]`` digit histograms."""
+    return hist_ptr + pid_b * ((32 // BITS) << BITS)
+
+
+@triton.jit
 def _load_keys(scores_ptr, stride_sb, pid_b, pid_n, N, BLOCK_N: tl.constexpr):
     offs = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = offs < N
     # [BLOCK_N]
     s = tl.load(scores_ptr + pid_b * stride_sb + offs, mask=mask, other=0.0).to(tl.float32)
     return offs, mask, _order_key(s)
+
+
+@triton.jit
+def _selected_scores(scores_ptr, stride_sb, idx_ptr, stride_ib, pid_b, k0, k, other,
+                     BLOCK: tl.constexpr):
+    """Entries ``[k0, k0 + BLOCK)`` of row pid_b's k selected indices and their scores.
+
+    Returns (offs ``[BLOCK]``, mask = offs < k, idx = idx[pid_b, offs] (0 where masked),
+    fp32 scores[pid_b, idx] (``other`` where masked)).
+    """
+    offs = k0 + tl.arange(0, BLOCK)
+    mask = offs < k
+    idx = tl.load(idx_ptr + pid_b * stride_ib + offs, mask=mask, other=0)
+    s = tl.load(scores_ptr + pid_b * stride_sb + idx, mask=mask, other=other).to(tl.float32)
+    return offs, mask, idx, s
 
 
 @triton.jit(do_not_specialize=["pass_id"])
@@ -103,7 +126,7 @@ def _radix_hist_kernel(scores_ptr, stride_sb, hist_ptr, N, k, pass_id,
     pid_n = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     NB: tl.constexpr = 1 << BITS
-    hist_row = hist_ptr + pid_b * ((32 // BITS) * NB)
+    hist_row = _hist_row(hist_ptr, pid_b, BITS)
     prefix, k_rem = _radix_state(hist_row, k, pass_id, BITS)
     offs, mask, key = _load_keys(scores_ptr, stride_sb, pid_b, pid_n, N, BLOCK_N)
     # two shifts: a single shift by 32 (pass 0) is undefined
@@ -121,8 +144,7 @@ def _select_count_kernel(scores_ptr, stride_sb, hist_ptr, counts_ptr, N, k,
     """Per chunk: how many keys are > T and == T (T = the k-th largest key)."""
     pid_n = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
-    NP: tl.constexpr = 32 // BITS
-    thr, k_eq = _radix_state(hist_ptr + pid_b * (NP << BITS), k, NP, BITS)
+    thr, k_eq = _radix_state(_hist_row(hist_ptr, pid_b, BITS), k, 32 // BITS, BITS)
     offs, mask, key = _load_keys(scores_ptr, stride_sb, pid_b, pid_n, N, BLOCK_N)
     n_gt = tl.sum((mask & (key > thr)).to(tl.int32), axis=0)
     n_eq = tl.sum((mask & (key == thr)).to(tl.int32), axis=0)
@@ -137,8 +159,7 @@ def _select_write_kernel(scores_ptr, stride_sb, hist_ptr, counts_ptr, idx_ptr, s
     """Write the selected indices in ascending order: keys > T, then the first k_eq keys == T."""
     pid_n = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
-    NP: tl.constexpr = 32 // BITS
-    thr, k_eq = _radix_state(hist_ptr + pid_b * (NP << BITS), k, NP, BITS)
+    thr, k_eq = _radix_state(_hist_row(hist_ptr, pid_b, BITS), k, 32 // BITS, BITS)
     # exclusive prefix over the chunks before this one
     counts_row = counts_ptr + pid_b * tl.num_programs(0) * 2
     gt_before = tl.zeros([], dtype=tl.int32)
@@ -165,20 +186,16 @@ def _score_rank_kernel(scores_ptr, stride_sb, time_idx_ptr, idx_ptr, stride_ib, 
     """Reorder time-ordered indices by (score desc, index asc): rank_i = #{j beating i}."""
     pid_i = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
-    s_row = scores_ptr + pid_b * stride_sb
-    t_row = time_idx_ptr + pid_b * k
-    offs_i = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
-    mask_i = offs_i < k
-    # [BLOCK_I]
-    idx_i = tl.load(t_row + offs_i, mask=mask_i, other=0)
-    key_i = _order_key(tl.load(s_row + idx_i, mask=mask_i, other=0.0).to(tl.float32))
+    # [BLOCK_I]; time_idx is contiguous [B, k]
+    offs_i, mask_i, idx_i, s_i = _selected_scores(scores_ptr, stride_sb, time_idx_ptr, k, pid_b,
+                                                  pid_i * BLOCK_I, k, 0.0, BLOCK_I)
+    key_i = _order_key(s_i)
     rank = tl.zeros([BLOCK_I], dtype=tl.int32)
     for j0 in range(0, k, BLOCK_J):
-        offs_j = j0 + tl.arange(0, BLOCK_J)
-        mask_j = offs_j < k
         # [BLOCK_J]
-        idx_j = tl.load(t_row + offs_j, mask=mask_j, other=0)
-        key_j = _order_key(tl.load(s_row + idx_j, mask=mask_j, other=0.0).to(tl.float32))
+        offs_j, mask_j, idx_j, s_j = _selected_scores(scores_ptr, stride_sb, time_idx_ptr, k,
+                                                      pid_b, j0, k, 0.0, BLOCK_J)
+        key_j = _order_key(s_j)
         # [BLOCK_I, BLOCK_J]; time order: j < i <=> idx_j < idx_i
         beats = (key_j[None, :] > key_i[:, None]) | (
             (key_j[None, :] == key_i[:, None]) & (offs_j[None, :] < offs_i[:, None]))
@@ -197,12 +214,9 @@ def _softmax_stats_kernel(scores_ptr, stride_sb, idx_ptr, stride_ib, stats_ptr, 
     m = tl.full([], float("-inf"), tl.float32)
     l = tl.zeros([], dtype=tl.float32)
     for k0 in range(0, k, BLOCK_K):
-        offs = k0 + tl.arange(0, BLOCK_K)
-        mask = offs < k
-        idx = tl.load(idx_ptr + pid_b * stride_ib + offs, mask=mask, other=0)
         # [BLOCK_K]
-        s = tl.load(scores_ptr + pid_b * stride_sb + idx, mask=mask, other=float("-inf"))
-        s = s.to(tl.float32)
+        offs, mask, idx, s = _selected_scores(scores_ptr, stride_sb, idx_ptr, stride_ib, pid_b, k0,
+                                              k, float("-inf"), BLOCK_K)
         m_new = tl.maximum(m, tl.max(s, axis=0))
         l = l * tl.exp(m - m_new) + tl.sum(tl.where(mask, tl.exp(s - m_new), 0.0), axis=0)
         m = m_new
@@ -231,13 +245,7 @@ def _gather_gate_kernel(x_ptr, stride_xb, stride_xn, scores_ptr, stride_sb, idx_
                         stats_ptr, y_ptr, stride_yb, stride_yk, tab_ptr, n_scales, k, C,
                         GATE: tl.constexpr, POOL: tl.constexpr, BLOCK_K: tl.constexpr,
                         BLOCK_C: tl.constexpr, LOG_BK: tl.constexpr):
-    pid_k = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    pid_b = tl.program_id(2).to(tl.int64)
-    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_k = offs_k < k
-    mask_c = offs_c < C
+    pid_k, pid_b, offs_k, offs_c, mask_k, mask_c = _row_tile(k, C, BLOCK_K, BLOCK_C)
     m2 = mask_k[:, None] & mask_c[None, :]
     # [BLOCK_K] int64
     idx = tl.load(idx_ptr + pid_b * stride_ib + offs_k, mask=mask_k, other=0)
@@ -336,20 +344,16 @@ def _softmax_bwd_kernel(scores_ptr, stride_sb, idx_ptr, stride_ib, stats_ptr, dg
     inv_l = tl.load(stats_ptr + pid_b * 2 + 1)
     acc = tl.zeros([BLOCK_K], dtype=tl.float32)
     for k0 in range(0, k, BLOCK_K):
-        offs = k0 + tl.arange(0, BLOCK_K)
-        mask = offs < k
-        idx = tl.load(idx_ptr + pid_b * stride_ib + offs, mask=mask, other=0)
         # [BLOCK_K]
-        s = tl.load(scores_ptr + pid_b * stride_sb + idx, mask=mask, other=0.0).to(tl.float32)
+        offs, mask, idx, s = _selected_scores(scores_ptr, stride_sb, idx_ptr, stride_ib, pid_b, k0,
+                                              k, 0.0, BLOCK_K)
         dg = tl.load(dg_ptr + pid_b * k + offs, mask=mask, other=0.0)
         acc += tl.where(mask, tl.exp(s - m) * inv_l * dg, 0.0)
     total = tl.sum(acc, axis=0)
     for k0 in range(0, k, BLOCK_K):
-        offs = k0 + tl.arange(0, BLOCK_K)
-        mask = offs < k
-        idx = tl.load(idx_ptr + pid_b * stride_ib + offs, mask=mask, other=0)
         # [BLOCK_K]
-        s = tl.load(scores_ptr + pid_b * stride_sb + idx, mask=mask, other=0.0).to(tl.float32)
+        offs, mask, idx, s = _selected_scores(scores_ptr, stride_sb, idx_ptr, stride_ib, pid_b, k0,
+                                              k, 0.0, BLOCK_K)
         dg = tl.load(dg_ptr + pid_b * k + offs, mask=mask, other=0.0)
         ds = tl.exp(s - m) * inv_l * (dg - total)
         tl.store(ds_ptr + pid_b * stride_dsb + idx, ds.to(ds_ptr.dtype.element_ty), mask=mask)
@@ -387,26 +391,21 @@ def topk_select(scores: torch.Tensor, k: int, order: str) -> torch.Tensor:
     if B == 0 or k == 0:
         return idx
     cfg = SELECT_CONFIG
-    bn = cfg["BLOCK_N"]
-    n_chunks = triton.cdiv(N, bn)
+    n_chunks = triton.cdiv(N, cfg["BLOCK_N"])
     grid = (n_chunks, B)
     hist = torch.zeros((B, NUM_PASSES, 1 << RADIX_BITS), dtype=torch.int32, device=scores.device)
     for p in range(NUM_PASSES):
-        _radix_hist_kernel[grid](scores, scores.stride(0), hist, N, k, p, BLOCK_N=bn,
-                                 BITS=RADIX_BITS, num_warps=cfg["num_warps"])
+        _radix_hist_kernel[grid](scores, scores.stride(0), hist, N, k, p, **cfg)
     counts = torch.empty((B, n_chunks, 2), dtype=torch.int32, device=scores.device)
-    _select_count_kernel[grid](scores, scores.stride(0), hist, counts, N, k, BLOCK_N=bn,
-                               BITS=RADIX_BITS, num_warps=cfg["num_warps"])
+    _select_count_kernel[grid](scores, scores.stride(0), hist, counts, N, k, **cfg)
     time_idx = idx if order == "time" else torch.empty((B, k), dtype=torch.int64,
                                                        device=scores.device)
     _select_write_kernel[grid](scores, scores.stride(0), hist, counts, time_idx,
-                               time_idx.stride(0), N, k, BLOCK_N=bn, BLOCK_CH=cfg["BLOCK_CH"],
-                               BITS=RADIX_BITS, num_warps=cfg["num_warps"])
+                               time_idx.stride(0), N, k, BLOCK_CH=SELECT_BLOCK_CH, **cfg)
     if order == "score" and k <= RANK_MAX_K:
         rc = RANK_CONFIG
         _score_rank_kernel[(triton.cdiv(k, rc["BLOCK_I"]), B)](
-            scores, scores.stride(0), time_idx, idx, idx.stride(0), k, BLOCK_I=rc["BLOCK_I"],
-            BLOCK_J=rc["BLOCK_J"], num_warps=rc["num_warps"])
+            scores, scores.stride(0), time_idx, idx, idx.stride(0), k, **rc)
     elif order == "score":
         # The rank kernel is O(k^2); beyond RANK_MAX_K a stable sort of the k selected scores
         # (already in index order, so equal scores stay lowest index first) is cheaper.
@@ -419,8 +418,7 @@ def _softmax_stats(scores, idx):
     B, k = idx.shape
     stats = torch.empty((B, 2), dtype=torch.float32, device=scores.device)
     _softmax_stats_kernel[(B,)](scores, scores.stride(0), idx, idx.stride(0), stats, k,
-                                BLOCK_K=STATS_CONFIG["BLOCK_K"],
-                                num_warps=STATS_CONFIG["num_warps"])
+                                **STATS_CONFIG)
     return stats
 
 
@@ -447,12 +445,10 @@ def gather_gate(x: torch.Tensor, scores: torch.Tensor, idx: torch.Tensor, gate: 
         tab = _pool.scale_table(scales, k, x.device)
     else:
         cfg, tab = GATHER_CONFIG, idx
-    bk, bc = cfg["BLOCK_K"], cfg["BLOCK_C"]
-    grid = (triton.cdiv(k, bk), triton.cdiv(C, bc), B)
+    grid = (triton.cdiv(k, cfg["BLOCK_K"]), triton.cdiv(C, cfg["BLOCK_C"]), B)
     _gather_gate_kernel[grid](x, x.stride(0), x.stride(1), scores, scores.stride(0), idx,
                               idx.stride(0), stats, y, y.stride(0), y.stride(1), tab, len(scales),
-                              k, C, GATE=GATES[gate], POOL=bool(scales), BLOCK_K=bk, BLOCK_C=bc,
-                              LOG_BK=bk.bit_length() - 1, num_warps=cfg["num_warps"])
+                              k, C, GATE=GATES[gate], POOL=bool(scales), **cfg)
     return y
 
 
@@ -474,9 +470,7 @@ def gather_gate_bwd(grad_y: torch.Tensor, x: torch.Tensor, scores: torch.Tensor,
     pos = torch.full((B, N), -1, dtype=torch.int32, device=x.device)
     ic = INVERSE_CONFIG
     if k > 0:
-        _inverse_kernel[(triton.cdiv(k, ic["BLOCK_K"]), B)](idx, idx.stride(0), pos, N, k,
-                                                           BLOCK_K=ic["BLOCK_K"],
-                                                           num_warps=ic["num_warps"])
+        _inverse_kernel[(triton.cdiv(k, ic["BLOCK_K"]), B)](idx, idx.stride(0), pos, N, k, **ic)
     stats = _softmax_stats(scores, idx) if gate == "softmax" and k > 0 else scores
     dg = torch.empty((B, k), dtype=torch.float32, device=x.device) if gate == "softmax" else scores
     tab = _pool.scale_table(scales, k, x.device) if scales else pos
@@ -485,12 +479,10 @@ def gather_gate_bwd(grad_y: torch.Tensor, x: torch.Tensor, scores: torch.Tensor,
         grad_y, grad_y.stride(0), grad_y.stride(1), x, x.stride(0), x.stride(1), scores,
         scores.stride(0), stats, pos, tab, len(scales), dx, dx.stride(0), dx.stride(1),
         ds if ds is not None else scores, ds.stride(0) if ds is not None else 0, dg, N, k, C,
-        GATE=GATES[gate], POOL=bool(scales), BLOCK_N=cfg["BLOCK_N"], BLOCK_C=cfg["BLOCK_C"],
-        num_warps=cfg["num_warps"])
+        GATE=GATES[gate], POOL=bool(scales), **cfg)
     if gate == "softmax" and k > 0:
         _softmax_bwd_kernel[(B,)](scores, scores.stride(0), idx, idx.stride(0), stats, dg, ds,
-                                  ds.stride(0), k, BLOCK_K=STATS_CONFIG["BLOCK_K"],
-                                  num_warps=STATS_CONFIG["num_warps"])
+                                  ds.stride(0), k, **STATS_CONFIG)
     return dx, ds
 
 
@@ -500,48 +492,34 @@ def gather_gate_bwd(grad_y: torch.Tensor, x: torch.Tensor, scores: torch.Tensor,
 def aot_configs() -> list[dict]:
     """x and scores share a dtype here; a different scores dtype only changes one scalar load."""
     cfg_, out = _pool.aot_config, []
-    sc = SELECT_CONFIG
     for dt in _pool.AOT_DTYPES:
         p = f"*{dt}"
-        sel = dict(BLOCK_N=sc["BLOCK_N"], BITS=RADIX_BITS)
         out.append(cfg_(f"radix_hist {dt}", _radix_hist_kernel,
-                        dict(scores_ptr=p, hist_ptr="*i32"), sel, sc["num_warps"]))
+                        dict(scores_ptr=p, hist_ptr="*i32"), SELECT_CONFIG))
         out.append(cfg_(f"select_count {dt}", _select_count_kernel,
-                        dict(scores_ptr=p, hist_ptr="*i32", counts_ptr="*i32"), sel,
-                        sc["num_warps"]))
+                        dict(scores_ptr=p, hist_ptr="*i32", counts_ptr="*i32"), SELECT_CONFIG))
         out.append(cfg_(f"select_write {dt}", _select_write_kernel,
                         dict(scores_ptr=p, hist_ptr="*i32", counts_ptr="*i32", idx_ptr="*i64"),
-                        dict(sel, BLOCK_CH=sc["BLOCK_CH"]), sc["num_warps"]))
-        rc = RANK_CONFIG
+                        SELECT_CONFIG, BLOCK_CH=SELECT_BLOCK_CH))
         out.append(cfg_(f"score_rank {dt}", _score_rank_kernel,
-                        dict(scores_ptr=p, time_idx_ptr="*i64", idx_ptr="*i64"),
-                        dict(BLOCK_I=rc["BLOCK_I"], BLOCK_J=rc["BLOCK_J"]), rc["num_warps"]))
+                        dict(scores_ptr=p, time_idx_ptr="*i64", idx_ptr="*i64"), RANK_CONFIG))
         out.append(cfg_(f"softmax_stats {dt}", _softmax_stats_kernel,
-                        dict(scores_ptr=p, idx_ptr="*i64", stats_ptr="*fp32"),
-                        dict(BLOCK_K=STATS_CONFIG["BLOCK_K"]), STATS_CONFIG["num_warps"]))
+                        dict(scores_ptr=p, idx_ptr="*i64", stats_ptr="*fp32"), STATS_CONFIG))
         out.append(cfg_(f"softmax_bwd {dt}", _softmax_bwd_kernel,
                         dict(scores_ptr=p, idx_ptr="*i64", stats_ptr="*fp32", dg_ptr="*fp32",
-                             ds_ptr=p), dict(BLOCK_K=STATS_CONFIG["BLOCK_K"]),
-                        STATS_CONFIG["num_warps"]))
+                             ds_ptr=p), STATS_CONFIG))
         for gate, g in GATES.items():
             for pool, c in [(False, GATHER_CONFIG)] + [(True, t) for t in _pool.TREE_CONFIGS.values()]:
-                bk, bc = c["BLOCK_K"], c["BLOCK_C"]
-                out.append(cfg_(f"gather_gate {gate} {'pool' if pool else 'rows'} BK{bk} BC{bc} {dt}",
-                                _gather_gate_kernel,
+                out.append(cfg_(f"gather_gate {gate} {'pool' if pool else 'rows'} "
+                                f"BK{c['BLOCK_K']} BC{c['BLOCK_C']} {dt}", _gather_gate_kernel,
                                 dict(x_ptr=p, scores_ptr=p, idx_ptr="*i64", stats_ptr="*fp32",
-                                     y_ptr=p, tab_ptr="*i32"),
-                                dict(GATE=g, POOL=pool, BLOCK_K=bk, BLOCK_C=bc,
-                                     LOG_BK=bk.bit_length() - 1), c["num_warps"]))
+                                     y_ptr=p, tab_ptr="*i32"), c, GATE=g, POOL=pool))
             for pool in (False, True):
-                c = BWD_CONFIG
                 out.append(cfg_(f"gather_gate_bwd {gate} {'pool' if pool else 'rows'} {dt}",
                                 _gather_gate_bwd_kernel,
                                 dict(grad_ptr=p, x_ptr=p, scores_ptr=p, stats_ptr="*fp32",
                                      pos_ptr="*i32", tab_ptr="*i32", dx_ptr=p, ds_ptr=p,
-                                     dg_ptr="*fp32"),
-                                dict(GATE=g, POOL=pool, BLOCK_N=c["BLOCK_N"], BLOCK_C=c["BLOCK_C"]),
-                                c["num_warps"]))
-    ic = INVERSE_CONFIG
+                                     dg_ptr="*fp32"), BWD_CONFIG, GATE=g, POOL=pool))
     out.append(cfg_("inverse", _inverse_kernel, dict(idx_ptr="*i64", pos_ptr="*i32"),
-                    dict(BLOCK_K=ic["BLOCK_K"]), ic["num_warps"]))
+                    INVERSE_CONFIG))
     return out

@@ -2,7 +2,7 @@
 //   emu_selftest FLOATS_IN HALF_TO_FLOAT_OUT FLOAT_TO_HALF_OUT FLOAT_TO_BF16_OUT SHUFFLES_OUT
 // converts all 65536 half bit patterns to float and the float32 values of FLOATS_IN to half and
 // bfloat16 (raw little-endian arrays), and records what every lane of a 2-warp block gets from each
-// warp intrinsic, for the test to compare with torch's conversions and CUDA's documented semantics.
+// warp intrinsic and from atomicMax / atomicMin, for the test to compare with torch's conversions and CUDA's documented semantics.
 #include <cstdio>
 #include <vector>
 
@@ -10,9 +10,11 @@
 
 namespace {
 
-constexpr int kThreads = 64, kOps = 9;
+constexpr int kThreads = 64, kOps = 13;
 
-// out[op * kThreads + tid]: the value lane tid received from warp intrinsic `op`.
+// out[op * kThreads + tid]: the value lane tid received from warp intrinsic `op` (0-8), then from
+// atomicMax / atomicMin on shared ints: the extreme after every thread's call (9, 10) and what a
+// second round of calls returns, the value held before (11, 12).
 __global__ void __launch_bounds__(kThreads) shuffles_kernel(int* out) {
   const int tid = threadIdx.x, lane = tid & 31;
   const int v = 100 * tid;
@@ -26,6 +28,18 @@ __global__ void __launch_bounds__(kThreads) shuffles_kernel(int* out) {
   o[6 * kThreads + tid] = static_cast<int>(__ballot_sync(stq::kFullMask, lane % 3 == 0 || tid == 40));
   o[7 * kThreads + tid] = __any_sync(stq::kFullMask, tid == 40);
   o[8 * kThreads + tid] = __all_sync(stq::kFullMask, tid != 7);
+  __shared__ int hi, lo;
+  if (tid == 0) hi = lo = 0;
+  __syncthreads();
+  const int x = tid * 37 % kThreads - 20;  // a permutation of -20 .. 43
+  atomicMax(&hi, x);
+  atomicMin(&lo, x);
+  __syncthreads();
+  o[9 * kThreads + tid] = hi;
+  o[10 * kThreads + tid] = lo;
+  __syncthreads();
+  o[11 * kThreads + tid] = atomicMax(&hi, x);
+  o[12 * kThreads + tid] = atomicMin(&lo, x);
 }
 
 template <typename T>

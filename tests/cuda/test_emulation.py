@@ -1,7 +1,8 @@
 """The CUDA emulation's own primitives (``csrc/common/cuda_emu.h``), which every emulated kernel test
 relies on: 16-bit float conversions against torch's (every half bit pattern; float32 values around
 every rounding boundary, subnormals, overflow, NaN), and each warp intrinsic against CUDA's
-documented semantics (``width`` segments; out-of-segment sources return the caller's value).
+documented semantics (``width`` segments; out-of-segment sources return the caller's value), and
+atomicMax / atomicMin (the extreme is kept; a call returns the value held before it).
 Time: a few seconds (one small host build).
 """
 from __future__ import annotations
@@ -98,3 +99,10 @@ def test_warp_intrinsics_follow_cuda_semantics(results):
     want.append((tid // 32 == 1).astype(np.int32))
     for op, w in enumerate(want):
         assert (results["shfl"][op] == w).all(), f"intrinsic {op}: got {results['shfl'][op]}, want {w}"
+
+
+def test_atomic_max_min_keep_the_extreme_and_return_the_old_value(results):
+    x = np.arange(THREADS) * 37 % THREADS - 20
+    # rows 9, 10: after every thread's call, starting from 0; rows 11, 12: a second round's returns
+    for row, want in zip(range(9, 13), (x.max(), x.min(), x.max(), x.min())):
+        assert (results["shfl"][row] == want).all(), f"row {row}: got {results['shfl'][row]}, want {want}"
