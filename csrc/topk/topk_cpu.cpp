@@ -2,11 +2,12 @@
 //
 // Selection: one task per row; nth_element / partial_sort of the indices under the total order
 // "higher score first, then lower index" (the reference's stable descending sort; -0.0 ties +0.0).
-// Gather + gate: gates of the k selected scores (float32) per row, then one task per output row
-// reads the selected x rows it needs (a pooled row: its window). Backward: per row, the pooled
-// gradient of each selected token, dx = dy * g at the selected rows (zero elsewhere, written in the
-// same pass), dg = dy . x, dscores through the gate. Fixed summation orders: results do not depend
-// on the thread count.
+// Gather + gate: gates of the k selected scores (float32) per row, then one task per block of
+// selected tokens reads each selected x row once and adds it, gated, into the window means of every
+// scale (pool/pool_cpu.h; no scales: windows of one). Backward: per row, the pooled gradient of each
+// selected token, dx = dy * g at the selected rows (zero elsewhere, written in the same pass),
+// dg = dy . x, dscores through the gate. Fixed summation orders: results do not depend on the
+// thread count.
 #include "topk/topk_cpu.h"
 
 #include <ATen/Parallel.h>
@@ -14,6 +15,7 @@
 #include <numeric>
 
 #include "common/cpu_math.h"
+#include "pool/pool_cpu.h"
 
 namespace stquery::cpu {
 namespace {
@@ -67,28 +69,18 @@ bool gates(Gate gate, const S* scores_row, int64_t s_stride, const int64_t* idx_
   return true;
 }
 
-// Output rows: [lo, hi) of the selected tokens averaged (no scales: one token per row).
-struct Window {
-  int64_t lo, hi;
-};
-
-std::vector<Window> out_rows(int64_t k, const std::vector<int64_t>& scales) {
-  std::vector<Window> w;
-  if (scales.empty()) {
-    for (int64_t i = 0; i < k; ++i) w.push_back({i, i + 1});
-  }
-  for (const int64_t s : scales) {
-    for (int64_t lo = 0; lo < k; lo += s) w.push_back({lo, std::min(k, lo + s)});
-  }
-  return w;
+// scales for the gather: none means one output row per selected token, a window of one.
+std::vector<int64_t> windows_of(const std::vector<int64_t>& scales) {
+  return scales.empty() ? std::vector<int64_t>{1} : scales;
 }
 
+// One task per block of selected tokens (window_block): each x row read once, gated and added into
+// the window means of every scale.
 template <typename T>
 void gather_fwd_impl(const at::Tensor& x_t, const at::Tensor& scores_t, const at::Tensor& idx_t, Gate gate,
                      const std::vector<int64_t>& scales, at::Tensor& y_t) {
-  const int64_t B = x_t.size(0), C = x_t.size(2), k = idx_t.size(1), cp = round_up(C, kV);
-  const auto rows = out_rows(k, scales);
-  const int64_t M = static_cast<int64_t>(rows.size());
+  const int64_t B = x_t.size(0), C = x_t.size(2), k = idx_t.size(1);
+  const int64_t block = window_block(k, scales), n_blocks = (k + block - 1) / block;
   const T* x = x_t.const_data_ptr<T>();
   const T* scores = scores_t.const_data_ptr<T>();
   const int64_t* idx = idx_t.const_data_ptr<int64_t>();
@@ -102,18 +94,15 @@ void gather_fwd_impl(const at::Tensor& x_t, const at::Tensor& scores_t, const at
       }
     }
   });
-  at::parallel_for(0, B * M, 1, [&](int64_t r0, int64_t r1) {
-    std::vector<float> buf(2 * cp);
-    float *row = buf.data(), *acc = row + cp;
+  at::parallel_for(0, B * n_blocks, 1, [&](int64_t r0, int64_t r1) {
+    WindowMeans<T> means(k, scales, C);
+    std::vector<float> stage(C);
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t b = r / M, m = r % M;
-      const Window w = rows[m];
-      std::fill(acc, acc + cp, 0.f);
-      for (int64_t i = w.lo; i < w.hi; ++i) {
-        load_row(x + b * x_t.stride(0) + idx[b * idx_t.stride(0) + i] * x_t.stride(1), row, C, cp);
-        axpy(g_all[b * k + i], row, acc, cp);
+      const int64_t b = r / n_blocks, lo = (r % n_blocks) * block, hi = std::min(k, lo + block);
+      for (int64_t i = lo; i < hi; ++i) {
+        const T* src = x + b * x_t.stride(0) + idx[b * idx_t.stride(0) + i] * x_t.stride(1);
+        means.add(i, as_float(src, stage.data(), C), g_all[b * k + i], y + b * y_t.stride(0), y_t.stride(1));
       }
-      store_row(acc, y + b * y_t.stride(0) + m * y_t.stride(1), C, 1.f / (w.hi - w.lo));
     }
   });
 }
@@ -122,14 +111,14 @@ template <typename T>
 void gather_bwd_impl(const at::Tensor& gy_t, const at::Tensor& x_t, const at::Tensor& scores_t,
                      const at::Tensor& idx_t, Gate gate, const std::vector<int64_t>& scales, at::Tensor& dx_t,
                      T* dscores, int64_t sds0, int64_t sds1) {
-  const int64_t B = x_t.size(0), N = x_t.size(1), C = x_t.size(2), k = idx_t.size(1), cp = round_up(C, kV);
+  const int64_t B = x_t.size(0), N = x_t.size(1), C = x_t.size(2), k = idx_t.size(1);
   const T* gy = gy_t.const_data_ptr<T>();
   const T* x = x_t.const_data_ptr<T>();
   const T* scores = scores_t.const_data_ptr<T>();
   const int64_t* idx = idx_t.const_data_ptr<int64_t>();
   T* dx = dx_t.data_ptr<T>();
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<float> g(k), dg(k), row(cp), dy(cp), xr(cp), zero(cp, 0.f);
+    std::vector<float> g(k), dg(k), dy(C), stage(C);
     std::vector<int64_t> slot(N);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t* idx_row = idx + b * idx_t.stride(0);
@@ -140,25 +129,15 @@ void gather_bwd_impl(const at::Tensor& gy_t, const at::Tensor& x_t, const at::Te
         T* dx_row = dx + b * dx_t.stride(0) + n * dx_t.stride(1);
         const int64_t i = slot[n];
         if (i < 0) {
-          store_row(zero.data(), dx_row, C);
+          std::memset(dx_row, 0, C * sizeof(T));  // all-zero bits: +0 in every float type
           continue;
         }
-        // dy: the gradient of the un-pooled row i
-        if (scales.empty()) {
-          load_row(gy + b * gy_t.stride(0) + i * gy_t.stride(1), dy.data(), C, cp);
-        } else {
-          std::fill(dy.begin(), dy.end(), 0.f);
-          int64_t offset = 0;
-          for (const int64_t s : scales) {
-            const int64_t w = i / s, count = std::min(k, (w + 1) * s) - w * s;
-            load_row(gy + b * gy_t.stride(0) + (offset + w) * gy_t.stride(1), row.data(), C, cp);
-            axpy(1.f / count, row.data(), dy.data(), cp);
-            offset += (k + s - 1) / s;
-          }
-        }
+        window_grad(gy + b * gy_t.stride(0), gy_t.stride(1), i, k, scales, C, stage.data(), dy.data());
         if (gated) {
-          load_row(x + b * x_t.stride(0) + n * x_t.stride(1), xr.data(), C, cp);
-          dg[i] = dot(dy.data(), xr.data(), cp);
+          const float* xr = as_float(x + b * x_t.stride(0) + n * x_t.stride(1), stage.data(), C);
+          float acc = 0.f;
+          for (int64_t c = 0; c < C; ++c) acc = std::fma(dy[c], xr[c], acc);
+          dg[i] = acc;
         }
         store_row(dy.data(), dx_row, C, gated ? g[i] : 1.f);
       }
@@ -194,7 +173,7 @@ void gather_gate_fwd(const at::Tensor& x, const at::Tensor& scores, const at::Te
   TORCH_CHECK(scores.scalar_type() == x.scalar_type(), "scores: expected the dtype of x");
   const Gate g = gate_of(gate);
   dispatch_float(x.scalar_type(), "gather_gate",
-                 [&](auto t) { gather_fwd_impl<decltype(t)>(x, scores, idx, g, scales, y); });
+                 [&](auto t) { gather_fwd_impl<decltype(t)>(x, scores, idx, g, windows_of(scales), y); });
 }
 
 void gather_gate_bwd(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& scores, const at::Tensor& idx,
@@ -203,11 +182,12 @@ void gather_gate_bwd(const at::Tensor& grad_y, const at::Tensor& x, const at::Te
   TORCH_CHECK(grad_y.stride(2) == 1 && x.stride(2) == 1, "gather_gate_bwd: the last dims must be contiguous");
   const Gate g = gate_of(gate);
   TORCH_CHECK(g == Gate::kNone || dscores.has_value(), "dscores: required with a gate");
+  advise_huge_pages(dx.data_ptr(), dx.nbytes());
   dispatch_float(x.scalar_type(), "gather_gate_bwd", [&](auto t) {
     using T = decltype(t);
     T* ds = dscores.has_value() ? dscores->data_ptr<T>() : nullptr;
     const int64_t s0 = dscores.has_value() ? dscores->stride(0) : 0, s1 = dscores.has_value() ? dscores->stride(1) : 0;
-    gather_bwd_impl<T>(grad_y, x, scores, idx, g, scales, dx, ds, s0, s1);
+    gather_bwd_impl<T>(grad_y, x, scores, idx, g, windows_of(scales), dx, ds, s0, s1);
   });
 }
 

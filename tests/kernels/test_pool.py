@@ -7,6 +7,7 @@ import torch
 import stquery as stq
 from stquery.ops import reference as ref
 
+from ..conftest import assert_same_with_1_and_2_threads
 from .test_topk import BACKENDS, DEVICE, DTYPES, assert_bounded, skip_unsupported, strided
 
 
@@ -62,3 +63,20 @@ def test_st_pool_non_contiguous_frames(backend):
     # x[:, ::2] (every other frame) and a patch slice: only the last dim is contiguous.
     x = torch.randn(2, 6, 80, 24, device=DEVICE)[:, ::2, 5:75]
     check(lambda t: stq.st_pool(t, backend=backend), ref.st_pool, x, 2)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the cpu backend runs CPU tensors")
+def test_cpu_pool_does_not_depend_on_the_thread_count():
+    # one video: st_pool splits its channels by the thread count (widths 160 and 80, partial vectors)
+    x = strided(1, 6, 40, 300, dtype=torch.float32)
+    y = strided(2, 45, 40, dtype=torch.float32)
+
+    def run():
+        xs, ys = x.detach().clone().requires_grad_(), y.detach().clone().requires_grad_()
+        temporal, spatial = stq.st_pool(xs, backend="cpu")
+        pooled = stq.multiscale_pool(ys, (1, 2, 4), backend="cpu")
+        grads = torch.autograd.grad((temporal, spatial, pooled), (xs, ys),
+                                    (torch.ones_like(temporal), torch.ones_like(spatial), torch.ones_like(pooled)))
+        return [temporal, spatial, pooled, *grads]
+
+    assert_same_with_1_and_2_threads(run)
