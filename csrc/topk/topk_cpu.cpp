@@ -69,6 +69,16 @@ bool gates(Gate gate, const S* scores_row, int64_t s_stride, const int64_t* idx_
   return true;
 }
 
+// sum_c a[c] * b[c] over n floats (no padding): kV partial sums, then the tail, in a fixed order.
+inline float dot_row(const float* a, const float* b, int64_t n) {
+  Vec acc(0.f);
+  int64_t c = 0;
+  for (; c + kV <= n; c += kV) acc = at::vec::fmadd(Vec::loadu(a + c), Vec::loadu(b + c), acc);
+  float sum = hsum(acc);
+  for (; c < n; ++c) sum = std::fma(a[c], b[c], sum);
+  return sum;
+}
+
 // scales for the gather: none means one output row per selected token, a window of one.
 std::vector<int64_t> windows_of(const std::vector<int64_t>& scales) {
   return scales.empty() ? std::vector<int64_t>{1} : scales;
@@ -134,10 +144,7 @@ void gather_bwd_impl(const at::Tensor& gy_t, const at::Tensor& x_t, const at::Te
         }
         window_grad(gy + b * gy_t.stride(0), gy_t.stride(1), i, k, scales, C, stage.data(), dy.data());
         if (gated) {
-          const float* xr = as_float(x + b * x_t.stride(0) + n * x_t.stride(1), stage.data(), C);
-          float acc = 0.f;
-          for (int64_t c = 0; c < C; ++c) acc = std::fma(dy[c], xr[c], acc);
-          dg[i] = acc;
+          dg[i] = dot_row(dy.data(), as_float(x + b * x_t.stride(0) + n * x_t.stride(1), stage.data(), C), C);
         }
         store_row(dy.data(), dx_row, C, gated ? g[i] : 1.f);
       }
