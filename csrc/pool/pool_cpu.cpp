@@ -113,21 +113,9 @@ void st_pool_bwd_impl(const at::Tensor& gt_t, const at::Tensor& gs_t, at::Tensor
 
 template <typename T>
 void multiscale_fwd_impl(const at::Tensor& y_t, const std::vector<int64_t>& scales, at::Tensor& out_t) {
-  const int64_t B = y_t.size(0), k = y_t.size(1), C = y_t.size(2);
-  const int64_t block = window_block(k, scales), n_blocks = (k + block - 1) / block;
   const T* y = y_t.const_data_ptr<T>();
-  T* out = out_t.data_ptr<T>();
-  at::parallel_for(0, B * n_blocks, 1, [&](int64_t r0, int64_t r1) {
-    WindowMeans<T> means(k, scales, C);
-    std::vector<float> stage(C);
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t b = r / n_blocks, lo = (r % n_blocks) * block, hi = std::min(k, lo + block);
-      for (int64_t i = lo; i < hi; ++i) {
-        means.add(i, as_float(y + b * y_t.stride(0) + i * y_t.stride(1), stage.data(), C), 1.f,
-                  out + b * out_t.stride(0), out_t.stride(1));
-      }
-    }
-  });
+  pool_windows(y_t.size(0), y_t.size(1), scales, y_t.size(2), out_t.data_ptr<T>(), out_t.stride(0), out_t.stride(1),
+               [&](int64_t b, int64_t i) { return std::pair(y + b * y_t.stride(0) + i * y_t.stride(1), 1.f); });
 }
 
 template <typename T>

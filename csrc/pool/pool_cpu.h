@@ -3,7 +3,9 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
+#include <utility>
 #include <vector>
 
 #include "common/cpu_math.h"
@@ -63,6 +65,25 @@ class WindowMeans {
   std::vector<int64_t> scales_, offsets_;
   std::vector<float> acc_;  // [scales, cp] running window sums
 };
+
+// out[b] (pooled rows out_stride apart) = the window means of rows w_i * row_i, where
+// row(b, i) = {row_i [C] in T, w_i}: each row read once, one task per window_block rows.
+template <typename T, typename Row>
+void pool_windows(int64_t B, int64_t k, const std::vector<int64_t>& scales, int64_t C, T* out, int64_t out_stride0,
+                  int64_t out_stride, const Row& row) {
+  const int64_t block = window_block(k, scales), n_blocks = (k + block - 1) / block;
+  at::parallel_for(0, B * n_blocks, 1, [&](int64_t r0, int64_t r1) {
+    WindowMeans<T> means(k, scales, C);
+    std::vector<float> stage(C);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / n_blocks, lo = (r % n_blocks) * block, hi = std::min(k, lo + block);
+      for (int64_t i = lo; i < hi; ++i) {
+        const auto [src, w] = row(b, i);
+        means.add(i, as_float(src, stage.data(), C), w, out + b * out_stride0, out_stride);
+      }
+    }
+  });
+}
 
 // dy[0, C) = sum_s grad[offset_s + i / s] / |window of i at scale s|: the gradient that the window
 // means send to row i (float32; stage: C floats for 16-bit grad).

@@ -84,17 +84,15 @@ std::vector<int64_t> windows_of(const std::vector<int64_t>& scales) {
   return scales.empty() ? std::vector<int64_t>{1} : scales;
 }
 
-// One task per block of selected tokens (window_block): each x row read once, gated and added into
-// the window means of every scale.
+// Gates of the k selected (float32), then pool_windows: each selected x row read once, gated and
+// added into the window means of every scale.
 template <typename T>
 void gather_fwd_impl(const at::Tensor& x_t, const at::Tensor& scores_t, const at::Tensor& idx_t, Gate gate,
                      const std::vector<int64_t>& scales, at::Tensor& y_t) {
   const int64_t B = x_t.size(0), C = x_t.size(2), k = idx_t.size(1);
-  const int64_t block = window_block(k, scales), n_blocks = (k + block - 1) / block;
   const T* x = x_t.const_data_ptr<T>();
   const T* scores = scores_t.const_data_ptr<T>();
   const int64_t* idx = idx_t.const_data_ptr<int64_t>();
-  T* y = y_t.data_ptr<T>();
   std::vector<float> g_all(B * k);
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
@@ -104,16 +102,8 @@ void gather_fwd_impl(const at::Tensor& x_t, const at::Tensor& scores_t, const at
       }
     }
   });
-  at::parallel_for(0, B * n_blocks, 1, [&](int64_t r0, int64_t r1) {
-    WindowMeans<T> means(k, scales, C);
-    std::vector<float> stage(C);
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t b = r / n_blocks, lo = (r % n_blocks) * block, hi = std::min(k, lo + block);
-      for (int64_t i = lo; i < hi; ++i) {
-        const T* src = x + b * x_t.stride(0) + idx[b * idx_t.stride(0) + i] * x_t.stride(1);
-        means.add(i, as_float(src, stage.data(), C), g_all[b * k + i], y + b * y_t.stride(0), y_t.stride(1));
-      }
-    }
+  pool_windows(B, k, scales, C, y_t.data_ptr<T>(), y_t.stride(0), y_t.stride(1), [&](int64_t b, int64_t i) {
+    return std::pair(x + b * x_t.stride(0) + idx[b * idx_t.stride(0) + i] * x_t.stride(1), g_all[b * k + i]);
   });
 }
 
