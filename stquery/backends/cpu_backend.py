@@ -27,6 +27,7 @@ from ..ops.pool.problem import pooled_length
 SOURCES = ("cpu_bindings.cpp", "attention/attention_cpu.cpp", "pool/pool_cpu.cpp", "topk/topk_cpu.cpp")
 HEADERS = ("common/cpu_math.h", "attention/attention_cpu.h", "pool/pool_cpu.h", "topk/topk_cpu.h")
 OPS = frozenset({"attention", "topk_select", "gather_gate", "multiscale_pool", "st_pool"})
+_CPU = torch.device("cpu")  # parsed once, not on every allocation
 
 
 def source_dir() -> Path:
@@ -100,7 +101,7 @@ def _build_error() -> str | None:
 
 def _empty(shape, dtype) -> torch.Tensor:
     """An output the kernels write in full, on CPU (the one kernel-output allocator)."""
-    return empty(shape, dtype, "cpu")
+    return empty(shape, dtype, _CPU)
 
 
 def _alpha4(alpha, prob):
@@ -112,7 +113,8 @@ def _alpha4(alpha, prob):
 
 
 def _static(prob):
-    return (prob.frames, list(prob.kinds), list(prob.radii), prob.global_start, prob.global_end, prob.mode, prob.scale)
+    """The AttnProblem fields the bindings take, in their order (pybind11 reads tuples as vectors)."""
+    return prob.frames, prob.kinds, prob.radii, prob.global_start, prob.global_end, prob.mode, prob.scale
 
 
 class CpuBackend:
@@ -122,11 +124,10 @@ class CpuBackend:
     def supports(self, op, *args) -> list[str]:
         if op not in OPS:
             return [f"no CPU kernel for {op} (the cpu backend implements {', '.join(sorted(OPS))})"]
-        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        x = args[0]  # the op's checks have put every tensor argument on x's device
         why = []
-        if any(t.device.type != "cpu" for t in tensors):
-            why.append(f"tensors are on {tensors[0].device.type}, the cpu backend needs CPU tensors")
-        x = tensors[0]
+        if not x.is_cpu:
+            why.append(f"tensors are on {x.device.type}, the cpu backend needs CPU tensors")
         if x.dtype not in DTYPES:
             why.append(f"dtype {x.dtype} is not one of float32, float16, bfloat16")
         if op == "gather_gate" and args[1].dtype != x.dtype:
