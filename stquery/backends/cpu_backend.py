@@ -23,7 +23,6 @@ from ..ops.common import KERNEL_DTYPES as DTYPES
 from ..ops.pool.problem import pooled_length
 
 SOURCES = ("cpu_bindings.cpp", "attention/attention_cpu.cpp", "pool/pool_cpu.cpp", "topk/topk_cpu.cpp")
-HEADERS = ("common/cpu_math.h", "attention/attention_cpu.h", "pool/pool_cpu.h", "topk/topk_cpu.h")
 OPS = frozenset({"attention", "topk_select", "gather_gate", "multiscale_pool", "st_pool"})
 CACHE_ENV = "STQUERY_CPU_CACHE"  # the build cache's folder (default: torch's extensions folder)
 _CPU = torch.device("cpu")  # parsed once, not on every allocation
@@ -37,8 +36,9 @@ def cflags() -> list[str]:
 
 
 def build_name() -> str:
-    """``stquery_cpu_<hash of sources, headers, flags and ISA>``."""
-    return jit.build_name("stquery_cpu", [jit.source_dir() / f for f in SOURCES + HEADERS], [*cflags(), *jit.cpu_isa()])
+    """``stquery_cpu_<hash of the sources, every header, the flags and the ISA>``."""
+    files = [jit.source_dir() / f for f in SOURCES] + jit.headers()
+    return jit.build_name("stquery_cpu", files, [*cflags(), *jit.cpu_isa()])
 
 
 @functools.cache

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from . import jit
-from .jit import source_dir
+from .jit import headers, source_dir
 from ..kernels import empty
 from ..ops.attention.problem import NONE
 from ..ops.common import KERNEL_DTYPES as DTYPES
@@ -48,11 +48,6 @@ def sources() -> list[Path]:
     not the cpu backend's ``*_cpu.cpp``, which share the op folders."""
     src = source_dir()
     return [src / "bindings.cpp", *sorted(src.glob("*/*_bindings.cpp")), *sorted(src.glob("*/*.cu"))]
-
-
-def headers() -> list[Path]:
-    src = source_dir()
-    return sorted(p for ext in ("h", "cuh") for p in src.glob(f"*/*.{ext}"))
 
 
 def emulating() -> bool:

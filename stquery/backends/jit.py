@@ -26,6 +26,13 @@ def source_dir() -> Path:
     return Path(next(iter(stquery.csrc.__path__)))
 
 
+def headers() -> list[Path]:
+    """Every header under ``csrc/`` (``*/*.h``, ``*/*.cuh``): both builds hash all of them, so a header
+    one of them comes to include can never be missed (a needless rebuild costs less than a stale one)."""
+    src = source_dir()
+    return sorted(p for ext in ("h", "cuh") for p in src.glob(f"*/*.{ext}"))
+
+
 def cpp_extension():
     """``torch.utils.cpp_extension``, imported on first use."""
     from torch.utils import cpp_extension

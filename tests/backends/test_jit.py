@@ -16,10 +16,10 @@ def test_build_name_hashes_sources_key_and_nothing_else():
     assert name != jit.build_name("stquery_x", files[:1], ["-O3", "AVX2"])
 
 
-def test_cpu_build_is_keyed_by_its_sources_flags_and_isa():
-    assert cpu_backend.build_name() == jit.build_name(
-        "stquery_cpu", [jit.source_dir() / f for f in cpu_backend.SOURCES + cpu_backend.HEADERS],
-        [*cpu_backend.cflags(), *jit.cpu_isa()])
+def test_cpu_build_is_keyed_by_its_sources_every_header_flags_and_isa():
+    files = [jit.source_dir() / f for f in cpu_backend.SOURCES] + jit.headers()
+    assert {"cpu_math.h", "attention_cpu.h", "attn_math.h"} <= {p.name for p in files}
+    assert cpu_backend.build_name() == jit.build_name("stquery_cpu", files, [*cpu_backend.cflags(), *jit.cpu_isa()])
 
 
 def test_import_stquery_does_not_import_the_build_tools():
