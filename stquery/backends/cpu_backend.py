@@ -36,8 +36,8 @@ def cflags() -> list[str]:
 
 
 def build_name() -> str:
-    """``stquery_cpu_<hash of the sources, every header, the flags and the ISA>``."""
-    files = [jit.source_dir() / f for f in SOURCES] + jit.headers()
+    """``stquery_cpu_<hash of the sources, the headers they include, the flags and the ISA>``."""
+    files = jit.closure(jit.source_dir() / f for f in SOURCES)
     return jit.build_name("stquery_cpu", files, [*cflags(), *jit.cpu_isa()])
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from . import jit
-from .jit import headers, source_dir
+from .jit import source_dir
 from ..kernels import empty
 from ..ops.attention.problem import NONE
 from ..ops.common import KERNEL_DTYPES as DTYPES
@@ -74,8 +74,8 @@ def _target(emulate: bool) -> list[str]:
 
 
 def build_name(emulate: bool = False) -> str:
-    """``stquery_cuda[emu]_<hash of the sources, headers, flags and target>``."""
-    return jit.build_name(f"stquery_cuda{'emu' if emulate else ''}", sources() + headers(), _target(emulate))
+    """``stquery_cuda[emu]_<hash of the sources, the headers they include, flags and target>``."""
+    return jit.build_name(f"stquery_cuda{'emu' if emulate else ''}", jit.closure(sources()), _target(emulate))
 
 
 def _emulation_units(build_dir: Path) -> list[str]:

@@ -1,7 +1,8 @@
 """Just-in-time builds of the compiled backends' extensions (``cpu``, ``cuda``): one helper, one cache rule.
 
 An extension is built by ``torch.utils.cpp_extension.load`` (ninja) into a folder named
-``<prefix>_<16 hex digits>``: a hash of every source and header (path under ``csrc/`` and bytes),
+``<prefix>_<16 hex digits>``: a hash of its sources and every header they include (:func:`closure`;
+path under ``csrc/`` and bytes),
 the build's key (compiler flags and target: the CPU's ISA, the CUDA architectures) and torch's
 version. An edit, another flag or another machine rebuilds; an unchanged tree loads the cached
 build. The folder lies under ``$<cache_env>`` when that is set, else under torch's extensions folder.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -26,11 +28,25 @@ def source_dir() -> Path:
     return Path(next(iter(stquery.csrc.__path__)))
 
 
-def headers() -> list[Path]:
-    """Every header under ``csrc/`` (``*/*.h``, ``*/*.cuh``): both builds hash all of them, so a header
-    one of them comes to include can never be missed (a needless rebuild costs less than a stale one)."""
-    src = source_dir()
-    return sorted(p for ext in ("h", "cuh") for p in src.glob(f"*/*.{ext}"))
+_INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.MULTILINE)
+
+
+def closure(sources) -> list[Path]:
+    """``sources`` and every file they ``#include "..."``, transitively (a name is looked up beside
+    the including file, then in ``csrc/``): what a build's hash covers. A header the build never
+    includes rebuilds nothing; one it comes to include is never missed."""
+    root = source_dir()
+    seen, todo = set(), [Path(s).resolve() for s in sources]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in _INCLUDE.findall(path.read_text()):
+            found = next((base / name for base in (path.parent, root) if (base / name).is_file()), None)
+            if found is not None:
+                todo.append(found.resolve())
+    return sorted(seen)
 
 
 def cpp_extension():
@@ -56,10 +72,10 @@ def cpu_isa() -> tuple[str, str]:
 
 def build_name(prefix: str, files, key) -> str:
     """``<prefix>_<hash of files (paths under csrc/ and bytes), key (flags, target) and torch's version>``."""
-    root = source_dir()
+    root = source_dir().resolve()
     h = hashlib.sha256()
     for path in files:
-        h.update(str(Path(path).relative_to(root)).encode())
+        h.update(str(Path(path).resolve().relative_to(root)).encode())
         h.update(Path(path).read_bytes())
     h.update(repr(list(key)).encode())
     h.update(torch.__version__.encode())

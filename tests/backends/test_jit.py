@@ -4,7 +4,7 @@ import re
 import subprocess
 import sys
 
-from stquery.backends import cpu_backend, jit
+from stquery.backends import cpu_backend, cuda_backend, jit
 
 
 def test_build_name_hashes_sources_key_and_nothing_else():
@@ -16,10 +16,15 @@ def test_build_name_hashes_sources_key_and_nothing_else():
     assert name != jit.build_name("stquery_x", files[:1], ["-O3", "AVX2"])
 
 
-def test_cpu_build_is_keyed_by_its_sources_every_header_flags_and_isa():
-    files = [jit.source_dir() / f for f in cpu_backend.SOURCES] + jit.headers()
-    assert {"cpu_math.h", "attention_cpu.h", "attn_math.h"} <= {p.name for p in files}
-    assert cpu_backend.build_name() == jit.build_name("stquery_cpu", files, [*cpu_backend.cflags(), *jit.cpu_isa()])
+def test_each_build_hashes_exactly_the_headers_it_includes():
+    cpu = {p.name for p in jit.closure(jit.source_dir() / f for f in cpu_backend.SOURCES)}
+    assert {"cpu_bindings.cpp", "attention_cpu.cpp", "attention_cpu.h", "cpu_math.h"} <= cpu
+    assert not {"cuda_emu.h", "cuda_compat.h"} & cpu
+    cuda = {p.name for p in jit.closure(cuda_backend.sources())}
+    assert {"cuda_emu.h", "cuda_compat.h", "reduce.cuh", "bindings.h"} <= cuda
+    assert not {"cpu_math.h", "attention_cpu.h"} & cuda
+    assert cpu_backend.build_name() == jit.build_name(
+        "stquery_cpu", jit.closure(jit.source_dir() / f for f in cpu_backend.SOURCES), [*cpu_backend.cflags(), *jit.cpu_isa()])
 
 
 def test_import_stquery_does_not_import_the_build_tools():
