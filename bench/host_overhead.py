@@ -6,8 +6,9 @@ q/k/v ``[2*4, 2, 2, 16]`` float32 on CPU (T = 4 frames, one thread): the arithme
 so a call's time is what Python spends validating, dispatching and entering autograd. Each case runs
 in interleaved rounds of 200 calls and keeps its best round (other processes only ever slow a round
 down). Besides the cpu and torch backends, a ``null`` backend that returns preallocated outputs isolates
-stquery's own layers (checks, dispatch, autograd wiring) from the backend's work. A speed is shown
-here, never asserted in a test.
+stquery's own layers (checks, dispatch, autograd wiring) from the backend's work. The last rows
+repeat the calls with inputs that require grad (autograd recorded, forward only), each against SDPA
+doing the same. A speed is shown here, never asserted in a test.
 """
 from __future__ import annotations
 
@@ -66,10 +67,20 @@ def main() -> None:
         cases[f"stq.temporal_attention + 2-mask DAR, {backend}"] = (
             lambda b=backend: stq.temporal_attention(q, k, v, T, masks=dar, alpha=alpha, backend=b)
         )
+    # The same calls recording autograd (inputs require grad): forward only, through the Function.
+    qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
+    qgf, kgf, vgf = (t.view(B, T, L * H, d).transpose(1, 2) for t in (qg, kg, vg))
+    alpha_g = alpha.clone().requires_grad_()
+    cases["F.scaled_dot_product_attention, requires grad"] = lambda: F.scaled_dot_product_attention(qgf, kgf, vgf)
+    if "cpu" in backends.names():
+        cases["stq.temporal_attention, cpu, requires grad"] = lambda: stq.temporal_attention(qg, kg, vg, T, backend="cpu")
+        cases["stq.temporal_attention + 2-mask DAR, cpu, requires grad"] = (
+            lambda: stq.temporal_attention(qg, kg, vg, T, masks=dar, alpha=alpha_g, backend="cpu")
+        )
     best = best_us(cases, args.rounds)
-    sdpa = next(iter(best.values()))
+    sdpa = {False: best[next(iter(cases))], True: best["F.scaled_dot_product_attention, requires grad"]}
     for name, us in best.items():
-        print(f"{name:50s} {us:8.1f} us/call  {us / sdpa:6.2f}x SDPA")
+        print(f"{name:58s} {us:8.1f} us/call  {us / sdpa['requires grad' in name]:6.2f}x SDPA")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """The ``cpu`` backend: fused C++ kernels in ``csrc/<op>/*_cpu.cpp`` for CPU tensors (docs/backends.md §3).
 
-Built just in time on first use with the host compiler and ninja (``torch.utils.cpp_extension.load``)
-into a directory named after a hash of the sources, the compiler flags and the CPU's ISA (ATen's
-CPU capability and the ``/proc/cpuinfo`` flags), so an edit or another machine rebuilds and an
-unchanged tree never does. The kernels run on ATen's thread pool (``at::parallel_for``, governed by
+Built just in time on first use with the host compiler and ninja (:mod:`stquery.backends.jit`),
+cached under a hash of the sources, the compiler flags and the CPU's ISA (ATen's CPU capability and
+the ``/proc/cpuinfo`` flags), so an edit or another machine rebuilds and an unchanged tree never
+does. The kernels run on ATen's thread pool (``at::parallel_for``, governed by
 ``torch.set_num_threads``), one attention sequence (or row) per task, on ``at::vec::Vectorized``
 float32 registers: fp16/bf16 are converted on load, accumulation is float32, and every output
 element is computed by one task in a fixed order, so results do not depend on the thread count.
@@ -13,78 +13,40 @@ Outputs are allocated through :func:`stquery.kernels.empty` (poisoned under the 
 from __future__ import annotations
 
 import functools
-import hashlib
-import os
-from pathlib import Path
 
 import torch
 
+from . import jit
 from ..kernels import empty
 from ..ops.attention.problem import NONE
 from ..ops.common import KERNEL_DTYPES as DTYPES
 from ..ops.pool.problem import pooled_length
 
 SOURCES = ("cpu_bindings.cpp", "attention/attention_cpu.cpp", "pool/pool_cpu.cpp", "topk/topk_cpu.cpp")
-HEADERS = ("common/cpu_math.h", "attention/attention_cpu.h", "pool/pool_cpu.h", "topk/topk_cpu.h")
 OPS = frozenset({"attention", "topk_select", "gather_gate", "multiscale_pool", "st_pool"})
-
-
-def source_dir() -> Path:
-    import stquery.csrc
-
-    return Path(next(iter(stquery.csrc.__path__)))
-
-
-def _isa() -> tuple[str, str]:
-    """(ATen's CPU capability, a hash of the CPU's feature flags)."""
-    flags = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                flags = line
-                break
-    except OSError:
-        pass
-    return torch.backends.cpu.get_cpu_capability(), hashlib.sha256(flags.encode()).hexdigest()[:12]
+CACHE_ENV = "STQUERY_CPU_CACHE"  # the build cache's folder (default: torch's extensions folder)
+_CPU = torch.device("cpu")  # parsed once, not on every allocation
 
 
 def cflags() -> list[str]:
     """``-O3 -march=native -fopenmp`` and the ``at::vec`` ISA matching ATen's capability."""
-    capability = _isa()[0]
-    isa = {"AVX512": "AVX512", "AVX2": "AVX2"}.get(capability, "DEFAULT")
+    isa = {"AVX512": "AVX512", "AVX2": "AVX2"}.get(jit.cpu_isa()[0], "DEFAULT")
     defs = [f"-DCPU_CAPABILITY={isa}"] + ([f"-DCPU_CAPABILITY_{isa}"] if isa != "DEFAULT" else [])
     return ["-O3", "-march=native", "-fopenmp", *defs]
 
 
 def build_name() -> str:
-    """``stquery_cpu_<hash of sources, headers, flags and ISA>``."""
-    h = hashlib.sha256()
-    for name in SOURCES + HEADERS:
-        h.update(name.encode())
-        h.update((source_dir() / name).read_bytes())
-    h.update(" ".join(cflags()).encode())
-    h.update(" ".join(_isa()).encode())
-    h.update(torch.__version__.encode())
-    return f"stquery_cpu_{h.hexdigest()[:16]}"
+    """``stquery_cpu_<hash of the sources, the headers they include, the flags and the ISA>``."""
+    files = jit.closure(jit.source_dir() / f for f in SOURCES)
+    return jit.build_name("stquery_cpu", files, [*cflags(), *jit.cpu_isa()])
 
 
 @functools.cache
 def module():
-    """The compiled extension (built on first call, then loaded from the cache directory)."""
-    from torch.utils import cpp_extension
-
+    """The compiled extension (built on first call, then loaded from its cache directory)."""
     name = build_name()
-    root = os.environ.get("STQUERY_CPU_CACHE")
-    build_dir = Path(root) / name if root else Path(cpp_extension._get_build_directory(name, verbose=False))
-    build_dir.mkdir(parents=True, exist_ok=True)
-    return cpp_extension.load(
-        name=name,
-        sources=[str(source_dir() / s) for s in SOURCES],
-        extra_include_paths=[str(source_dir())],
-        extra_cflags=cflags(),
-        extra_ldflags=["-fopenmp"],
-        build_directory=str(build_dir),
-    )
+    return jit.load(name, jit.build_dir(name, CACHE_ENV), [jit.source_dir() / s for s in SOURCES],
+                    extra_cflags=cflags(), extra_ldflags=["-fopenmp"])
 
 
 @functools.cache
@@ -100,7 +62,7 @@ def _build_error() -> str | None:
 
 def _empty(shape, dtype) -> torch.Tensor:
     """An output the kernels write in full, on CPU (the one kernel-output allocator)."""
-    return empty(shape, dtype, "cpu")
+    return empty(shape, dtype, _CPU)
 
 
 def _alpha4(alpha, prob):
@@ -111,10 +73,6 @@ def _alpha4(alpha, prob):
     return alpha if prob.frames else alpha.unsqueeze(1)
 
 
-def _static(prob):
-    return (prob.frames, list(prob.kinds), list(prob.radii), prob.global_start, prob.global_end, prob.mode, prob.scale)
-
-
 class CpuBackend:
     name = "cpu"
     devices = frozenset({"cpu"})
@@ -122,11 +80,10 @@ class CpuBackend:
     def supports(self, op, *args) -> list[str]:
         if op not in OPS:
             return [f"no CPU kernel for {op} (the cpu backend implements {', '.join(sorted(OPS))})"]
-        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        x = args[0]  # the op's checks have put every tensor argument on x's device
         why = []
-        if any(t.device.type != "cpu" for t in tensors):
-            why.append(f"tensors are on {tensors[0].device.type}, the cpu backend needs CPU tensors")
-        x = tensors[0]
+        if not x.is_cpu:
+            why.append(f"tensors are on {x.device.type}, the cpu backend needs CPU tensors")
         if x.dtype not in DTYPES:
             why.append(f"dtype {x.dtype} is not one of float32, float16, bfloat16")
         if op == "gather_gate" and args[1].dtype != x.dtype:
@@ -140,7 +97,7 @@ class CpuBackend:
         out = _empty(q.shape, q.dtype)
         stats = _empty((*q.shape[:3], prob.stats_width), torch.float32)
         module().attention_fwd(q, k, v, out, stats, _alpha4(alpha, prob), dense, key_padding, frame_lengths,
-                               *_static(prob))
+                               *jit.problem_args(prob))
         return out, stats
 
     def attention_bwd(self, grad_out, q, k, v, out, stats, alpha, dense, key_padding, frame_lengths, prob):
@@ -148,7 +105,7 @@ class CpuBackend:
         routed = prob.mode != NONE
         dalpha = _empty((alpha.shape[:-1].numel(), prob.p), torch.float32) if routed else None
         module().attention_bwd(grad_out, q, k, v, stats, _alpha4(alpha, prob), dense, key_padding, frame_lengths,
-                               dq, dk, dv, dalpha, *_static(prob))
+                               dq, dk, dv, dalpha, *jit.problem_args(prob))
         if not routed:
             return dq, dk, dv, None
         return dq, dk, dv, dalpha.view(alpha.shape).to(alpha.dtype)

@@ -1,8 +1,8 @@
 """The ``cuda`` backend: CUDA C++ in ``csrc/`` (installed as ``stquery.csrc``), bound with pybind11.
 
-Two builds of the same sources, each just in time with ``torch.utils.cpp_extension.load`` (ninja)
-into a directory named after a hash of the sources, headers, compiler flags and target, so an edit
-rebuilds and an unchanged tree never does:
+Two builds of the same sources, each just in time (:mod:`stquery.backends.jit`: ninja, cached under
+a hash of the sources, headers, compiler flags and target, so an edit rebuilds and an unchanged tree
+never does):
 
 - the CUDA build (nvcc, the architectures torch targets) for CUDA tensors;
 - the emulation build (the host C++ compiler, ``-DSTQ_CUDA_EMULATE``: ``csrc/common/cuda_emu.h``
@@ -18,15 +18,15 @@ under the tests) and written by the kernels.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import torch
-from torch.utils import cpp_extension
 
+from . import jit
+from .jit import source_dir
 from ..kernels import empty
 from ..ops.attention.problem import NONE
 from ..ops.common import KERNEL_DTYPES as DTYPES
@@ -34,6 +34,7 @@ from ..ops.pool.problem import pooled_length
 from ..ops.topk.problem import GATES  # the codes of csrc/pool/pool.h's Gate
 
 EMULATE_ENV = "STQUERY_CUDA_EMULATE"
+CACHE_ENV = "STQUERY_CUDA_CACHE"  # the build cache's folder (default: torch's extensions folder)
 OPS = frozenset({"attention", "topk_select", "gather_gate", "multiscale_pool", "st_pool"})
 RANK_MAX_K = 8192  # csrc/topk/topk.h kRankMaxK: order="score" by a stable sort beyond
 MAX_SCALES = 8  # csrc/pool/pool.h kMaxScales
@@ -42,22 +43,11 @@ EMULATE_FLAGS = HOST_FLAGS + ["-DSTQ_CUDA_EMULATE", "-pthread", "-Wno-unknown-pr
 CUDA_FLAGS = ["-O3", "-std=c++20"]
 
 
-def source_dir() -> Path:
-    import stquery.csrc
-
-    return Path(next(iter(stquery.csrc.__path__)))
-
-
 def sources() -> list[Path]:
     """The module (bindings.cpp), every op's ``*_bindings.cpp`` and every kernel file (``*.cu``);
     not the cpu backend's ``*_cpu.cpp``, which share the op folders."""
     src = source_dir()
     return [src / "bindings.cpp", *sorted(src.glob("*/*_bindings.cpp")), *sorted(src.glob("*/*.cu"))]
-
-
-def headers() -> list[Path]:
-    src = source_dir()
-    return sorted(p for ext in ("h", "cuh") for p in src.glob(f"*/*.{ext}"))
 
 
 def emulating() -> bool:
@@ -80,25 +70,12 @@ def _target(emulate: bool) -> list[str]:
     """What the binary is built for: the host compiler (emulation) or the CUDA architectures."""
     if emulate:
         return ["host-emulation", _compiler_version(_compiler()), *EMULATE_FLAGS]
-    return ["cuda", str(torch.version.cuda), *cpp_extension._get_cuda_arch_flags(), *CUDA_FLAGS, *HOST_FLAGS]
+    return ["cuda", str(torch.version.cuda), *jit.cpp_extension()._get_cuda_arch_flags(), *CUDA_FLAGS, *HOST_FLAGS]
 
 
 def build_name(emulate: bool = False) -> str:
-    """``stquery_cuda[emu]_<hash of the sources, headers, flags and target>``."""
-    h = hashlib.sha256()
-    for path in sources() + headers():
-        h.update(str(path.relative_to(source_dir())).encode())
-        h.update(path.read_bytes())
-    h.update(repr(_target(emulate)).encode())
-    h.update(torch.__version__.encode())
-    return f"stquery_cuda{'emu' if emulate else ''}_{h.hexdigest()[:16]}"
-
-
-def _build_dir(name: str) -> Path:
-    root = os.environ.get("STQUERY_CUDA_CACHE")
-    path = Path(root) / name if root else Path(cpp_extension._get_build_directory(name, verbose=False))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """``stquery_cuda[emu]_<hash of the sources, the headers they include, flags and target>``."""
+    return jit.build_name(f"stquery_cuda{'emu' if emulate else ''}", jit.closure(sources()), _target(emulate))
 
 
 def _emulation_units(build_dir: Path) -> list[str]:
@@ -120,27 +97,31 @@ def _emulation_units(build_dir: Path) -> list[str]:
 def module(emulate: bool = False):
     """The compiled extension (built on first call, then loaded from its cache directory)."""
     name = build_name(emulate)
-    build_dir = _build_dir(name)
-    common = dict(name=name, extra_include_paths=[str(source_dir())], build_directory=str(build_dir))
+    directory = jit.build_dir(name, CACHE_ENV)
     if emulate:
-        return cpp_extension.load(sources=_emulation_units(build_dir), extra_cflags=EMULATE_FLAGS,
-                                  extra_ldflags=["-pthread"], with_cuda=False, **common)
-    return cpp_extension.load(sources=[str(p) for p in sources()], extra_cflags=HOST_FLAGS,
-                              extra_cuda_cflags=CUDA_FLAGS, with_cuda=True, **common)
+        return jit.load(name, directory, _emulation_units(directory), extra_cflags=EMULATE_FLAGS,
+                        extra_ldflags=["-pthread"], with_cuda=False)
+    return jit.load(name, directory, sources(), extra_cflags=HOST_FLAGS, extra_cuda_cflags=CUDA_FLAGS, with_cuda=True)
 
 
 def toolchain_reasons(emulate: bool) -> list[str]:
+    """Why the extension can't be built here ([] = it can); looked up once per compiler."""
+    return list(_toolchain_reasons(emulate, _compiler()))
+
+
+@functools.cache
+def _toolchain_reasons(emulate: bool, compiler: str) -> tuple[str, ...]:
     why = []
-    if not cpp_extension.is_ninja_available():
+    if not jit.ninja_available():
         why.append("ninja is not installed (pip install ninja): the extension is built just in time with it")
-    if shutil.which(_compiler()) is None:
-        why.append(f"no host C++ compiler {_compiler()!r} found (set CXX)")
+    if shutil.which(compiler) is None:
+        why.append(f"no host C++ compiler {compiler!r} found (set CXX)")
     if not emulate:
         if torch.version.cuda is None:
             why.append("this torch build has no CUDA support")
-        elif cpp_extension.CUDA_HOME is None:
+        elif jit.cpp_extension().CUDA_HOME is None:
             why.append("no CUDA toolkit (nvcc) found to build the extension (set CUDA_HOME)")
-    return why
+    return tuple(why)
 
 
 def _run(fn: str, device: torch.device, *args):
@@ -157,12 +138,6 @@ def _geometry(q, k, prob):
     if prob.frames:
         return q.shape[0] // prob.frames * q.shape[1] * q.shape[2], prob.frames, prob.frames
     return q.shape[0] * q.shape[2], q.shape[1], k.shape[1]
-
-
-def _problem(prob) -> tuple:
-    """The AttnProblem fields the bindings take, in their order."""
-    return (prob.frames, list(prob.kinds), list(prob.radii), prob.global_start, prob.global_end, prob.mode,
-            prob.scale)
 
 
 def _alpha32(alpha):
@@ -255,7 +230,7 @@ class CudaBackend:
         if _geometry(q, k, prob)[2] == 0:
             return out.zero_(), stats.fill_(float("-inf"))
         _run("attention_fwd", q.device, q, k, v, _alpha32(alpha), dense, key_padding, frame_lengths, out, stats,
-             *_problem(prob))
+             *jit.problem_args(prob))
         return out, stats
 
     def attention_bwd(self, grad_out, q, k, v, out, stats, alpha, dense, key_padding, frame_lengths, prob):
@@ -269,7 +244,7 @@ class CudaBackend:
         # per (query tile, sequence) sums of the alpha gradient, added here in a fixed order
         partial = empty((n_qtiles, n_seq, prob.p), torch.float32, q.device) if routed else None
         _run("attention_bwd", q.device, grad_out, q, k, v, out, stats, _alpha32(alpha), dense, key_padding,
-             frame_lengths, dq, dk, dv, delta, partial, *_problem(prob))
+             frame_lengths, dq, dk, dv, delta, partial, *jit.problem_args(prob))
         return dq, dk, dv, partial.sum(0).view(alpha.shape).to(alpha.dtype) if routed else None
 
     # --- pooling (csrc/pool) ---------------------------------------------------------------

@@ -52,8 +52,11 @@ def triton36() -> bool:
 
 
 def empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
-    """``torch.empty(shape)`` for an output a kernel writes in full (poisoned under the tests)."""
-    out = torch.empty(shape, dtype=dtype, device=device)
+    """``torch.empty(shape)`` for an output a kernel writes in full (poisoned under the tests).
+
+    The sizes go to ``torch.empty`` as separate ints: its argument parser reads a ``torch.Size`` or
+    a tuple at twice the cost, which shows on small calls (``bench/host_overhead.py``)."""
+    out = torch.empty(*shape, dtype=dtype, device=device) if len(shape) else torch.empty((), dtype=dtype, device=device)
     if _fill is not None:
         _fill(out)
     return out

@@ -6,6 +6,7 @@ dtypes and devices, never tensor values, so they cost no device synchronisation.
 from __future__ import annotations
 
 import torch
+from torch.autograd import forward_ad
 
 # Float dtypes every op accepts (float64 runs on the torch backend: the precision of the tests).
 FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -26,7 +27,7 @@ def tensor(name: str, t, rank: int, layout: str, dtypes=FLOATS) -> None:
     if t.dtype not in dtypes:
         names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
         raise TypeError(f"{name}: expected dtype in ({names}), got {t.dtype}")
-    if t.numel() and t.stride(-1) != 1 and t.shape[-1] != 1:
+    if t.stride()[-1] != 1 and t.shape[-1] != 1 and t.numel():
         raise ValueError(f"{name}: the last dim must be contiguous (stride 1), got strides {list(t.stride())}")
 
 
@@ -38,7 +39,7 @@ def same_device(ref_name: str, ref: torch.Tensor, **others) -> None:
 
 
 def nonempty(name: str, t: torch.Tensor, layout: str) -> None:
-    if t.numel() == 0:
+    if 0 in t.shape:
         raise ValueError(f"{name}: every dim of {layout} must be at least 1, got shape {shape(t)}")
 
 
@@ -49,3 +50,24 @@ def rows_readable(t: torch.Tensor) -> torch.Tensor:
     gradient over as an expanded scalar (all strides 0), which no kernel can read as rows.
     """
     return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def device_type(t: torch.Tensor) -> str:
+    """``t.device.type``; ``.type`` builds a new string on every call, the flags do not."""
+    return "cpu" if t.is_cpu else "cuda" if t.is_cuda else t.device.type
+
+
+def records_autograd(*tensors) -> bool:
+    """Whether an eager call goes through its ``torch.autograd.Function`` rather than straight to
+    the backend: grad mode is on and one of ``tensors`` requires grad, or forward-mode AD or a
+    functorch transform is active (the Function rejects those with a clear error instead of
+    letting their tangents or batch dims be dropped). ``Function.apply`` alone costs more than
+    a small call's kernel (``bench/host_overhead.py``), and records nothing without gradients.
+    """
+    if forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active():
+        return True
+    if torch.is_grad_enabled():
+        for t in tensors:
+            if t is not None and t.requires_grad:
+                return True
+    return False

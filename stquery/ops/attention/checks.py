@@ -5,6 +5,7 @@ kernels can't do.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -12,6 +13,15 @@ import torch
 from ..common import nonempty, same_device, shape, tensor
 from .masks import MaskSet
 from .problem import MAX_HEAD_DIM, MODES, NONE, AttnProblem
+
+# One AttnProblem per distinct static signature: building a frozen dataclass costs more than the
+# rest of a small call's checks (bench/host_overhead.py).
+_cached_problem = functools.lru_cache(maxsize=1024)(AttnProblem)
+
+
+def _problem(*fields) -> AttnProblem:
+    # dynamo can't trace an lru_cache; a compiled graph builds its problem once, when traced
+    return AttnProblem(*fields) if torch.compiler.is_compiling() else _cached_problem(*fields)
 
 
 def attention_problem(q, k, v, frames, masks, alpha, mode, scale, key_padding, frame_lengths):
@@ -26,21 +36,23 @@ def attention_problem(q, k, v, frames, masks, alpha, mode, scale, key_padding, f
     tensor("q", q, 4, qlay)
     tensor("k", k, 4, klay)
     tensor("v", v, 4, klay)
-    for name, t in (("k", k), ("v", v)):
-        if t.dtype != q.dtype:
-            raise TypeError(f"{name}: expected dtype {q.dtype} (that of q), got {t.dtype}")
+    dtype = q.dtype
+    if k.dtype != dtype or v.dtype != dtype:
+        name, t = ("k", k) if k.dtype != dtype else ("v", v)
+        raise TypeError(f"{name}: expected dtype {dtype} (that of q), got {t.dtype}")
     same_device("q", q, k=k, v=v)
-    G, Nq, H, d = q.shape
+    qshape, kshape, vshape = q.shape, k.shape, v.shape
+    G, Nq, H, d = qshape
     if temporal:
-        for name, t in (("k", k), ("v", v)):
-            if t.shape != q.shape:
-                raise ValueError(f"{name}: expected shape {list(q.shape)} (that of q, {qlay}), got {shape(t)}")
+        if kshape != qshape or vshape != qshape:
+            name, t = ("k", k) if kshape != qshape else ("v", v)
+            raise ValueError(f"{name}: expected shape {list(qshape)} (that of q, {qlay}), got {shape(t)}")
     else:
-        for name, t in (("k", k), ("v", v)):
-            if (t.shape[0], t.shape[2], t.shape[3]) != (G, H, d):
-                raise ValueError(f"{name}: expected shape [{G}, Nk, {H}, {d}] (G, H, d of q), got {shape(t)}")
-        if k.shape[1] != v.shape[1]:
-            raise ValueError(f"v: expected shape {list(k.shape)} (that of k), got {shape(v)}")
+        for name, t in (("k", kshape), ("v", vshape)):
+            if (t[0], t[2], t[3]) != (G, H, d):
+                raise ValueError(f"{name}: expected shape [{G}, Nk, {H}, {d}] (G, H, d of q), got {list(t)}")
+        if kshape[1] != vshape[1]:
+            raise ValueError(f"v: expected shape {list(kshape)} (that of k), got {shape(v)}")
     if not 1 <= d <= MAX_HEAD_DIM:
         raise ValueError(f"q: head width d must be in 1..{MAX_HEAD_DIM}, got shape {shape(q)} (d = {d})")
     nonempty("q", q, qlay)
@@ -55,7 +67,7 @@ def attention_problem(q, k, v, frames, masks, alpha, mode, scale, key_padding, f
         groups = (G // frames, Nq, H)  # alpha's leading dims: [B, L, H]
         group_layout = "[B, L, H, p]"
     else:
-        nq, nk = Nq, k.shape[1]
+        nq, nk = Nq, kshape[1]
         groups = (G, H)
         group_layout = "[G, H, p]"
 
@@ -86,7 +98,7 @@ def attention_problem(q, k, v, frames, masks, alpha, mode, scale, key_padding, f
     if masks is None:
         if alpha is not None:
             raise ValueError("alpha: routing weights need masks (a stq.MaskSet); got alpha with masks=None")
-        return None, None, frame_lengths, AttnProblem(frames or 0, (), (), 0, 0, NONE, float(scale))
+        return None, None, frame_lengths, _problem(frames or 0, (), (), 0, 0, NONE, float(scale))
 
     if not isinstance(masks, MaskSet):
         raise TypeError(f"masks: expected a stq.MaskSet, got {type(masks).__name__}")
@@ -108,17 +120,19 @@ def attention_problem(q, k, v, frames, masks, alpha, mode, scale, key_padding, f
     if not alpha.is_floating_point():
         raise TypeError(f"alpha: expected a float dtype, got {alpha.dtype}")
     same_device("q", q, alpha=alpha)
-    r = alpha.dim()
-    if not 1 <= r <= len(full) or alpha.shape[-1] != p or any(
-        a not in (1, f) for a, f in zip(alpha.shape[:-1], full[: r - 1])
-    ):
+    ashape = alpha.shape
+    r = len(ashape)
+    broadcastable = 1 <= r <= len(full) and ashape[-1] == p
+    for a, f in zip(ashape[:-1], full):
+        broadcastable = broadcastable and (a == 1 or a == f)
+    if not broadcastable:
         prefixes = ", ".join(str(list(full[:i]) + ["p"]) for i in range(len(full)))
         raise ValueError(
             f"alpha: expected a shape broadcastable to {group_layout} = {list(full)} (one of {prefixes}"
             f" with p = {p}), got {shape(alpha)}"
         )
     if r < len(full):  # [G, p] means per group: insert the missing dims before p
-        alpha = alpha.view(*alpha.shape[:-1], *(1,) * (len(full) - r), p)
-    alpha = alpha.expand(full)
-    prob = AttnProblem(frames or 0, masks.kinds, masks.radii, gs, ge, MODES[mode], float(scale))
+        alpha = alpha.view(*ashape[:-1], *(1,) * (len(full) - r), p)
+    alpha = alpha.expand(*full)
+    prob = _problem(frames or 0, masks.kinds, masks.radii, gs, ge, MODES[mode], float(scale))
     return alpha, masks.dense_buffer(q.device), frame_lengths, prob

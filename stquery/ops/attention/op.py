@@ -7,7 +7,8 @@ Each call validates its arguments, resolves a backend (docs/backends.md §3) and
   so dynamo and AOTAutograd see one opaque op per direction whatever backend runs it;
 - in eager mode, through :class:`_Attention`, a plain ``torch.autograd.Function`` calling the same
   primitives: the dispatcher's Python layers around a custom op cost several times a small
-  attention call (see ``bench/host_overhead.py``).
+  attention call (see ``bench/host_overhead.py``); and straight to ``attention_fwd`` when no
+  gradient is recorded (:func:`stquery.ops.common.records_autograd`).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ... import backends
-from ..common import rows_readable
+from ..common import device_type, records_autograd, rows_readable
 from .checks import attention_problem
 from .masks import MaskSet
 from .problem import AttnProblem
@@ -104,9 +105,11 @@ def _run(q, k, v, frames, masks, alpha, mode, scale, key_padding, frame_lengths,
         q, k, v, frames, masks, alpha, mode, scale, key_padding, frame_lengths
     )
     tensors = (q, k, v, alpha, dense, key_padding, frame_lengths)
-    name = backends.resolve("attention", backend, q.device.type, *tensors, prob)
+    name = backends.resolve("attention", backend, device_type(q), *tensors, prob)
     if not torch.compiler.is_compiling():
-        return _Attention.apply(*tensors, prob, name)
+        if records_autograd(q, k, v, alpha):
+            return _Attention.apply(*tensors, prob, name)
+        return backends.get(name).attention_fwd(*tensors, prob)[0]
     out, _ = _attention_fwd(
         *tensors, prob.frames, list(prob.kinds), list(prob.radii), prob.global_start, prob.global_end,
         prob.mode, prob.scale, name,
