@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from stquery.kernels import empty, triton36
+from stquery.ops.topk import problem as topk_problem
 from stquery.ops.topk.problem import GATES
 
 from .. import pool as _pool
@@ -38,7 +39,6 @@ NUM_PASSES = 32 // RADIX_BITS
 # ``**config`` to the launch and to the AOT test (tests/kernels/test_topk_aot.py).
 SELECT_CONFIG = dict(BLOCK_N=2048, BITS=RADIX_BITS, num_warps=8)
 SELECT_BLOCK_CH = 256  # chunk counts summed per step by _select_write_kernel's prefix
-RANK_MAX_K = 8192  # order="score": the O(k^2) rank kernel up to here, a stable sort beyond
 RANK_CONFIG = dict(BLOCK_I=64, BLOCK_J=64, num_warps=4)
 STATS_CONFIG = dict(BLOCK_K=1024, num_warps=4)
 GATHER_CONFIG = _pool.token_tile(32, 128, 8)
@@ -402,15 +402,12 @@ def topk_select(scores: torch.Tensor, k: int, order: str) -> torch.Tensor:
                                                        device=scores.device)
     _select_write_kernel[grid](scores, scores.stride(0), hist, counts, time_idx,
                                time_idx.stride(0), N, k, BLOCK_CH=SELECT_BLOCK_CH, **cfg)
-    if order == "score" and k <= RANK_MAX_K:
+    if order == "score" and k <= topk_problem.RANK_MAX_K:
         rc = RANK_CONFIG
         _score_rank_kernel[(triton.cdiv(k, rc["BLOCK_I"]), B)](
             scores, scores.stride(0), time_idx, idx, idx.stride(0), k, **rc)
     elif order == "score":
-        # The rank kernel is O(k^2); beyond RANK_MAX_K a stable sort of the k selected scores
-        # (already in index order, so equal scores stay lowest index first) is cheaper.
-        perm = torch.sort(scores.gather(1, time_idx), dim=1, descending=True, stable=True).indices
-        torch.gather(time_idx, 1, perm, out=idx)
+        topk_problem.sort_by_score(scores, time_idx, idx)
     return idx
 
 

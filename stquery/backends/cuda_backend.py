@@ -31,12 +31,12 @@ from ..kernels import empty
 from ..ops.attention.problem import NONE
 from ..ops.common import KERNEL_DTYPES as DTYPES
 from ..ops.pool.problem import pooled_length
+from ..ops.topk import problem as topk_problem
 from ..ops.topk.problem import GATES  # the codes of csrc/pool/pool.h's Gate
 
 EMULATE_ENV = "STQUERY_CUDA_EMULATE"
 CACHE_ENV = "STQUERY_CUDA_CACHE"  # the build cache's folder (default: torch's extensions folder)
 OPS = frozenset({"attention", "topk_select", "gather_gate", "multiscale_pool", "st_pool"})
-RANK_MAX_K = 8192  # csrc/topk/topk.h kRankMaxK: order="score" by a stable sort beyond
 MAX_SCALES = 8  # csrc/pool/pool.h kMaxScales
 HOST_FLAGS = ["-O2", "-std=c++20"]
 EMULATE_FLAGS = HOST_FLAGS + ["-DSTQ_CUDA_EMULATE", "-pthread", "-Wno-unknown-pragmas"]
@@ -187,13 +187,10 @@ class CudaBackend:
         counts = torch.empty((B, chunks, 2), dtype=torch.int32, device=dev)
         time_idx = idx if order == "time" else empty((B, k), torch.int64, dev)
         _run("topk_select_time", dev, scores, k, hist, state, counts, time_idx)
-        if order == "score" and k <= RANK_MAX_K:
+        if order == "score" and k <= topk_problem.RANK_MAX_K:
             _run("topk_rank_by_score", dev, scores, time_idx, idx)
         elif order == "score":
-            # The rank kernel is O(k^2); beyond RANK_MAX_K a stable sort of the selected scores
-            # (in index order, so equal scores stay lowest index first) is cheaper.
-            perm = torch.sort(scores.gather(1, time_idx), dim=1, descending=True, stable=True).indices
-            torch.gather(time_idx, 1, perm, out=idx)
+            topk_problem.sort_by_score(scores, time_idx, idx)
         return idx
 
     def _softmax_stats(self, scores, idx, gate):

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import stquery as stq
-from stquery.backends import cuda_backend
 from stquery.ops import reference as ref
+from stquery.ops.topk import problem as topk_problem
 
 from ..conftest import DEVICE, TRITON, assert_same_with_1_and_2_threads
 from ..conftest import KERNEL_BACKENDS as BACKENDS
@@ -108,24 +108,14 @@ def test_select_matches_reference(kind, N, k, order, dtype, backend):
     assert torch.equal(idx, ref.select(scores, k, order))
 
 
-@needs_triton
 @pytest.mark.parametrize("kind", ("ties", "signed_zeros", "random"))
-def test_score_order_beyond_the_rank_kernel(kind, monkeypatch):
+@pytest.mark.parametrize("backend", [p for p in BACKENDS if p.values != ("cpu",)])
+def test_score_order_beyond_the_rank_kernel(kind, backend, monkeypatch):
     """Past RANK_MAX_K, score order comes from a stable sort of the selected scores."""
-    monkeypatch.setattr(topk_kernels, "RANK_MAX_K", 16)
+    monkeypatch.setattr(topk_problem, "RANK_MAX_K", 16)
     scores = _scores(kind, 2, 301, torch.float32)
     x = strided(2, 301, 2, dtype=torch.float32)
-    _, idx = stq.topk_tokens(x, scores, 150, order="score", backend="triton")
-    assert torch.equal(idx, ref.select(scores, 150, "score"))
-
-
-@pytest.mark.parametrize("kind", ("ties", "signed_zeros"))
-@pytest.mark.parametrize("backend", [p for p in BACKENDS if p.values == ("cuda",)])
-def test_cuda_score_order_beyond_the_rank_kernel(kind, backend, monkeypatch):
-    """Past cuda_backend.RANK_MAX_K, score order comes from a stable sort of the selected scores."""
-    monkeypatch.setattr(cuda_backend, "RANK_MAX_K", 16)
-    scores = _scores(kind, 2, 301, torch.float32)
-    _, idx = stq.topk_tokens(strided(2, 301, 2, dtype=torch.float32), scores, 150, order="score", backend=backend)
+    _, idx = stq.topk_tokens(x, scores, 150, order="score", backend=backend)
     assert torch.equal(idx, ref.select(scores, 150, "score"))
 
 
