@@ -38,7 +38,6 @@
 namespace stquery::cpu {
 namespace {
 
-constexpr int MR = 4;  // query rows per block
 constexpr int kMaxMasks = 8;
 
 struct Rows {  // element strides of a sequence's rows
@@ -235,11 +234,12 @@ void renormalised_exp(const float* s, const float* vis, float lse, float* w, int
 // weights), ds (gradient w.r.t. s); adds the row's share of dalpha.
 void bwd_row(const Problem& P, const Seq& q, int64_t i, const float* s, const float* dp, const float* keyok, float* mj,
              float* tmp, const float* st, float* a, float* ds, double* dalpha, int64_t Nkp) {
-  std::fill(a, a + Nkp, 0.f);
-  std::fill(ds, ds + Nkp, 0.f);
-  if (i >= q.n_alive) return;
+  if (i >= q.n_alive || (P.mode != kMix && st[0] == -kInf)) {
+    std::fill(a, a + Nkp, 0.f);
+    std::fill(ds, ds + Nkp, 0.f);
+    return;
+  }
   if (P.mode == kNone) {
-    if (st[0] == -kInf) return;
     renormalised_exp(s, keyok, st[0], a, Nkp);
     const Vec delta(dot(a, dp, Nkp));
     for (int64_t k = 0; k < Nkp; k += kV) (Vec::loadu(a + k) * (Vec::loadu(dp + k) - delta)).store(ds + k);
@@ -247,6 +247,8 @@ void bwd_row(const Problem& P, const Seq& q, int64_t i, const float* s, const fl
   }
   row_masks(P, i, keyok, mj, Nkp);
   if (P.mode == kMix) {
+    std::fill(a, a + Nkp, 0.f);
+    std::fill(ds, ds + Nkp, 0.f);
     for (int j = 0; j < P.p; ++j) {
       if (st[j] == -kInf) continue;
       renormalised_exp(s, mj + j * Nkp, st[j], tmp, Nkp);
@@ -262,7 +264,6 @@ void bwd_row(const Problem& P, const Seq& q, int64_t i, const float* s, const fl
     return;
   }
   // SCALE: ds holds s * w, then dS' = P (dP - delta); dalpha_j = sum_k dS' s M_j; dS = dS' w
-  if (st[0] == -kInf) return;
   std::fill(tmp, tmp + Nkp, 0.f);
   for (int j = 0; j < P.p; ++j) axpy(q.alpha[j], mj + j * Nkp, tmp, Nkp);
   for (int64_t k = 0; k < Nkp; k += kV) (Vec::loadu(s + k) * Vec::loadu(tmp + k)).store(ds + k);
@@ -278,27 +279,68 @@ void bwd_row(const Problem& P, const Seq& q, int64_t i, const float* s, const fl
   }
 }
 
-// Rows [0, n) of one sequence as float32 [n, ld] (zero-padded columns).
+// Query rows per block: a block's scores against all keys (bm x Nkp floats, a bounded tile like a
+// GPU kernel's, never N x N) stay in cache; sequences of up to 64 rows are one block.
+int64_t block_rows(int64_t Nkp) { return std::clamp<int64_t>(int64_t(16384) / Nkp, 8, 64); }
+
+// Float32 rows of a matrix: `ld` floats apart.
+struct Mat {
+  const float* p;
+  int64_t ld;
+  const float* row(int64_t r) const { return p + r * ld; }
+};
+
+// Whether sequences are read and written in place: float32 rows whose width is whole vectors. Otherwise
+// rows are staged as zero-padded float32 in scratch (fp16/bf16 converted there) and outputs stored from it.
 template <typename T>
-void stage(const T* base, int64_t stride_n, int64_t n, int64_t d, float* dst, int64_t ld) {
-  for (int64_t r = 0; r < n; ++r) load_row(base + r * stride_n, dst + r * ld, d, ld);
+bool in_place(int64_t d) {
+  return std::is_same_v<T, float> && d % kV == 0;
 }
 
-// dst [d, ldt] = src[n, ld]^T for the first d columns (columns past n are left as they are).
-void transpose(const float* src, int64_t ld, int64_t n, int64_t d, float* dst, int64_t ldt) {
-  at::vec::transpose_mxn<float>(src, ld, dst, ldt, static_cast<int>(n), static_cast<int>(d));
+// Rows [0, n) of a sequence (rows `stride` elements apart) as float32: in place, or staged in scratch [n, dp].
+template <typename T>
+Mat rows_in(const T* src, int64_t stride, int64_t n, int64_t d, int64_t dp, float* scratch) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (d == dp) return {src, stride};
+  }
+  for (int64_t r = 0; r < n; ++r) load_row(src + r * stride, scratch + r * dp, d, dp);
+  return {scratch, dp};
 }
 
-// Fewer keys than a vector: scores as dot products, no transposed copy (it would be mostly padding).
-bool few_keys(int64_t Nk) { return Nk < kV; }
+// Output rows of a sequence: computed in place (dst itself) or in scratch [rows, dp], then stored.
+template <typename T>
+struct RowsOut {
+  T* dst;
+  int64_t stride, d, dp;
+  float* scratch;  // null: in place
+  // Where row r (relative to r0, the first row of the current block) is computed.
+  Into into(int64_t r0, float mul = 1.f, bool add = false) const {
+    if constexpr (std::is_same_v<T, float>) {
+      if (!scratch) return {dst + r0 * stride, stride, mul, add};
+    }
+    return {scratch, dp, mul, add};
+  }
+  void store(int64_t r0, int64_t n) const {
+    if (!scratch) return;
+    for (int64_t r = 0; r < n; ++r) store_row(scratch + r * dp, dst + (r0 + r) * stride, d);
+  }
+};
 
-// S [MR, Nkp] = scale * Q[i0 : i0 + MR] K^T, from Kt (many keys) or Kf (few keys).
-void scores(const float* Qblk, int64_t dp, const float* Kf, const float* Kt, int64_t Nk, int64_t d, int64_t Nkp,
-            float scale, float* S) {
+// Few keys (one vector, half of it padding or more): scores as dot products, no transposed K.
+bool few_keys(int64_t Nk) { return Nk <= kV / 2; }
+
+// Keys of a sequence for scores: Kt [d, Nkp] = K^T (padding columns stay 0), unless few_keys.
+void keys_for_scores(const Mat& K, int64_t Nk, int64_t d, float* Kt, int64_t Nkp) {
+  if (!few_keys(Nk)) at::vec::transpose_mxn<float>(K.p, K.ld, Kt, Nkp, static_cast<int>(Nk), static_cast<int>(d));
+}
+
+// S [bm, Nkp] = mul * Q[0:bm] K^T (columns past Nk as they were: 0).
+void scores(const Mat& Q, const Mat& K, const float* Kt, int64_t bm, int64_t Nk, int64_t d, int64_t dp, int64_t Nkp,
+            float mul, float* S) {
   if (few_keys(Nk)) {
-    gemm_abt_dots<MR>(Qblk, dp, Kf, dp, dp, Nk, scale, S, Nkp);
+    gemm_dots(Q.p, Q.ld, K.p, K.ld, bm, Nk, dp, mul, S, Nkp);
   } else {
-    gemm_abt<MR>(Qblk, dp, Kt, Nkp, d, Nkp, scale, S, Nkp);
+    gemm(Q.p, Q.ld, 1, Kt, Nkp, bm, d, Nkp / kV, Into{S, Nkp, mul});
   }
 }
 
@@ -310,17 +352,29 @@ class Scratch {
     used_ += n;
     return p;
   }
+  float* take_if(bool cond, int64_t n) { return cond ? take(n) : nullptr; }
 
  private:
   std::vector<float> buf_;
   int64_t used_ = 0;
 };
 
+// Software prefetch of the rows of sequence `next` in each of the (pointer, rows) tensors.
+template <typename T>
+struct Prefetch {
+  const Problem& P;
+  int64_t row_bytes;
+  void operator()(int64_t next, const T* x, const Rows& r, int64_t n, bool write = false) const {
+    prefetch_rows(x + P.base(next, r), r.n, n, row_bytes, write);
+  }
+};
+
 template <typename T>
 void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, const at::Tensor& v_t, at::Tensor& o_t,
               at::Tensor& stats_t) {
   const int64_t d = P.d, dp = round_up(d, kV), Nq = P.Nq, Nk = P.Nk, Nkp = round_up(Nk, kV);
-  const int64_t Nqp = round_up(Nq, MR), Pw = P.stats_width();
+  const int64_t BM = block_rows(Nkp), Pw = P.stats_width();
+  const bool staged = !in_place<T>(d);
   const Rows qs = rows_of(q_t, P.frames), ks = rows_of(k_t, P.frames), vs = rows_of(v_t, P.frames);
   const Rows os = rows_of(o_t, P.frames), ss = rows_of(stats_t, P.frames);
   const T* q = q_t.const_data_ptr<T>();
@@ -328,49 +382,45 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
   const T* v = v_t.const_data_ptr<T>();
   T* o = o_t.data_ptr<T>();
   float* stats = stats_t.data_ptr<float>();
+  const Prefetch<T> prefetch{P, static_cast<int64_t>(d * sizeof(T))};
   at::parallel_for(0, P.n_seq(), 1, [&](int64_t s0, int64_t s1) {
-    Scratch w(Nqp * dp + 2 * Nk * dp + d * Nkp + (2 * MR + kMaxMasks + 2) * Nkp + MR * dp);
-    float* Qf = w.take(Nqp * dp);
-    float* Kf = w.take(Nk * dp);
-    float* Kt = w.take(d * Nkp);
-    float* Vf = w.take(Nk * dp);
+    Scratch w(staged * (Nq + 2 * Nk + BM) * dp + dp * Nkp + (2 * BM + kMaxMasks + 2) * Nkp);
+    float* Qf = w.take_if(staged, Nq * dp);
+    float* Kf = w.take_if(staged, Nk * dp);
+    float* Vf = w.take_if(staged, Nk * dp);
+    float* Ob = w.take_if(staged, BM * dp);
+    float* Kt = w.take(dp * Nkp);
     float* keyok = w.take(Nkp);
-    float* S = w.take(MR * Nkp);
-    float* W = w.take(MR * Nkp);
+    float* S = w.take(BM * Nkp);
+    float* W = w.take(BM * Nkp);
     float* mj = w.take(kMaxMasks * Nkp);
     float* tmp = w.take(Nkp);
-    float* O = w.take(MR * dp);
-    std::fill(Qf, Qf + Nqp * dp, 0.f);  // rows past Nq, and the padding of S, stay zero
-    std::fill(Kt, Kt + d * Nkp, 0.f);
-    std::fill(S, S + MR * Nkp, 0.f);
-    const int64_t row_bytes = d * sizeof(T);
+    std::fill(Kt, Kt + dp * Nkp, 0.f);  // padding keys score 0 (masked by keyok)
+    std::fill(S, S + BM * Nkp, 0.f);
     for (int64_t seq = s0; seq < s1; ++seq) {
       if (seq + kAhead < s1) {
         const int64_t next = seq + kAhead;
-        prefetch_rows(q + P.base(next, qs), qs.n, Nq, row_bytes);
-        prefetch_rows(k + P.base(next, ks), ks.n, Nk, row_bytes);
-        prefetch_rows(v + P.base(next, vs), vs.n, Nk, row_bytes);
-        prefetch_rows(o + P.base(next, os), os.n, Nq, row_bytes, true);
+        prefetch(next, q, qs, Nq);
+        prefetch(next, k, ks, Nk);
+        prefetch(next, v, vs, Nk);
+        prefetch(next, o, os, Nq, true);
       }
       const Seq sq = make_seq(P, seq, keyok, Nkp);
-      stage(q + qs.at(sq.b, sq.l, sq.h, 0), qs.n, Nq, d, Qf, dp);
-      stage(k + ks.at(sq.b, sq.l, sq.h, 0), ks.n, Nk, d, Kf, dp);
-      if (!few_keys(Nk)) transpose(Kf, dp, Nk, d, Kt, Nkp);
-      stage(v + vs.at(sq.b, sq.l, sq.h, 0), vs.n, Nk, d, Vf, dp);
-      for (int64_t i0 = 0; i0 < Nq; i0 += MR) {
-        scores(Qf + i0 * dp, dp, Kf, Kt, Nk, d, Nkp, P.scale, S);
+      const Mat Q = rows_in(q + P.base(seq, qs), qs.n, Nq, d, dp, Qf);
+      const Mat K = rows_in(k + P.base(seq, ks), ks.n, Nk, d, dp, Kf);
+      const Mat V = rows_in(v + P.base(seq, vs), vs.n, Nk, d, dp, Vf);
+      const RowsOut<T> O{o + P.base(seq, os), os.n, d, dp, Ob};
+      keys_for_scores(K, Nk, d, Kt, Nkp);
+      for (int64_t i0 = 0; i0 < Nq; i0 += BM) {
+        const int64_t bm = std::min(BM, Nq - i0);
+        scores({Q.row(i0), Q.ld}, K, Kt, bm, Nk, d, dp, Nkp, P.scale, S);
         float st[kMaxMasks];
-        for (int r = 0; r < MR; ++r) {
-          const int64_t i = i0 + r;
-          if (i >= Nq) {
-            std::fill(W + r * Nkp, W + (r + 1) * Nkp, 0.f);
-            continue;
-          }
-          fwd_row(P, sq, i, S + r * Nkp, keyok, mj, tmp, W + r * Nkp, st, Nkp);
-          std::memcpy(stats + ss.at(sq.b, sq.l, sq.h, i), st, Pw * sizeof(float));
+        for (int64_t r = 0; r < bm; ++r) {
+          fwd_row(P, sq, i0 + r, S + r * Nkp, keyok, mj, tmp, W + r * Nkp, st, Nkp);
+          std::memcpy(stats + ss.at(sq.b, sq.l, sq.h, i0 + r), st, Pw * sizeof(float));
         }
-        gemm_ab<MR>(W, Nkp, Vf, dp, Nk, dp, O, dp);
-        for (int r = 0; r < MR && i0 + r < Nq; ++r) store_row(O + r * dp, o + os.at(sq.b, sq.l, sq.h, i0 + r), d);
+        gemm(W, Nkp, 1, V.p, V.ld, bm, Nk, dp / kV, O.into(i0));
+        O.store(i0, bm);
       }
     }
   });
@@ -381,7 +431,8 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
               const at::Tensor& v_t, const at::Tensor& stats_t, at::Tensor& dq_t, at::Tensor& dk_t, at::Tensor& dv_t,
               float* dalpha) {
   const int64_t d = P.d, dp = round_up(d, kV), Nq = P.Nq, Nk = P.Nk, Nkp = round_up(Nk, kV);
-  const int64_t Nqp = round_up(Nq, MR);
+  const int64_t BM = block_rows(Nkp);
+  const bool staged = !in_place<T>(d);
   const Rows dos = rows_of(do_t, P.frames), qs = rows_of(q_t, P.frames), ks = rows_of(k_t, P.frames);
   const Rows vs = rows_of(v_t, P.frames), ss = rows_of(stats_t, P.frames);
   const Rows dqs = rows_of(dq_t, P.frames), dks = rows_of(dk_t, P.frames), dvs = rows_of(dv_t, P.frames);
@@ -393,80 +444,68 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
   T* dq = dq_t.data_ptr<T>();
   T* dk = dk_t.data_ptr<T>();
   T* dv = dv_t.data_ptr<T>();
+  const Prefetch<T> prefetch{P, static_cast<int64_t>(d * sizeof(T))};
   at::parallel_for(0, P.n_seq(), 1, [&](int64_t s0, int64_t s1) {
-    Scratch w(2 * Nqp * dp + 4 * Nk * dp + 2 * d * Nkp + (4 * MR + kMaxMasks + 2) * Nkp + MR * dp);
-    float* Qf = w.take(Nqp * dp);
-    float* dOf = w.take(Nqp * dp);
-    float* Kf = w.take(Nk * dp);
-    float* Vf = w.take(Nk * dp);
-    float* Kt = w.take(d * Nkp);
-    float* Vt = w.take(d * Nkp);
-    float* dK = w.take(Nk * dp);
-    float* dV = w.take(Nk * dp);
+    Scratch w(staged * (2 * Nq + 4 * Nk + BM) * dp + 2 * dp * Nkp + (4 * BM + kMaxMasks + 2) * Nkp);
+    float* Qf = w.take_if(staged, Nq * dp);
+    float* dOf = w.take_if(staged, Nq * dp);
+    float* Kf = w.take_if(staged, Nk * dp);
+    float* Vf = w.take_if(staged, Nk * dp);
+    float* dKf = w.take_if(staged, Nk * dp);
+    float* dVf = w.take_if(staged, Nk * dp);
+    float* dQb = w.take_if(staged, BM * dp);
+    float* Kt = w.take(dp * Nkp);
+    float* Vt = w.take(dp * Nkp);
     float* keyok = w.take(Nkp);
-    float* S = w.take(MR * Nkp);
-    float* DP = w.take(MR * Nkp);
-    float* A = w.take(MR * Nkp);
-    float* DS = w.take(MR * Nkp);
+    float* S = w.take(BM * Nkp);
+    float* DP = w.take(BM * Nkp);
+    float* A = w.take(BM * Nkp);
+    float* DS = w.take(BM * Nkp);
     float* mj = w.take(kMaxMasks * Nkp);
     float* tmp = w.take(Nkp);
-    float* dQ = w.take(MR * dp);
-    std::fill(Qf, Qf + Nqp * dp, 0.f);  // rows past Nq, and the padding of S / DP, stay zero
-    std::fill(dOf, dOf + Nqp * dp, 0.f);
-    std::fill(Kt, Kt + d * Nkp, 0.f);
-    std::fill(Vt, Vt + d * Nkp, 0.f);
-    std::fill(S, S + MR * Nkp, 0.f);
-    std::fill(DP, DP + MR * Nkp, 0.f);
-    const int64_t row_bytes = d * sizeof(T);
+    std::fill(Kt, Kt + dp * Nkp, 0.f);  // padding keys score 0 (masked by keyok)
+    std::fill(Vt, Vt + dp * Nkp, 0.f);
+    std::fill(S, S + BM * Nkp, 0.f);
+    std::fill(DP, DP + BM * Nkp, 0.f);
     for (int64_t seq = s0; seq < s1; ++seq) {
       if (seq + kAhead < s1) {
         const int64_t next = seq + kAhead;
-        prefetch_rows(q + P.base(next, qs), qs.n, Nq, row_bytes);
-        prefetch_rows(g + P.base(next, dos), dos.n, Nq, row_bytes);
-        prefetch_rows(k + P.base(next, ks), ks.n, Nk, row_bytes);
-        prefetch_rows(v + P.base(next, vs), vs.n, Nk, row_bytes);
-        prefetch_rows(dq + P.base(next, dqs), dqs.n, Nq, row_bytes, true);
-        prefetch_rows(dk + P.base(next, dks), dks.n, Nk, row_bytes, true);
-        prefetch_rows(dv + P.base(next, dvs), dvs.n, Nk, row_bytes, true);
+        prefetch(next, q, qs, Nq);
+        prefetch(next, g, dos, Nq);
+        prefetch(next, k, ks, Nk);
+        prefetch(next, v, vs, Nk);
+        prefetch(next, dq, dqs, Nq, true);
+        prefetch(next, dk, dks, Nk, true);
+        prefetch(next, dv, dvs, Nk, true);
       }
       const Seq sq = make_seq(P, seq, keyok, Nkp);
-      stage(q + qs.at(sq.b, sq.l, sq.h, 0), qs.n, Nq, d, Qf, dp);
-      stage(g + dos.at(sq.b, sq.l, sq.h, 0), dos.n, Nq, d, dOf, dp);
-      stage(k + ks.at(sq.b, sq.l, sq.h, 0), ks.n, Nk, d, Kf, dp);
-      stage(v + vs.at(sq.b, sq.l, sq.h, 0), vs.n, Nk, d, Vf, dp);
-      if (!few_keys(Nk)) {
-        transpose(Kf, dp, Nk, d, Kt, Nkp);
-        transpose(Vf, dp, Nk, d, Vt, Nkp);
-      }
-      std::fill(dK, dK + Nk * dp, 0.f);
-      std::fill(dV, dV + Nk * dp, 0.f);
+      const Mat Q = rows_in(q + P.base(seq, qs), qs.n, Nq, d, dp, Qf);
+      const Mat dO = rows_in(g + P.base(seq, dos), dos.n, Nq, d, dp, dOf);
+      const Mat K = rows_in(k + P.base(seq, ks), ks.n, Nk, d, dp, Kf);
+      const Mat V = rows_in(v + P.base(seq, vs), vs.n, Nk, d, dp, Vf);
+      const RowsOut<T> dQ{dq + P.base(seq, dqs), dqs.n, d, dp, dQb};
+      const RowsOut<T> dK{dk + P.base(seq, dks), dks.n, d, dp, dKf};
+      const RowsOut<T> dV{dv + P.base(seq, dvs), dvs.n, d, dp, dVf};
+      keys_for_scores(K, Nk, d, Kt, Nkp);
+      keys_for_scores(V, Nk, d, Vt, Nkp);
       double da[kMaxMasks] = {0};
-      for (int64_t i0 = 0; i0 < Nq; i0 += MR) {
-        scores(Qf + i0 * dp, dp, Kf, Kt, Nk, d, Nkp, P.scale, S);
-        scores(dOf + i0 * dp, dp, Vf, Vt, Nk, d, Nkp, 1.f, DP);
-        for (int r = 0; r < MR; ++r) {
+      for (int64_t i0 = 0; i0 < Nq; i0 += BM) {
+        const int64_t bm = std::min(BM, Nq - i0);
+        scores({Q.row(i0), Q.ld}, K, Kt, bm, Nk, d, dp, Nkp, P.scale, S);
+        scores({dO.row(i0), dO.ld}, V, Vt, bm, Nk, d, dp, Nkp, 1.f, DP);
+        for (int64_t r = 0; r < bm; ++r) {
           const int64_t i = i0 + r;
-          float* a = A + r * Nkp;
-          float* ds = DS + r * Nkp;
-          if (i >= Nq) {
-            std::fill(a, a + Nkp, 0.f);
-            std::fill(ds, ds + Nkp, 0.f);
-            continue;
-          }
-          bwd_row(P, sq, i, S + r * Nkp, DP + r * Nkp, keyok, mj, tmp, stats + ss.at(sq.b, sq.l, sq.h, i), a, ds, da,
-                  Nkp);
+          bwd_row(P, sq, i, S + r * Nkp, DP + r * Nkp, keyok, mj, tmp, stats + ss.at(sq.b, sq.l, sq.h, i), A + r * Nkp,
+                  DS + r * Nkp, da, Nkp);
         }
-        gemm_atb<MR>(A, Nkp, dOf + i0 * dp, dp, Nk, dp, dV, dp);
-        gemm_atb<MR>(DS, Nkp, Qf + i0 * dp, dp, Nk, dp, dK, dp);
-        gemm_ab<MR>(DS, Nkp, Kf, dp, Nk, dp, dQ, dp);
-        for (int r = 0; r < MR && i0 + r < Nq; ++r) {
-          store_row(dQ + r * dp, dq + dqs.at(sq.b, sq.l, sq.h, i0 + r), d, P.scale);
-        }
+        // dq = scale dS K; dk (+)= scale dS^T Q; dv (+)= A^T dO, summed over the query blocks in order
+        gemm(DS, Nkp, 1, K.p, K.ld, bm, Nk, dp / kV, dQ.into(i0, P.scale));
+        dQ.store(i0, bm);
+        gemm(DS, 1, Nkp, Q.row(i0), Q.ld, Nk, bm, dp / kV, dK.into(0, P.scale, i0 > 0));
+        gemm(A, 1, Nkp, dO.row(i0), dO.ld, Nk, bm, dp / kV, dV.into(0, 1.f, i0 > 0));
       }
-      for (int64_t n = 0; n < Nk; ++n) {
-        store_row(dK + n * dp, dk + dks.at(sq.b, sq.l, sq.h, n), d, P.scale);
-        store_row(dV + n * dp, dv + dvs.at(sq.b, sq.l, sq.h, n), d);
-      }
+      dK.store(0, Nk);
+      dV.store(0, Nk);
       for (int j = 0; j < P.p; ++j) dalpha[seq * P.p + j] = static_cast<float>(da[j]);
     }
   });

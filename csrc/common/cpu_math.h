@@ -138,59 +138,14 @@ inline void axpy(float c, const float* x, float* y, int64_t n) {
   for (int64_t k = 0; k < n; k += kV) at::vec::fmadd(vc, Vec::loadu(x + k), Vec::loadu(y + k)).store(y + k);
 }
 
-// ------------------------------------------------------------------------ register-blocked products
-// C[r, j] = mul * A[r, :depth] . B[j, :depth] for r < MR, j < nb (B rows of ldb floats; depth a
-// multiple of kV): dot products, for few keys (a transposed B would be mostly padding).
-template <int MR>
-inline void gemm_abt_dots(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t depth, int64_t nb,
-                          float mul, float* C, int64_t ldc) {
-  for (int64_t j = 0; j < nb; ++j) {
-    Vec acc[MR];
-    for (int r = 0; r < MR; ++r) acc[r] = Vec(0.f);
-    for (int64_t c = 0; c < depth; c += kV) {
-      const Vec b = Vec::loadu(B + j * ldb + c);
-      for (int r = 0; r < MR; ++r) acc[r] = at::vec::fmadd(Vec::loadu(A + r * lda + c), b, acc[r]);
-    }
-    for (int r = 0; r < MR; ++r) C[r * ldc + j] = mul * hsum(acc[r]);
-  }
-}
-
-// C[r, j] = mul * sum_c A[r, c] * Bt[c, j] for r < MR, j < n (n a multiple of kV), c < depth.
-template <int MR>
-inline void gemm_abt(const float* A, int64_t lda, const float* Bt, int64_t ldb, int64_t depth, int64_t n,
-                     float mul, float* C, int64_t ldc) {
-  const Vec vmul(mul);
-  int64_t j = 0;
-  for (; j + 2 * kV <= n; j += 2 * kV) {
-    Vec acc0[MR], acc1[MR];
-    for (int r = 0; r < MR; ++r) acc0[r] = acc1[r] = Vec(0.f);
-    for (int64_t c = 0; c < depth; ++c) {
-      const Vec b0 = Vec::loadu(Bt + c * ldb + j), b1 = Vec::loadu(Bt + c * ldb + j + kV);
-      for (int r = 0; r < MR; ++r) {
-        const Vec a(A[r * lda + c]);
-        acc0[r] = at::vec::fmadd(a, b0, acc0[r]);
-        acc1[r] = at::vec::fmadd(a, b1, acc1[r]);
-      }
-    }
-    for (int r = 0; r < MR; ++r) {
-      (acc0[r] * vmul).store(C + r * ldc + j);
-      (acc1[r] * vmul).store(C + r * ldc + j + kV);
-    }
-  }
-  for (; j < n; j += kV) {
-    Vec acc[MR];
-    for (int r = 0; r < MR; ++r) acc[r] = Vec(0.f);
-    for (int64_t c = 0; c < depth; ++c) {
-      const Vec b = Vec::loadu(Bt + c * ldb + j);
-      for (int r = 0; r < MR; ++r) acc[r] = at::vec::fmadd(Vec(A[r * lda + c]), b, acc[r]);
-    }
-    for (int r = 0; r < MR; ++r) (acc[r] * vmul).store(C + r * ldc + j);
-  }
-}
-
-template <int MR, int NQ>
-inline void gemm_ab_cols(const float* W, int64_t ldw, const float* B, int64_t ldb, int64_t depth, float* C,
-                         int64_t ldc) {
+// ------------------------------------------------------------------------ register-blocked product
+// C = W B, B row-major [depth, nvec * kV] (ldb floats apart), W read as W[r * w_r + k * w_k] (W itself,
+// or a transpose with w_r = 1): C[r, c] = sum_{k < depth} W[r, k] B[k, c] for r < m, handed to
+// epi(r, vector column, Vec) once per vector. Register blocks of MR rows x NQ vectors (at most 24
+// accumulators), k innermost and in order: each element sums its k the same way every call.
+template <int MR, int NQ, typename Epi>
+inline void gemm_block(const float* W, int64_t w_r, int64_t w_k, const float* B, int64_t ldb, int64_t depth,
+                       int64_t r0, int64_t c0, Epi& epi) {
   Vec acc[MR][NQ];
   for (int r = 0; r < MR; ++r)
     for (int q = 0; q < NQ; ++q) acc[r][q] = Vec(0.f);
@@ -198,56 +153,73 @@ inline void gemm_ab_cols(const float* W, int64_t ldw, const float* B, int64_t ld
     Vec b[NQ];
     for (int q = 0; q < NQ; ++q) b[q] = Vec::loadu(B + k * ldb + q * kV);
     for (int r = 0; r < MR; ++r) {
-      const Vec w(W[r * ldw + k]);
+      const Vec w(W[r * w_r + k * w_k]);
       for (int q = 0; q < NQ; ++q) acc[r][q] = at::vec::fmadd(w, b[q], acc[r][q]);
     }
   }
   for (int r = 0; r < MR; ++r)
-    for (int q = 0; q < NQ; ++q) acc[r][q].store(C + r * ldc + q * kV);
+    for (int q = 0; q < NQ; ++q) epi(r0 + r, c0 + q, acc[r][q]);
 }
 
-// C[r, c] = sum_k W[r, k] * B[k, c] for r < MR, c < n (n a multiple of kV), k < depth.
-template <int MR>
-inline void gemm_ab(const float* W, int64_t ldw, const float* B, int64_t ldb, int64_t depth, int64_t n, float* C,
-                    int64_t ldc) {
+// Rows [r0, r0 + rest) of one NQ-vector panel, rest < MR, as one block of exactly rest rows.
+template <int R, int NQ, typename Epi>
+inline void gemm_rest(int64_t rest, const float* W, int64_t w_r, int64_t w_k, const float* B, int64_t ldb,
+                      int64_t depth, int64_t r0, int64_t c0, Epi& epi) {
+  if constexpr (R > 0) {
+    if (rest == R) return gemm_block<R, NQ>(W, w_r, w_k, B, ldb, depth, r0, c0, epi);
+    gemm_rest<R - 1, NQ>(rest, W, w_r, w_k, B, ldb, depth, r0, c0, epi);
+  }
+}
+
+template <int NQ, typename Epi>
+inline void gemm_panel(const float* W, int64_t w_r, int64_t w_k, const float* B, int64_t ldb, int64_t m,
+                       int64_t depth, int64_t c0, Epi& epi) {
+  constexpr int MR = NQ <= 2 ? 8 : 6;
+  int64_t r = 0;
+  for (; r + MR <= m; r += MR) gemm_block<MR, NQ>(W + r * w_r, w_r, w_k, B, ldb, depth, r, c0, epi);
+  gemm_rest<MR - 1, NQ>(m - r, W + r * w_r, w_r, w_k, B, ldb, depth, r, c0, epi);
+}
+
+template <typename Epi>
+inline void gemm(const float* W, int64_t w_r, int64_t w_k, const float* B, int64_t ldb, int64_t m, int64_t depth,
+                 int64_t nvec, Epi&& epi) {
   int64_t c = 0;
-  for (; c + 4 * kV <= n; c += 4 * kV) gemm_ab_cols<MR, 4>(W, ldw, B + c, ldb, depth, C + c, ldc);
-  switch ((n - c) / kV) {
-    case 3: gemm_ab_cols<MR, 3>(W, ldw, B + c, ldb, depth, C + c, ldc); break;
-    case 2: gemm_ab_cols<MR, 2>(W, ldw, B + c, ldb, depth, C + c, ldc); break;
-    case 1: gemm_ab_cols<MR, 1>(W, ldw, B + c, ldb, depth, C + c, ldc); break;
+  for (; c + 4 <= nvec; c += 4) gemm_panel<4>(W, w_r, w_k, B + c * kV, ldb, m, depth, c, epi);
+  switch (nvec - c) {
+    case 3: gemm_panel<3>(W, w_r, w_k, B + c * kV, ldb, m, depth, c, epi); break;
+    case 2: gemm_panel<2>(W, w_r, w_k, B + c * kV, ldb, m, depth, c, epi); break;
+    case 1: gemm_panel<1>(W, w_r, w_k, B + c * kV, ldb, m, depth, c, epi); break;
     default: break;
   }
 }
 
-template <int MR, int NQ>
-inline void gemm_atb_cols(const float* A, int64_t lda, const float* X, int64_t ldx, int64_t nk, float* C,
-                          int64_t ldc) {
-  Vec x[MR][NQ];
-  for (int r = 0; r < MR; ++r)
-    for (int q = 0; q < NQ; ++q) x[r][q] = Vec::loadu(X + r * ldx + q * kV);
-  for (int64_t k = 0; k < nk; ++k) {
-    for (int q = 0; q < NQ; ++q) {
-      Vec acc = Vec::loadu(C + k * ldc + q * kV);
-      for (int r = 0; r < MR; ++r) acc = at::vec::fmadd(Vec(A[r * lda + k]), x[r][q], acc);
-      acc.store(C + k * ldc + q * kV);
+// C[r, j] = mul * A[r, :depth] . B[j, :depth] for r < m, j < n (rows lda / ldb floats apart, depth a
+// multiple of kV): dot products, for few columns, where gemm's transposed B would be mostly padding.
+inline void gemm_dots(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t m, int64_t n, int64_t depth,
+                      float mul, float* C, int64_t ldc) {
+  for (int64_t r = 0; r < m; ++r) {
+    for (int64_t j = 0; j < n; ++j) {
+      Vec acc(0.f);
+      for (int64_t c = 0; c < depth; c += kV) {
+        acc = at::vec::fmadd(Vec::loadu(A + r * lda + c), Vec::loadu(B + j * ldb + c), acc);
+      }
+      C[r * ldc + j] = mul * hsum(acc);
     }
   }
 }
 
-// C[k, c] += sum_r A[r, k] * X[r, c] for r < MR, k < nk, c < n (n a multiple of kV).
-template <int MR>
-inline void gemm_atb(const float* A, int64_t lda, const float* X, int64_t ldx, int64_t nk, int64_t n, float* C,
-                     int64_t ldc) {
-  int64_t c = 0;
-  for (; c + 4 * kV <= n; c += 4 * kV) gemm_atb_cols<MR, 4>(A, lda, X + c, ldx, nk, C + c, ldc);
-  switch ((n - c) / kV) {
-    case 3: gemm_atb_cols<MR, 3>(A, lda, X + c, ldx, nk, C + c, ldc); break;
-    case 2: gemm_atb_cols<MR, 2>(A, lda, X + c, ldx, nk, C + c, ldc); break;
-    case 1: gemm_atb_cols<MR, 1>(A, lda, X + c, ldx, nk, C + c, ldc); break;
-    default: break;
+// gemm's epilogue: C[r, v * kV ..] = mul * acc (or += when add); C rows ldc floats apart.
+struct Into {
+  float* c;
+  int64_t ldc;
+  float mul = 1.f;
+  bool add = false;
+  void operator()(int64_t r, int64_t v, const Vec& acc) const {
+    float* dst = c + r * ldc + v * kV;
+    const Vec x = mul == 1.f ? acc : acc * Vec(mul);
+    (add ? Vec::loadu(dst) + x : x).store(dst);
   }
-}
+};
 
 // ------------------------------------------------------------------------ rows read in place, fresh outputs
 // src[0, n) as float32: src itself for float, else converted into stage[0, n).
