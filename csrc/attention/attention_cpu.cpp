@@ -164,15 +164,19 @@ void row_masks(const Problem& P, int64_t i, const float* keyok, float* mj, int64
       const bool* row = P.dense + P.dense_index[j] * P.sd_m + i * P.sd_q;
       for (int64_t k = 0; k < P.Nk; ++k) m[k] = row[k * P.sd_k] ? keyok[k] : 0.f;
       std::fill(m + P.Nk, m + Nkp, 0.f);
-    } else {
-      int64_t lo, hi;
-      band(P.kinds[j], P.radii[j], i, lo, hi);
-      lo = std::max<int64_t>(lo, 0);
-      hi = std::min<int64_t>(hi, P.Nk - 1);
-      std::fill(m, m + Nkp, 0.f);
-      for (int64_t k = lo; k <= hi; ++k) m[k] = keyok[k];
+      for (int64_t k = g_lo; k < g_hi; ++k) m[k] = keyok[k];
+      continue;
     }
-    for (int64_t k = g_lo; k < g_hi; ++k) m[k] = keyok[k];
+    // keys in [lo, hi] or in the global columns [g_lo, g_hi), by lane index (exact in float32 below 2^24)
+    int64_t lo, hi;
+    band(P.kinds[j], P.radii[j], i, lo, hi);
+    const Vec vlo(static_cast<float>(std::max<int64_t>(lo, 0))), vhi(static_cast<float>(std::min(hi, P.Nk - 1)));
+    const Vec vglo(static_cast<float>(g_lo)), vghi(static_cast<float>(g_hi)), zero(0.f);
+    for (int64_t k = 0; k < Nkp; k += kV) {
+      const Vec idx = Vec::arange(static_cast<float>(k), 1.f);
+      const Vec in = ((idx >= vlo) & (idx <= vhi)) | ((idx >= vglo) & (idx < vghi));
+      Vec::blendv(zero, Vec::loadu(keyok + k), in).store(m + k);
+    }
   }
 }
 
