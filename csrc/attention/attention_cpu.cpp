@@ -348,6 +348,8 @@ void scores(const Mat& Q, const Mat& K, const float* Kt, int64_t bm, int64_t Nk,
   }
 }
 
+// Per-thread float32 scratch, zero-filled: the padding columns of Kt / Vt (keys that score 0, masked
+// by keyok) and of the score tiles are never written and stay 0.
 class Scratch {
  public:
   explicit Scratch(int64_t n) : buf_(n) {}
@@ -363,13 +365,21 @@ class Scratch {
   int64_t used_ = 0;
 };
 
-// Software prefetch of the rows of sequence `next` in each of the (pointer, rows) tensors.
+// Software prefetch, kAhead sequences ahead, of the rows of each tensor of a kernel (read, or written).
 template <typename T>
 struct Prefetch {
+  struct Stream {
+    const T* x;
+    Rows rows;
+    int64_t n;
+    bool write;
+  };
   const Problem& P;
   int64_t row_bytes;
-  void operator()(int64_t next, const T* x, const Rows& r, int64_t n, bool write = false) const {
-    prefetch_rows(x + P.base(next, r), r.n, n, row_bytes, write);
+  std::vector<Stream> streams;
+  void ahead(int64_t seq, int64_t s1) const {
+    if (seq + kAhead >= s1) return;
+    for (const Stream& s : streams) prefetch_rows(s.x + P.base(seq + kAhead, s.rows), s.rows.n, s.n, row_bytes, s.write);
   }
 };
 
@@ -386,7 +396,8 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
   const T* v = v_t.const_data_ptr<T>();
   T* o = o_t.data_ptr<T>();
   float* stats = stats_t.data_ptr<float>();
-  const Prefetch<T> prefetch{P, static_cast<int64_t>(d * sizeof(T))};
+  const Prefetch<T> prefetch{
+      P, static_cast<int64_t>(d * sizeof(T)), {{q, qs, Nq, false}, {k, ks, Nk, false}, {v, vs, Nk, false}, {o, os, Nq, true}}};
   at::parallel_for(0, P.n_seq(), 1, [&](int64_t s0, int64_t s1) {
     Scratch w(staged * (Nq + 2 * Nk + BM) * dp + dp * Nkp + (2 * BM + kMaxMasks + 2) * Nkp);
     float* Qf = w.take_if(staged, Nq * dp);
@@ -399,16 +410,8 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
     float* W = w.take(BM * Nkp);
     float* mj = w.take(kMaxMasks * Nkp);
     float* tmp = w.take(Nkp);
-    std::fill(Kt, Kt + dp * Nkp, 0.f);  // padding keys score 0 (masked by keyok)
-    std::fill(S, S + BM * Nkp, 0.f);
     for (int64_t seq = s0; seq < s1; ++seq) {
-      if (seq + kAhead < s1) {
-        const int64_t next = seq + kAhead;
-        prefetch(next, q, qs, Nq);
-        prefetch(next, k, ks, Nk);
-        prefetch(next, v, vs, Nk);
-        prefetch(next, o, os, Nq, true);
-      }
+      prefetch.ahead(seq, s1);
       const Seq sq = make_seq(P, seq, keyok, Nkp);
       const Mat Q = rows_in(q + P.base(seq, qs), qs.n, Nq, d, dp, Qf);
       const Mat K = rows_in(k + P.base(seq, ks), ks.n, Nk, d, dp, Kf);
@@ -448,7 +451,15 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
   T* dq = dq_t.data_ptr<T>();
   T* dk = dk_t.data_ptr<T>();
   T* dv = dv_t.data_ptr<T>();
-  const Prefetch<T> prefetch{P, static_cast<int64_t>(d * sizeof(T))};
+  const Prefetch<T> prefetch{P,
+                             static_cast<int64_t>(d * sizeof(T)),
+                             {{q, qs, Nq, false},
+                              {g, dos, Nq, false},
+                              {k, ks, Nk, false},
+                              {v, vs, Nk, false},
+                              {dq, dqs, Nq, true},
+                              {dk, dks, Nk, true},
+                              {dv, dvs, Nk, true}}};
   at::parallel_for(0, P.n_seq(), 1, [&](int64_t s0, int64_t s1) {
     Scratch w(staged * (2 * Nq + 4 * Nk + BM) * dp + 2 * dp * Nkp + (4 * BM + kMaxMasks + 2) * Nkp);
     float* Qf = w.take_if(staged, Nq * dp);
@@ -467,21 +478,8 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
     float* DS = w.take(BM * Nkp);
     float* mj = w.take(kMaxMasks * Nkp);
     float* tmp = w.take(Nkp);
-    std::fill(Kt, Kt + dp * Nkp, 0.f);  // padding keys score 0 (masked by keyok)
-    std::fill(Vt, Vt + dp * Nkp, 0.f);
-    std::fill(S, S + BM * Nkp, 0.f);
-    std::fill(DP, DP + BM * Nkp, 0.f);
     for (int64_t seq = s0; seq < s1; ++seq) {
-      if (seq + kAhead < s1) {
-        const int64_t next = seq + kAhead;
-        prefetch(next, q, qs, Nq);
-        prefetch(next, g, dos, Nq);
-        prefetch(next, k, ks, Nk);
-        prefetch(next, v, vs, Nk);
-        prefetch(next, dq, dqs, Nq, true);
-        prefetch(next, dk, dks, Nk, true);
-        prefetch(next, dv, dvs, Nk, true);
-      }
+      prefetch.ahead(seq, s1);
       const Seq sq = make_seq(P, seq, keyok, Nkp);
       const Mat Q = rows_in(q + P.base(seq, qs), qs.n, Nq, d, dp, Qf);
       const Mat dO = rows_in(g + P.base(seq, dos), dos.n, Nq, d, dp, dOf);
