@@ -10,7 +10,7 @@ import triton
 
 from stquery.kernels import empty
 from stquery.kernels import interpreting as _interpreting
-from stquery.ops.attention.problem import DENSE, MAX_HEAD_DIM, MAX_MASKS, MIX, NONE, AttnProblem
+from stquery.ops.attention.problem import DENSE, MIX, NONE, AttnProblem
 
 from .configs import DTYPES, MAX_HEAD_DIM_FP32, block_d, config, precision
 from .device import LOG2E, _attn_bwd_dkdv, _attn_bwd_dq, _attn_bwd_one_block, _attn_fwd
@@ -103,8 +103,6 @@ def supports(op: str, q, k, v, alpha, dense, key_padding, frame_lengths, prob: A
     if op != "attention":
         return [f"kernels.attention does not implement {op!r}"]
     reasons = []
-    tensors = {"q": q, "k": k, "v": v, "alpha": alpha, "dense": dense, "key_padding": key_padding,
-               "frame_lengths": frame_lengths}
     if _interpreting():
         if q.device.type != "cpu":
             reasons.append(f"TRITON_INTERPRET=1 runs on CPU tensors, got device {q.device}")
@@ -117,33 +115,12 @@ def supports(op: str, q, k, v, alpha, dense, key_padding, frame_lengths, prob: A
         major, minor = torch.cuda.get_device_capability(q.device)
         reasons.append(f"needs compute capability >= 8.0 (kernels are built and checked for "
                        f"sm_80/sm_90), got {major}.{minor}")
-    for name, t in tensors.items():
-        if t is not None and t.device != q.device:
-            reasons.append(f"{name} is on {t.device}, q on {q.device}")
     if q.dtype not in DTYPES:
         reasons.append(f"dtype {q.dtype} not supported (float16, bfloat16, float32)")
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        reasons.append(f"q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype})")
     d = q.shape[-1]
-    if not 1 <= d <= MAX_HEAD_DIM or k.shape[-1] != d or v.shape[-1] != d:
-        reasons.append(f"head width d={d} (k {k.shape[-1]}, v {v.shape[-1]}) must be equal and in "
-                       f"1..{MAX_HEAD_DIM}")
     if q.dtype == torch.float32 and d > MAX_HEAD_DIM_FP32:
         reasons.append(f"float32 with head width d={d} > {MAX_HEAD_DIM_FP32} is not supported "
                        "(its tiles spill registers; the torch backend runs it)")
-    if prob.mode != NONE and prob.p > MAX_MASKS:
-        reasons.append(f"p={prob.p} masks, the kernels handle at most {MAX_MASKS}")
-    if prob.mode != NONE and alpha is not None and not alpha.dtype.is_floating_point:
-        reasons.append(f"alpha dtype {alpha.dtype} is not floating point")
-    if dense is not None and dense.dtype != torch.bool:
-        reasons.append(f"dense masks must be bool, got {dense.dtype}")
-    if key_padding is not None and key_padding.dtype != torch.bool:
-        reasons.append(f"key_padding must be bool, got {key_padding.dtype}")
-    if frame_lengths is not None and frame_lengths.dtype != torch.int64:
-        reasons.append(f"frame_lengths must be int64, got {frame_lengths.dtype}")
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dim() == 4 and t.stride(-1) != 1:
-            reasons.append(f"{name}.stride(-1) must be 1, got {t.stride(-1)}")
     if dense is not None and dense.dim() == 3 and dense.numel():
         span = sum((n - 1) * abs(st) for n, st in zip(dense.shape[1:], dense.stride()[1:]))
         if span >= 2 ** 31:

@@ -252,12 +252,6 @@ def test_supports_reasons():
     from stquery.kernels import attention as kernels
 
     q = torch.randn(2, 4, 1, 16)
-    prob = AttnProblem(0, (0,) * 9, (1,) * 9, 0, 0, 1, 0.25)
-    reasons = kernels.supports("attention", q, q, q, torch.ones(2, 1, 9), None, None, None, prob)
-    assert any("p=9" in r for r in reasons)
-    big = torch.randn(1, 4, 1, 300)
-    reasons = kernels.supports("attention", big, big, big, None, None, None, None, AttnProblem(0, (), (), 0, 0, 0, 0.1))
-    assert any("d=300" in r for r in reasons)
     if os.environ.get("TRITON_INTERPRET") == "1":
         half = torch.randn(2, 4, 1, 16, dtype=torch.bfloat16)
         reasons = kernels.supports("attention", half, half, half, None, None, None, None, AttnProblem(0, (), (), 0, 0, 0, 0.1))
