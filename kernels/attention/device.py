@@ -338,17 +338,23 @@ def _mix_coef(alpha, l):
 
 
 @triton.jit
-def _tile_scores(b_q, q_rows, b_k, k_rows, alpha, qk_scale, masks, offs_p,
+def _tile_scores(b_q, q_rows, b_k, k_rows, alpha, qk_scale, masks, offs_p, b_do, b_v,
                  MODE: tl.constexpr, PACKED: tl.constexpr, PRECISION: tl.constexpr):
-    """Scores of a ``[BM, BN]`` tile as the mode sees them: ``(s, vis, bits, w, s_nat)``.
+    """Scores of a ``[BM, BN]`` tile as the mode sees them: ``(s, vis, bits, w, s_nat, dp)``.
 
     ``s``: the softmax logits times log2(e) (SCALE: ``s * w``), ``vis``: the keys they cover,
     ``bits``: :func:`_mask_bits`. SCALE only: ``w = sum_j alpha_j M_j`` (keys with ``w <= 0``
     are not visible) and ``s_nat = scale * q.k`` (for dalpha); other modes return s for both.
+    ``dp = dO V^T`` (b_do None: s, nothing computed), placed before the SCALE weighting, which
+    keeps the backward kernels' register use where the tile sizes were fitted.
     """
     s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale
     bits = _mask_bits(q_rows, k_rows, masks, MODE, PACKED)
     vis = bits != 0
+    if b_do is None:
+        dp = s
+    else:
+        dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
     w = s
     s_nat = s
     if MODE == _SCALE:
@@ -356,7 +362,7 @@ def _tile_scores(b_q, q_rows, b_k, k_rows, alpha, qk_scale, masks, offs_p,
         vis = vis & (w > 0)
         s_nat = s * (1.0 / _LOG2E)
         s = s * w
-    return s, vis, bits, w, s_nat
+    return s, vis, bits, w, s_nat, dp
 
 
 @triton.jit
@@ -365,8 +371,8 @@ def _key_block(offs_n, Nk, n_valid, prog, pad, kv, offs_d, d, q_rows, b_q, alpha
     """Prologue of a block of a loop over keys: the key tile (:func:`_tile`) and its scores against
     the query tile (:func:`_tile_scores`): ``(b_v, s, vis, bits)``."""
     k_rows, b_k, b_v = _tile(offs_n, Nk, n_valid, prog, pad, kv, offs_d, d, True, PACKED)
-    s, vis, bits, w, s_nat = _tile_scores(b_q, q_rows, b_k, k_rows, alpha, qk_scale, masks, offs_p,
-                                          MODE, PACKED, PRECISION)
+    s, vis, bits, w, s_nat, dp = _tile_scores(b_q, q_rows, b_k, k_rows, alpha, qk_scale, masks, offs_p,
+                                              None, None, MODE, PACKED, PRECISION)
     return b_v, s, vis, bits
 
 
@@ -384,30 +390,50 @@ def _online_softmax(m_i, s, vis):
 
 
 @triton.jit
-def _mix_terms(l, pdp, alpha):
-    """MIX backward row terms (``[BM, PP]``) from a row's per-mask sums ``l_j = sum_k M_j p`` and
-    ``pdp_j = sum_k M_j p dP``: ``(delta_j, c_j = alpha_j / l_j, e_j = c_j delta_j)``, delta_j
-    normalised by the l_j recomputed here (not by 2^(m_ref - lse_j), whose rounding would leave
-    ``sum_k dS != 0``)."""
-    delta = pdp / tl.where(l > 0, l, 1.0)
-    c = _mix_coef(alpha, l)
-    return delta, c, c * delta
+def _mix_whole_rows(p, pdp, bits, alpha, offs_p, n_masks, dalpha_out, BLOCK_M: tl.constexpr,
+                    BACKWARD: tl.constexpr):
+    """MIX on rows held whole in one tile (``p = 2^(s - m)``), one pass over the masks:
+    ``l_j = sum_k M_j p``, ``c_j = alpha_j / l_j``, ``C = sum_j M_j c_j`` (``[BM, BN]``).
+    Forward: returns ``(C, l)`` with l ``[BM, PP]``. BACKWARD (``pdp = p dP``): also
+    ``delta_j = sum_k M_j p dP / l_j`` (normalised by the l_j recomputed here, not by
+    2^(m_ref - lse_j), whose rounding would leave ``sum_k dS != 0``), written as dalpha_j through
+    ``dalpha_out = (dalpha_ptr, sl_m, seq0, n_seq, seqs_per_prog)``; returns ``(C, E)`` with
+    ``E = sum_j M_j c_j delta_j``."""
+    w = tl.zeros(bits.shape, dtype=tl.float32)
+    e = tl.zeros(bits.shape, dtype=tl.float32)
+    l_mix = tl.zeros([BLOCK_M, _PP], dtype=tl.float32)
+    for j in range(n_masks):
+        has_j = _has(bits, j)
+        # [BM]
+        l_j = tl.sum(tl.where(has_j, p, 0.0), axis=1)
+        c_j = _mix_coef(_col(alpha, offs_p, j), l_j)
+        w += tl.where(has_j, c_j[:, None], 0.0)
+        if BACKWARD:
+            delta_j = tl.sum(tl.where(has_j, pdp, 0.0), axis=1) / tl.where(l_j > 0, l_j, 1.0)
+            e += tl.where(has_j, (c_j * delta_j)[:, None], 0.0)
+            _store_dalpha_segments(dalpha_out, delta_j, j, n_masks, BLOCK_M)
+        else:
+            l_mix += tl.where(offs_p[None, :] == j, l_j[:, None], 0.0)
+    if BACKWARD:
+        res = e
+    else:
+        res = l_mix
+    return w, res
 
 
 @triton.jit
-def _grad_tile(p, dp, bits, w, s_nat, c, e, offs_p, n_masks, MODE: tl.constexpr):
+def _grad_tile(p, dp, w, e, s_nat, MODE: tl.constexpr):
     """``(W, dS, g)`` of a tile: W the final attention weights (for dV), dS the score gradient.
 
-    MIX (``p = 2^(s - m)``, c and e ``[BM, PP]`` from :func:`_mix_terms`): ``W = p C``,
-    ``dS = p (dP C - E)``, ``C = sum_j M_j c_j``, ``E = sum_j M_j e_j``.
-    NONE / SCALE (``p = P`` normalised, ``e = delta`` ``[BM]``, c unused): ``W = P``,
-    ``dS' = P (dP - delta)``; SCALE: ``g = dS' * s_nat`` (``dalpha_j = sum_k M_j g``),
-    ``dS = dS' * w``.
+    MIX (``p = 2^(s - m)``, ``w = C = sum_j M_j c_j``, ``e = E = sum_j M_j c_j delta_j``,
+    ``[BM, BN]``): ``W = p C``, ``dS = p (dP C - E)``.
+    NONE / SCALE (``p = P`` normalised, ``e = delta`` ``[BM]``): ``W = P``,
+    ``dS' = P (dP - delta)``; SCALE (w from :func:`_tile_scores`): ``g = dS' * s_nat``
+    (``dalpha_j = sum_k M_j g``), ``dS = dS' * w``.
     """
     if MODE == _MIX:
-        w = _mix_weight(bits, c, offs_p, n_masks)
         attn = p * w
-        ds = p * (dp * w - _mix_weight(bits, e, offs_p, n_masks))
+        ds = p * (dp * w - e)
         g = ds
     else:
         attn = p
@@ -419,22 +445,23 @@ def _grad_tile(p, dp, bits, w, s_nat, c, e, offs_p, n_masks, MODE: tl.constexpr)
 
 
 @triton.jit
-def _store_dalpha(dalpha_ptr, terms, sl_m, seg0, n_seq, seqs_per_prog, n_masks, offs_p,
-                  BLOCK_M: tl.constexpr, PACKED: tl.constexpr):
-    """Sum the per-row dalpha terms (``[BLOCK_M, PP]``) over the rows of each sequence and write
-    ``dalpha[seg0 + local sequence, j]``: the reduction over a routing group stays inside the
-    owning program (PACKED: a segmented sum over the packed sequences)."""
-    if PACKED:
-        offs_s = tl.arange(0, BLOCK_M)
-        for j in range(n_masks):
-            # [BLOCK_M] (one entry per packed sequence)
-            tot = tl.sum(tl.where(sl_m[:, None] == offs_s[None, :], _col(terms, offs_p, j)[:, None], 0.0),
-                         axis=0)
-            tl.store(dalpha_ptr + (seg0 + offs_s).to(tl.int64) * n_masks + j, tot,
-                     mask=(offs_s < seqs_per_prog) & (seg0 + offs_s < n_seq))
-    else:
-        tl.store(dalpha_ptr + seg0.to(tl.int64) * n_masks + offs_p, tl.sum(terms, axis=0),
-                 mask=offs_p < n_masks)
+def _store_dalpha_segments(dalpha_out, vals, j, n_masks, BLOCK_M: tl.constexpr):
+    """Sum ``vals`` (``[BLOCK_M]``, one per row) over the rows of each packed sequence and write
+    ``dalpha[seq, j]``: the reduction over a routing group stays inside the owning program.
+    ``dalpha_out = (dalpha_ptr, sl_m, seq0, n_seq, seqs_per_prog)``."""
+    dalpha_ptr, sl_m, seq0, n_seq, seqs_per_prog = dalpha_out
+    offs_s = tl.arange(0, BLOCK_M)
+    # [BLOCK_M] (one entry per packed sequence)
+    tot = tl.sum(tl.where(sl_m[:, None] == offs_s[None, :], vals[:, None], 0.0), axis=0)
+    tl.store(dalpha_ptr + (seq0 + offs_s).to(tl.int64) * n_masks + j, tot,
+             mask=(offs_s < seqs_per_prog) & (seq0 + offs_s < n_seq))
+
+
+@triton.jit
+def _store_dalpha_rows(dalpha_ptr, terms, seg, n_masks, offs_p):
+    """``dalpha[seg, j] = sum_i terms[i, j]`` (``terms`` ``[BLOCK_M, PP]``): one program's
+    partial over its rows of one sequence."""
+    tl.store(dalpha_ptr + seg.to(tl.int64) * n_masks + offs_p, tl.sum(terms, axis=0), mask=offs_p < n_masks)
 
 
 @triton.jit
@@ -454,14 +481,17 @@ def _row_ref(stats_ptr, s_off, rows, offs_p, n_masks, MODE: tl.constexpr):
 @triton.jit
 def _bwd_tile(b_q, b_do, q_rows, b_k, b_v, k_rows, alpha, ref, c, e, qk_scale, masks, offs_p,
               MODE: tl.constexpr, PRECISION: tl.constexpr):
-    """A tile of the looping backward from the saved statistics (``ref`` from :func:`_row_ref`,
-    c and e as :func:`_grad_tile` takes them): ``(W, dS, g, bits)``."""
-    s, vis, bits, w, s_nat = _tile_scores(b_q, q_rows, b_k, k_rows, alpha, qk_scale, masks, offs_p,
-                                          MODE, False, PRECISION)
+    """A tile of the looping backward from the saved statistics: ``ref`` from :func:`_row_ref`;
+    MIX: c_j = alpha_j / l_j and e_j = c_j delta_j (``[BM, PP]``), otherwise ``e = delta`` (``[BM]``,
+    c unused). Returns ``(W, dS, g, bits)`` (:func:`_grad_tile`)."""
     # [BM, BN]
-    dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
+    s, vis, bits, w, s_nat, dp = _tile_scores(b_q, q_rows, b_k, k_rows, alpha, qk_scale, masks, offs_p,
+                                              b_do, b_v, MODE, False, PRECISION)
     p = tl.where(vis, tl.exp2(s - ref[:, None]), 0.0)
-    attn, ds, g = _grad_tile(p, dp, bits, w, s_nat, c, e, offs_p, masks[0], MODE)
+    if MODE == _MIX:
+        w = _mix_weight(bits, c, offs_p, masks[0])
+        e = _mix_weight(bits, e, offs_p, masks[0])
+    attn, ds, g = _grad_tile(p, dp, w, e, s_nat, MODE)
     return attn, ds, g, bits
 
 
@@ -532,9 +562,8 @@ def _attn_fwd(
             if ONE_BLOCK:
                 # the whole row is in this tile: statistics and output from the same scores
                 m_i, m_fix, p, corr = _online_softmax(m_i, s, vis)
-                l_mix = _mask_sums(l_mix, p, bits, offs_p, n_masks)
                 # [BLOCK_M, BLOCK_N]
-                w = _mix_weight(bits, _mix_coef(b_alpha, l_mix), offs_p, n_masks)
+                w, l_mix = _mix_whole_rows(p, p, bits, b_alpha, offs_p, n_masks, None, BLOCK_M, False)
             else:
                 # [BLOCK_M, BLOCK_N]
                 p = tl.where(vis, tl.exp2(s - m_fix[:, None]), 0.0)
@@ -585,46 +614,41 @@ def _attn_bwd_one_block(
     offs_d = tl.arange(0, BLOCK_D)
     offs_p = tl.arange(0, _PP)
 
+    # both tiles' rows before any load: this order keeps the registers where the tiles were fitted
+    q_rows = _tile_rows(tl.arange(0, BLOCK_M), Nq, seqs_per_prog * Nq, prog, pad, False, True)
+    k_rows = _tile_rows(tl.arange(0, BLOCK_N), Nk, seqs_per_prog * Nk, prog, pad, True, True)
     # [BLOCK_M, BLOCK_D]
-    q_rows, b_q, b_do = _tile(tl.arange(0, BLOCK_M), Nq, seqs_per_prog * Nq, prog, pad,
-                              (q_ptr, (sq_b, sq_l, sq_h, sq_n), do_ptr, (sdo_b, sdo_l, sdo_h, sdo_n)), offs_d, d,
-                              False, True)
+    b_q = _load_rows(q_ptr, q_rows, (sq_b, sq_l, sq_h, sq_n), offs_d, d)
+    b_do = _load_rows(do_ptr, q_rows, (sdo_b, sdo_l, sdo_h, sdo_n), offs_d, d)
     # [BLOCK_N, BLOCK_D]
-    k_rows, b_k, b_v = _tile(tl.arange(0, BLOCK_N), Nk, seqs_per_prog * Nk, prog, pad,
-                             (k_ptr, (sk_b, sk_l, sk_h, sk_n), v_ptr, (sv_b, sv_l, sv_h, sv_n)), offs_d, d,
-                             True, True)
+    b_k = _load_rows(k_ptr, k_rows, (sk_b, sk_l, sk_h, sk_n), offs_d, d)
+    b_v = _load_rows(v_ptr, k_rows, (sv_b, sv_l, sv_h, sv_n), offs_d, d)
     # [BLOCK_M, PP]
     b_alpha = _load_alpha(alpha_ptr, q_rows, (sa_b, sa_l, sa_h, sa_p), n_masks, offs_p, MODE, True)
 
     # [BLOCK_M, BLOCK_N]
-    s, vis, bits, w, s_nat = _tile_scores(b_q, q_rows, b_k, k_rows, b_alpha, qk_scale,
-                                          (n_masks, masks_ptr, dense_ptr, sd_m, sd_q, sd_k, g_start, g_end),
-                                          offs_p, MODE, True, PRECISION)
-    # [BLOCK_M, BLOCK_N]
-    dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
+    s, vis, bits, w, s_nat, dp = _tile_scores(b_q, q_rows, b_k, k_rows, b_alpha, qk_scale,
+                                              (n_masks, masks_ptr, dense_ptr, sd_m, sd_q, sd_k, g_start, g_end),
+                                              offs_p, b_do, b_v, MODE, True, PRECISION)
     # The whole row is in the tile: its statistics are recomputed exactly as the forward computed
     # them rather than read back from ``lse``, whose rounding (half an ulp of |lse|, ~1e-6 at
     # logits ~16) would scale every P by the same (1 + eps) and leave sum_k dS != 0: an error
     # proportional to the logits themselves once dS is multiplied by s (dalpha) or K (dq).
     m, m_use, p, corr = _online_softmax(tl.full([BLOCK_M], float("-inf"), dtype=tl.float32), s, vis)
-    # [BLOCK_M, PP]
-    zeros = tl.zeros([BLOCK_M, _PP], dtype=tl.float32)
+    dalpha_out = (dalpha_ptr, q_rows[0], seq0, n_seq, seqs_per_prog)
     if MODE == _MIX:
-        delta, c, e = _mix_terms(_mask_sums(zeros, p, bits, offs_p, n_masks),
-                                 _mask_sums(zeros, p * dp, bits, offs_p, n_masks), b_alpha)
-        dalpha_terms = delta
+        # [BLOCK_M, BLOCK_N] C and E
+        w, e = _mix_whole_rows(p, p * dp, bits, b_alpha, offs_p, n_masks, dalpha_out, BLOCK_M, True)
     else:
         l = tl.sum(p, axis=1)
         p = p * (1.0 / tl.where(l > 0, l, 1.0))[:, None]
         # [BLOCK_M] delta = sum_k P dP
         e = tl.sum(p * dp, axis=1)
-        c = e
-    attn, ds, g = _grad_tile(p, dp, bits, w, s_nat, c, e, offs_p, n_masks, MODE)
+    attn, ds, g = _grad_tile(p, dp, w, e, s_nat, MODE)
     if MODE == _SCALE:
-        dalpha_terms = _mask_sums(zeros, g, bits, offs_p, n_masks)
-    if MODE != _NONE:
-        _store_dalpha(dalpha_ptr, dalpha_terms, q_rows[0], seq0, n_seq, seqs_per_prog, n_masks, offs_p,
-                      BLOCK_M, True)
+        for j in range(n_masks):
+            _store_dalpha_segments(dalpha_out, tl.sum(tl.where(_has(bits, j), g, 0.0), axis=1), j, n_masks,
+                                   BLOCK_M)
 
     # [BLOCK_N, BLOCK_D]
     b_dv = tl.dot(tl.trans(attn).to(b_do.dtype), b_do, input_precision=PRECISION)
@@ -688,9 +712,13 @@ def _attn_bwd_dq(
             delta = _mask_sums(delta, pdp, bits, offs_p, n_masks)
             l_mix = _mask_sums(l_mix, p, bits, offs_p, n_masks)
         # [BLOCK_M, PP]
-        delta, c, e = _mix_terms(l_mix, delta, b_alpha)
+        # delta_j = sum_k P_j dP with P_j = p / l_j normalised by the l_j just recomputed (not by
+        # 2^(m_ref - lse_j), whose rounding would leave sum_k dS != 0)
+        delta = delta / tl.where(l_mix > 0, l_mix, 1.0)
+        c = _mix_coef(b_alpha, l_mix)
+        e = c * delta
         _store_row_stats(coef_ptr, s_off, q_rows, offs_p, n_masks, c, True)
-        _store_dalpha(dalpha_ptr, delta, 0, blk * n_seq + seq0, n_seq, 1, n_masks, offs_p, BLOCK_M, False)
+        _store_dalpha_rows(dalpha_ptr, delta, blk * n_seq + seq0, n_masks, offs_p)
     else:
         # [BLOCK_M, BLOCK_D]
         b_o = _load_rows(o_ptr, q_rows, (so_b, so_l, so_h, so_n), offs_d, d)
@@ -713,8 +741,7 @@ def _attn_bwd_dq(
         b_dq += tl.dot(ds.to(b_k.dtype), b_k, input_precision=PRECISION)
 
     if MODE == _SCALE:
-        _store_dalpha(dalpha_ptr, dalpha_terms, 0, blk * n_seq + seq0, n_seq, 1, n_masks, offs_p,
-                      BLOCK_M, False)
+        _store_dalpha_rows(dalpha_ptr, dalpha_terms, blk * n_seq + seq0, n_masks, offs_p)
     _store_rows(dq_ptr, q_rows, (sdq_b, sdq_l, sdq_h, sdq_n), offs_d, d, b_dq * scale)
 
 
