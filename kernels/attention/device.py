@@ -84,7 +84,14 @@ _RUNTIME_INTS = ["n_seq", "L", "H", "Nq", "Nk", "seqs_per_prog", "n_blocks", "n_
 
 
 # ----------------------------------------------------------------------------------------------
-# Helpers
+# Tiles: rows, loads, stores. Inside a kernel the side inputs travel as tuples:
+#   prog  = (seq0, n_seq, b0, l0, h0, L, H)          the program's first sequence, the geometry;
+#   pad   = (flen_ptr, has_flen, kpad_ptr, skp_b, skp_n, has_kpad)   padded frames and keys;
+#   masks = (n_masks, masks_ptr, dense_ptr, sd_m, sd_q, sd_k, g_start, g_end);
+#   rows  = (local seq, position, in range, ok, b, l, h)   one entry per tile row;
+#   strides of a ``[*, *, H, d]`` tensor as (s_b, s_l, s_h, s_n);
+#   qdo   = (q_ptr, q strides, do_ptr, dO strides), kv = (k_ptr, k strides, v_ptr, v strides)
+#           (the second pointer None where a kernel does not read that tensor).
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def _fdiv(n, den):
@@ -103,18 +110,19 @@ def _when(flag, mask):
 
 
 @triton.jit
-def _seq_coords(seq, L, H):
-    """Sequence index -> (b, l, h), for the program's first sequence (scalars)."""
-    return seq // (L * H), (seq // H) % L, seq % H
+def _program(seq0, n_seq, L, H):
+    """``prog`` of a program whose first sequence is ``seq0`` (its (b, l, h) as scalars)."""
+    return seq0, n_seq, seq0 // (L * H), (seq0 // H) % L, seq0 % H, L, H
 
 
 @triton.jit
-def _rows(offs, N, n_valid, seq0, n_seq, b0, l0, h0, L, H, PACKED: tl.constexpr):
+def _rows(offs, N, n_valid, prog, PACKED: tl.constexpr):
     """Tile index ``offs`` (``[BLOCK]``) -> (local sequence, position, in range, b, l, h).
 
     PACKED: row ``offs`` is position ``offs % N`` of sequence ``seq0 + offs // N`` (vectors);
     otherwise the program owns one sequence: position = offs, (b, l, h) = (b0, l0, h0) scalars.
     """
+    seq0, n_seq, b0, l0, h0, L, H = prog
     if PACKED:
         sl = _fdiv(offs, N)
         pos = offs - sl * N
@@ -138,13 +146,6 @@ def _rows(offs, N, n_valid, seq0, n_seq, b0, l0, h0, L, H, PACKED: tl.constexpr)
 
 
 @triton.jit
-def _offsets(b, l, h, pos, s_b, s_l, s_h, s_n):
-    """Element offset of each row (int64: B*T*L*H*d may exceed 2**31)."""
-    return (b.to(tl.int64) * s_b + l.to(tl.int64) * s_l + h.to(tl.int64) * s_h
-            + pos.to(tl.int64) * s_n)
-
-
-@triton.jit
 def _n_frames(b, inb, flen_ptr, has_flen, PACKED: tl.constexpr):
     """frame_lengths[b] (a huge number without frame_lengths)."""
     if PACKED:
@@ -155,31 +156,67 @@ def _n_frames(b, inb, flen_ptr, has_flen, PACKED: tl.constexpr):
 
 
 @triton.jit
-def _query_rows(offs, N, n_valid, seq0, n_seq, b0, l0, h0, L, H, flen_ptr, has_flen,
-                PACKED: tl.constexpr):
-    """Rows: (local seq, position, in range, attends (not a padded frame), b, l, h)."""
-    sl, pos, inb, b, l, h = _rows(offs, N, n_valid, seq0, n_seq, b0, l0, h0, L, H, PACKED)
+def _tile_rows(offs, N, n_valid, prog, pad, KEYS: tl.constexpr, PACKED: tl.constexpr):
+    """``rows`` of a query tile (ok: the row attends, it is no padded frame) or a key tile (KEYS;
+    ok: the key is visible, neither a padded frame nor key padding)."""
+    flen_ptr, has_flen, kpad_ptr, skp_b, skp_n, has_kpad = pad
+    sl, pos, inb, b, l, h = _rows(offs, N, n_valid, prog, PACKED)
     ok = inb & (pos < _n_frames(b, inb, flen_ptr, has_flen, PACKED))
+    if KEYS:
+        # [BLOCK_N]
+        kpad = tl.load(kpad_ptr + b.to(tl.int64) * skp_b + pos.to(tl.int64) * skp_n,
+                       mask=_when(has_kpad, inb), other=0)
+        ok = ok & (kpad == 0)
     return sl, pos, inb, ok, b, l, h
 
 
 @triton.jit
-def _key_rows(offs, N, n_valid, seq0, n_seq, b0, l0, h0, L, H, flen_ptr, has_flen, kpad_ptr,
-              skp_b, skp_n, has_kpad, PACKED: tl.constexpr):
-    """Keys: (local seq, position, in range, visible (not padded), b, l, h)."""
-    sl, pos, inb, b, l, h = _rows(offs, N, n_valid, seq0, n_seq, b0, l0, h0, L, H, PACKED)
-    # [BLOCK_N]
-    pad = tl.load(kpad_ptr + b.to(tl.int64) * skp_b + pos.to(tl.int64) * skp_n,
-                  mask=_when(has_kpad, inb), other=0)
-    ok = inb & (pos < _n_frames(b, inb, flen_ptr, has_flen, PACKED)) & (pad == 0)
-    return sl, pos, inb, ok, b, l, h
+def _offsets(rows, strides):
+    """Element offset of each row (int64: B*T*L*H*d may exceed 2**31)."""
+    sl, pos, inb, ok, b, l, h = rows
+    s_b, s_l, s_h, s_n = strides
+    return (b.to(tl.int64) * s_b + l.to(tl.int64) * s_l + h.to(tl.int64) * s_h
+            + pos.to(tl.int64) * s_n)
 
 
 @triton.jit
-def _load_alpha(alpha_ptr, b, l, h, ok, sa_b, sa_l, sa_h, sa_p, n_masks, offs_p,
-                MODE: tl.constexpr, PACKED: tl.constexpr):
-    """Routing weights as float32: ``[BLOCK_M, PP]`` (PACKED, one row per tile row) or
-    ``[1, PP]`` (one sequence per program)."""
+def _load_rows(ptr, rows, strides, offs_d, d):
+    """The ok rows x ``d`` columns -> ``[BLOCK, BLOCK_D]`` (0 elsewhere)."""
+    off = _offsets(rows, strides)
+    ok = rows[3]
+    return tl.load(ptr + off[:, None] + offs_d[None, :], mask=ok[:, None] & (offs_d < d)[None, :], other=0.0)
+
+
+@triton.jit
+def _store_rows(ptr, rows, strides, offs_d, d, x):
+    """Store ``x`` (``[BLOCK, BLOCK_D]``) to the rows in range."""
+    off = _offsets(rows, strides)
+    inb = rows[2]
+    tl.store(ptr + off[:, None] + offs_d[None, :], x.to(ptr.dtype.element_ty),
+             mask=inb[:, None] & (offs_d < d)[None, :])
+
+
+@triton.jit
+def _tile(offs, N, n_valid, prog, pad, pair, offs_d, d, KEYS: tl.constexpr, PACKED: tl.constexpr):
+    """Prologue of a query tile (``pair = qdo``) or a key tile (KEYS, ``pair = kv``): its ``rows``
+    and the ``[BLOCK, BLOCK_D]`` tiles of the pair's two tensors (the second pointer None: the
+    first tile again, nothing loaded)."""
+    x_ptr, x_strides, y_ptr, y_strides = pair
+    rows = _tile_rows(offs, N, n_valid, prog, pad, KEYS, PACKED)
+    b_x = _load_rows(x_ptr, rows, x_strides, offs_d, d)
+    if y_ptr is None:
+        b_y = b_x
+    else:
+        b_y = _load_rows(y_ptr, rows, y_strides, offs_d, d)
+    return rows, b_x, b_y
+
+
+@triton.jit
+def _load_alpha(alpha_ptr, rows, sa, n_masks, offs_p, MODE: tl.constexpr, PACKED: tl.constexpr):
+    """Routing weights (``sa = (s_b, s_l, s_h, s_p)``) as float32: ``[BLOCK_M, PP]`` (PACKED, one
+    row per tile row) or ``[1, PP]`` (one sequence per program)."""
+    sl, pos, inb, ok, b, l, h = rows
+    sa_b, sa_l, sa_h, sa_p = sa
     if MODE == _NONE:
         a = tl.zeros([1, _PP], dtype=tl.float32)
     else:
@@ -194,6 +231,32 @@ def _load_alpha(alpha_ptr, b, l, h, ok, sa_b, sa_l, sa_h, sa_p, n_masks, offs_p,
 
 
 @triton.jit
+def _load_row_stats(ptr, s_off, rows, offs_p, n_masks, other, WIDE: tl.constexpr):
+    """Per-row statistics of the ok rows at offsets ``s_off``: ``[BM, PP]`` (WIDE, one per mask)
+    or ``[BM]``."""
+    ok = rows[3]
+    if WIDE:
+        x = tl.load(ptr + s_off[:, None] + offs_p[None, :],
+                    mask=ok[:, None] & (offs_p[None, :] < n_masks), other=other)
+    else:
+        x = tl.load(ptr + s_off, mask=ok, other=other)
+    return x
+
+
+@triton.jit
+def _store_row_stats(ptr, s_off, rows, offs_p, n_masks, x, WIDE: tl.constexpr):
+    """Store per-row statistics ``x`` (``[BM, PP]`` WIDE, else ``[BM]``) of the rows in range."""
+    inb = rows[2]
+    if WIDE:
+        tl.store(ptr + s_off[:, None] + offs_p[None, :], x, mask=inb[:, None] & (offs_p[None, :] < n_masks))
+    else:
+        tl.store(ptr + s_off, x, mask=inb)
+
+
+# ----------------------------------------------------------------------------------------------
+# Masks and the mode algebra
+# ----------------------------------------------------------------------------------------------
+@triton.jit
 def _col(x, offs_p, j):
     """Column j of a ``[BLOCK, PP]`` statistics tile -> ``[BLOCK]``."""
     return tl.sum(tl.where(offs_p[None, :] == j, x, 0.0), axis=1)
@@ -205,8 +268,7 @@ def _has(bits, j):
 
 
 @triton.jit
-def _mask_bits(pos_m, sl_m, ok_m, pos_n, sl_n, ok_n, n_masks, masks_ptr, dense_ptr, sd_m, sd_q, sd_k,
-               g_start, g_end, MODE: tl.constexpr, PACKED: tl.constexpr):
+def _mask_bits(q_rows, k_rows, masks, MODE: tl.constexpr, PACKED: tl.constexpr):
     """``[BM, BN]`` int32 bit field: bit j set iff key n is visible to row m under mask j.
 
     ``masks_ptr``: the int32 table of the call's mask descriptors, one per mask,
@@ -217,6 +279,9 @@ def _mask_bits(pos_m, sl_m, ok_m, pos_n, sl_n, ok_n, n_masks, masks_ptr, dense_p
     ``[BM, BN]`` tile stays live across the mask loop. In NONE mode bit 0 is the plain
     visibility (same sequence, row attends, key visible).
     """
+    sl_m, pos_m, in_m, ok_m, b_m, l_m, h_m = q_rows
+    sl_n, pos_n, in_n, ok_n, b_n, l_n, h_n = k_rows
+    n_masks, masks_ptr, dense_ptr, sd_m, sd_q, sd_k, g_start, g_end = masks
     # [BM, BN]
     ok = ok_m[:, None] & ok_n[None, :]
     if PACKED:
@@ -258,6 +323,14 @@ def _mix_weight(bits, coef, offs_p, n_masks):
 
 
 @triton.jit
+def _mask_sums(acc, x, bits, offs_p, n_masks):
+    """``acc[i, j] + sum_k M_j[i, k] x[i, k]``: ``acc`` ``[BM, PP]``, ``x`` ``[BM, BN]``."""
+    for j in range(n_masks):
+        acc += tl.where(offs_p[None, :] == j, tl.sum(tl.where(_has(bits, j), x, 0.0), axis=1)[:, None], 0.0)
+    return acc
+
+
+@triton.jit
 def _mix_coef(alpha, l):
     """``alpha_j / l_j`` clamped to the float32 range (a tiny ``l_j`` must not make inf · 0), 0 for
     an empty mask row."""
@@ -265,21 +338,161 @@ def _mix_coef(alpha, l):
 
 
 @triton.jit
-def _scores(b_q, b_k, qk_scale, PRECISION: tl.constexpr):
-    """``s * log2(e)`` for the tile; ``[BM, BN]`` float32."""
-    return tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale
+def _tile_scores(b_q, q_rows, b_k, k_rows, alpha, qk_scale, masks, offs_p, b_do, b_v,
+                 MODE: tl.constexpr, PACKED: tl.constexpr, PRECISION: tl.constexpr):
+    """Scores of a ``[BM, BN]`` tile as the mode sees them: ``(s, vis, bits, w, s_nat, dp)``.
+
+    ``s``: the softmax logits times log2(e) (SCALE: ``s * w``), ``vis``: the keys they cover,
+    ``bits``: :func:`_mask_bits`. SCALE only: ``w = sum_j alpha_j M_j`` (keys with ``w <= 0``
+    are not visible) and ``s_nat = scale * q.k`` (for dalpha); other modes return s for both.
+    ``dp = dO V^T`` (b_do None: s, nothing computed), placed before the SCALE weighting, which
+    keeps the backward kernels' register use where the tile sizes were fitted.
+    """
+    s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale
+    bits = _mask_bits(q_rows, k_rows, masks, MODE, PACKED)
+    vis = bits != 0
+    if b_do is None:
+        dp = s
+    else:
+        dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
+    w = s
+    s_nat = s
+    if MODE == _SCALE:
+        w = _mix_weight(bits, alpha, offs_p, masks[0])
+        vis = vis & (w > 0)
+        s_nat = s * (1.0 / _LOG2E)
+        s = s * w
+    return s, vis, bits, w, s_nat, dp
 
 
 @triton.jit
-def _load_tile(ptr, off, ok, offs_d, d):
-    """Rows ``off`` (``[BLOCK]`` int64) x ``d`` columns -> ``[BLOCK, BLOCK_D]`` (0 outside)."""
-    return tl.load(ptr + off[:, None] + offs_d[None, :], mask=ok[:, None] & (offs_d < d)[None, :], other=0.0)
+def _key_block(offs_n, Nk, n_valid, prog, pad, kv, offs_d, d, q_rows, b_q, alpha, qk_scale, masks, offs_p,
+               MODE: tl.constexpr, PACKED: tl.constexpr, PRECISION: tl.constexpr):
+    """Prologue of a block of a loop over keys: the key tile (:func:`_tile`) and its scores against
+    the query tile (:func:`_tile_scores`): ``(b_v, s, vis, bits)``."""
+    k_rows, b_k, b_v = _tile(offs_n, Nk, n_valid, prog, pad, kv, offs_d, d, True, PACKED)
+    s, vis, bits, w, s_nat, dp = _tile_scores(b_q, q_rows, b_k, k_rows, alpha, qk_scale, masks, offs_p,
+                                              None, None, MODE, PACKED, PRECISION)
+    return b_v, s, vis, bits
 
 
 @triton.jit
-def _store_tile(ptr, off, ok, offs_d, d, x):
-    tl.store(ptr + off[:, None] + offs_d[None, :], x.to(ptr.dtype.element_ty),
-             mask=ok[:, None] & (offs_d < d)[None, :])
+def _online_softmax(m_i, s, vis):
+    """One step of the (base-2) online softmax over the visible scores of a tile:
+    ``(m_new, m_use, p, corr)``, ``m_new`` the running row max, ``m_use`` the same with 0 for a row
+    that sees nothing yet, ``p = 2^(s - m_use)`` and ``corr = 2^(m_i - m_use)`` the rescale of
+    the terms so far. ``m_i = -inf``: the statistics of this tile alone."""
+    m_new = tl.maximum(m_i, tl.max(tl.where(vis, s, float("-inf")), axis=1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    # [BM, BN]
+    p = tl.where(vis, tl.exp2(s - m_use[:, None]), 0.0)
+    return m_new, m_use, p, tl.exp2(m_i - m_use)
+
+
+@triton.jit
+def _mix_whole_rows(p, pdp, bits, alpha, offs_p, n_masks, dalpha_out, BLOCK_M: tl.constexpr,
+                    BACKWARD: tl.constexpr):
+    """MIX on rows held whole in one tile (``p = 2^(s - m)``), one pass over the masks:
+    ``l_j = sum_k M_j p``, ``c_j = alpha_j / l_j``, ``C = sum_j M_j c_j`` (``[BM, BN]``).
+    Forward: returns ``(C, l)`` with l ``[BM, PP]``. BACKWARD (``pdp = p dP``): also
+    ``delta_j = sum_k M_j p dP / l_j`` (normalised by the l_j recomputed here, not by
+    2^(m_ref - lse_j), whose rounding would leave ``sum_k dS != 0``), written as dalpha_j through
+    ``dalpha_out = (dalpha_ptr, sl_m, seq0, n_seq, seqs_per_prog)``; returns ``(C, E)`` with
+    ``E = sum_j M_j c_j delta_j``."""
+    w = tl.zeros(bits.shape, dtype=tl.float32)
+    e = tl.zeros(bits.shape, dtype=tl.float32)
+    l_mix = tl.zeros([BLOCK_M, _PP], dtype=tl.float32)
+    for j in range(n_masks):
+        has_j = _has(bits, j)
+        # [BM]
+        l_j = tl.sum(tl.where(has_j, p, 0.0), axis=1)
+        c_j = _mix_coef(_col(alpha, offs_p, j), l_j)
+        w += tl.where(has_j, c_j[:, None], 0.0)
+        if BACKWARD:
+            delta_j = tl.sum(tl.where(has_j, pdp, 0.0), axis=1) / tl.where(l_j > 0, l_j, 1.0)
+            e += tl.where(has_j, (c_j * delta_j)[:, None], 0.0)
+            _store_dalpha_segments(dalpha_out, delta_j, j, n_masks, BLOCK_M)
+        else:
+            l_mix += tl.where(offs_p[None, :] == j, l_j[:, None], 0.0)
+    if BACKWARD:
+        res = e
+    else:
+        res = l_mix
+    return w, res
+
+
+@triton.jit
+def _grad_tile(p, dp, w, e, s_nat, MODE: tl.constexpr):
+    """``(W, dS, g)`` of a tile: W the final attention weights (for dV), dS the score gradient.
+
+    MIX (``p = 2^(s - m)``, ``w = C = sum_j M_j c_j``, ``e = E = sum_j M_j c_j delta_j``,
+    ``[BM, BN]``): ``W = p C``, ``dS = p (dP C - E)``.
+    NONE / SCALE (``p = P`` normalised, ``e = delta`` ``[BM]``): ``W = P``,
+    ``dS' = P (dP - delta)``; SCALE (w from :func:`_tile_scores`): ``g = dS' * s_nat``
+    (``dalpha_j = sum_k M_j g``), ``dS = dS' * w``.
+    """
+    if MODE == _MIX:
+        attn = p * w
+        ds = p * (dp * w - e)
+        g = ds
+    else:
+        attn = p
+        ds = p * (dp - e[:, None])
+        g = ds * s_nat
+        if MODE == _SCALE:
+            ds = ds * w
+    return attn, ds, g
+
+
+@triton.jit
+def _store_dalpha_segments(dalpha_out, vals, j, n_masks, BLOCK_M: tl.constexpr):
+    """Sum ``vals`` (``[BLOCK_M]``, one per row) over the rows of each packed sequence and write
+    ``dalpha[seq, j]``: the reduction over a routing group stays inside the owning program.
+    ``dalpha_out = (dalpha_ptr, sl_m, seq0, n_seq, seqs_per_prog)``."""
+    dalpha_ptr, sl_m, seq0, n_seq, seqs_per_prog = dalpha_out
+    offs_s = tl.arange(0, BLOCK_M)
+    # [BLOCK_M] (one entry per packed sequence)
+    tot = tl.sum(tl.where(sl_m[:, None] == offs_s[None, :], vals[:, None], 0.0), axis=0)
+    tl.store(dalpha_ptr + (seq0 + offs_s).to(tl.int64) * n_masks + j, tot,
+             mask=(offs_s < seqs_per_prog) & (seq0 + offs_s < n_seq))
+
+
+@triton.jit
+def _store_dalpha_rows(dalpha_ptr, terms, seg, n_masks, offs_p):
+    """``dalpha[seg, j] = sum_i terms[i, j]`` (``terms`` ``[BLOCK_M, PP]``): one program's
+    partial over its rows of one sequence."""
+    tl.store(dalpha_ptr + seg.to(tl.int64) * n_masks + offs_p, tl.sum(terms, axis=0), mask=offs_p < n_masks)
+
+
+@triton.jit
+def _row_ref(stats_ptr, s_off, rows, offs_p, n_masks, MODE: tl.constexpr):
+    """The looping backward's per-row reference ``ref`` for ``p = 2^(s - ref)`` (``[BM]``):
+    the saved lse (NONE / SCALE: p is the softmax itself) or, MIX, ``max_j lse_j`` (0 for a row
+    with no visible key) from ``lse_j = m + log2 l_j``: p <= 1 (the mask holding the row maximum
+    has l_j >= 1), and its rounding cancels as the l_j are recomputed against it."""
+    if MODE == _MIX:
+        ref = tl.max(_load_row_stats(stats_ptr, s_off, rows, offs_p, n_masks, float("-inf"), True), axis=1)
+        ref = tl.where(ref == float("-inf"), 0.0, ref)
+    else:
+        ref = _load_row_stats(stats_ptr, s_off, rows, offs_p, n_masks, 0.0, False)
+    return ref
+
+
+@triton.jit
+def _bwd_tile(b_q, b_do, q_rows, b_k, b_v, k_rows, alpha, ref, c, e, qk_scale, masks, offs_p,
+              MODE: tl.constexpr, PRECISION: tl.constexpr):
+    """A tile of the looping backward from the saved statistics: ``ref`` from :func:`_row_ref`;
+    MIX: c_j = alpha_j / l_j and e_j = c_j delta_j (``[BM, PP]``), otherwise ``e = delta`` (``[BM]``,
+    c unused). Returns ``(W, dS, g, bits)`` (:func:`_grad_tile`)."""
+    # [BM, BN]
+    s, vis, bits, w, s_nat, dp = _tile_scores(b_q, q_rows, b_k, k_rows, alpha, qk_scale, masks, offs_p,
+                                              b_do, b_v, MODE, False, PRECISION)
+    p = tl.where(vis, tl.exp2(s - ref[:, None]), 0.0)
+    if MODE == _MIX:
+        w = _mix_weight(bits, c, offs_p, masks[0])
+        e = _mix_weight(bits, e, offs_p, masks[0])
+    attn, ds, g = _grad_tile(p, dp, w, e, s_nat, MODE)
+    return attn, ds, g, bits
 
 
 # ----------------------------------------------------------------------------------------------
@@ -300,21 +513,21 @@ def _attn_fwd(
     otherwise one row block of one sequence and a loop over its key blocks."""
     pid = tl.program_id(0)
     blk = pid % n_blocks
-    seq0 = (pid // n_blocks) * seqs_per_prog
-    b0, l0, h0 = _seq_coords(seq0, L, H)
+    prog = _program((pid // n_blocks) * seqs_per_prog, n_seq, L, H)
+    pad = (flen_ptr, has_flen, kpad_ptr, skp_b, skp_n, has_kpad)
+    masks = (n_masks, masks_ptr, dense_ptr, sd_m, sd_q, sd_k, g_start, g_end)
+    k_strides = (sk_b, sk_l, sk_h, sk_n)
     n_keys = seqs_per_prog * Nk
     offs_d = tl.arange(0, BLOCK_D)
     offs_p = tl.arange(0, _PP)
     offs_nb = tl.arange(0, BLOCK_N)
 
-    offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
-    sl_m, pos_m, in_m, ok_m, b_m, l_m, h_m = _query_rows(
-        offs_m, Nq, seqs_per_prog * Nq, seq0, n_seq, b0, l0, h0, L, H, flen_ptr, has_flen, ONE_BLOCK)
+    q_rows = _tile_rows(blk * BLOCK_M + tl.arange(0, BLOCK_M), Nq, seqs_per_prog * Nq, prog, pad, False,
+                        ONE_BLOCK)
     # [BLOCK_M, BLOCK_D]
-    b_q = _load_tile(q_ptr, _offsets(b_m, l_m, h_m, pos_m, sq_b, sq_l, sq_h, sq_n), ok_m, offs_d, d)
+    b_q = _load_rows(q_ptr, q_rows, (sq_b, sq_l, sq_h, sq_n), offs_d, d)
     # [BLOCK_M or 1, PP]
-    b_alpha = _load_alpha(alpha_ptr, b_m, l_m, h_m, ok_m, sa_b, sa_l, sa_h, sa_p, n_masks, offs_p,
-                          MODE, ONE_BLOCK)
+    b_alpha = _load_alpha(alpha_ptr, q_rows, (sa_b, sa_l, sa_h, sa_p), n_masks, offs_p, MODE, ONE_BLOCK)
 
     # [BLOCK_M]
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -329,117 +542,56 @@ def _attn_fwd(
     if MODE == _MIX and not ONE_BLOCK:
         # pass 1: row max over the union of the masks and one normaliser per mask (QK^T only)
         for kb in range(n_kblocks):
-            offs_n = kb * BLOCK_N + offs_nb
-            sl_n, pos_n, in_n, ok_n, b_n, l_n, h_n = _key_rows(
-                offs_n, Nk, n_keys, seq0, n_seq, b0, l0, h0, L, H, flen_ptr, has_flen, kpad_ptr,
-                skp_b, skp_n, has_kpad, ONE_BLOCK)
-            # [BLOCK_N, BLOCK_D]
-            b_k = _load_tile(k_ptr, _offsets(b_n, l_n, h_n, pos_n, sk_b, sk_l, sk_h, sk_n), ok_n, offs_d, d)
-            # [BLOCK_M, BLOCK_N]
-            s = _scores(b_q, b_k, qk_scale, PRECISION)
-            bits = _mask_bits(pos_m, sl_m, ok_m, pos_n, sl_n, ok_n, n_masks, masks_ptr, dense_ptr, sd_m, sd_q,
-                              sd_k, g_start, g_end, MODE, ONE_BLOCK)
-            vis = bits != 0
-            m_new = tl.maximum(m_i, tl.max(tl.where(vis, s, float("-inf")), axis=1))
-            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-            # [BLOCK_M, BLOCK_N]
-            p = tl.where(vis, tl.exp2(s - m_use[:, None]), 0.0)
-            l_mix = l_mix * tl.exp2(m_i - m_use)[:, None]
-            for j in range(n_masks):
-                l_j = tl.sum(tl.where(_has(bits, j), p, 0.0), axis=1)
-                l_mix += tl.where(offs_p[None, :] == j, l_j[:, None], 0.0)
+            # [BLOCK_M, BLOCK_N] s (no V: the K tile comes back in its place)
+            b_k, s, vis, bits = _key_block(kb * BLOCK_N + offs_nb, Nk, n_keys, prog, pad,
+                                           (k_ptr, k_strides, None, None), offs_d, d, q_rows, b_q, b_alpha,
+                                           qk_scale, masks, offs_p, MODE, ONE_BLOCK, PRECISION)
+            m_new, m_use, p, corr = _online_softmax(m_i, s, vis)
+            l_mix = _mask_sums(l_mix * corr[:, None], p, bits, offs_p, n_masks)
             m_i = m_new
 
     m_fix = tl.where(m_i == float("-inf"), 0.0, m_i)
     # [BLOCK_M, PP] per-mask weight alpha_j / l_j (MIX, two passes)
     coef = _mix_coef(b_alpha, l_mix)
     for kb in range(n_kblocks):
-        offs_n = kb * BLOCK_N + offs_nb
-        sl_n, pos_n, in_n, ok_n, b_n, l_n, h_n = _key_rows(
-            offs_n, Nk, n_keys, seq0, n_seq, b0, l0, h0, L, H, flen_ptr, has_flen, kpad_ptr,
-            skp_b, skp_n, has_kpad, ONE_BLOCK)
-        # [BLOCK_N, BLOCK_D]
-        b_k = _load_tile(k_ptr, _offsets(b_n, l_n, h_n, pos_n, sk_b, sk_l, sk_h, sk_n), ok_n, offs_d, d)
-        # [BLOCK_N, BLOCK_D]
-        b_v = _load_tile(v_ptr, _offsets(b_n, l_n, h_n, pos_n, sv_b, sv_l, sv_h, sv_n), ok_n, offs_d, d)
-        # [BLOCK_M, BLOCK_N]
-        s = _scores(b_q, b_k, qk_scale, PRECISION)
-        bits = _mask_bits(pos_m, sl_m, ok_m, pos_n, sl_n, ok_n, n_masks, masks_ptr, dense_ptr, sd_m, sd_q,
-                          sd_k, g_start, g_end, MODE, ONE_BLOCK)
-        vis = bits != 0
+        # [BLOCK_N, BLOCK_D] v, [BLOCK_M, BLOCK_N] s
+        b_v, s, vis, bits = _key_block(kb * BLOCK_N + offs_nb, Nk, n_keys, prog, pad,
+                                       (k_ptr, k_strides, v_ptr, (sv_b, sv_l, sv_h, sv_n)), offs_d, d,
+                                       q_rows, b_q, b_alpha, qk_scale, masks, offs_p, MODE, ONE_BLOCK, PRECISION)
         if MODE == _MIX:
             if ONE_BLOCK:
                 # the whole row is in this tile: statistics and output from the same scores
-                m_i = tl.max(tl.where(vis, s, float("-inf")), axis=1)
-                m_fix = tl.where(m_i == float("-inf"), 0.0, m_i)
+                m_i, m_fix, p, corr = _online_softmax(m_i, s, vis)
                 # [BLOCK_M, BLOCK_N]
-                p = tl.where(vis, tl.exp2(s - m_fix[:, None]), 0.0)
-                w = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-                for j in range(n_masks):
-                    has_j = _has(bits, j)
-                    # [BLOCK_M]
-                    l_j = tl.sum(tl.where(has_j, p, 0.0), axis=1)
-                    c_j = _mix_coef(_col(b_alpha, offs_p, j), l_j)
-                    w += tl.where(has_j, c_j[:, None], 0.0)
-                    l_mix += tl.where(offs_p[None, :] == j, l_j[:, None], 0.0)
+                w, l_mix = _mix_whole_rows(p, p, bits, b_alpha, offs_p, n_masks, None, BLOCK_M, False)
             else:
+                # [BLOCK_M, BLOCK_N]
                 p = tl.where(vis, tl.exp2(s - m_fix[:, None]), 0.0)
                 w = _mix_weight(bits, coef, offs_p, n_masks)
             acc += tl.dot((p * w).to(b_v.dtype), b_v, input_precision=PRECISION)
         else:
-            if MODE == _SCALE:
-                # [BLOCK_M, BLOCK_N]
-                w = _mix_weight(bits, b_alpha, offs_p, n_masks)
-                vis = vis & (w > 0)
-                s = s * w
-            m_new = tl.maximum(m_i, tl.max(tl.where(vis, s, float("-inf")), axis=1))
-            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-            # [BLOCK_M, BLOCK_N]
-            p = tl.where(vis, tl.exp2(s - m_use[:, None]), 0.0)
-            corr = tl.exp2(m_i - m_use)
+            m_new, m_use, p, corr = _online_softmax(m_i, s, vis)
             l_i = l_i * corr + tl.sum(p, axis=1)
             acc = acc * corr[:, None] + tl.dot(p.to(b_v.dtype), b_v, input_precision=PRECISION)
             m_i = m_new
 
     m_fix = tl.where(m_i == float("-inf"), 0.0, m_i)
-    s_off = _offsets(b_m, l_m, h_m, pos_m, ss_b, ss_l, ss_h, ss_n)
     if MODE == _MIX:
         out = acc
         # [BLOCK_M, PP]
         stats = tl.where(l_mix > 0, m_fix[:, None] + tl.log2(l_mix), float("-inf"))
-        tl.store(stats_ptr + s_off[:, None] + offs_p[None, :], stats,
-                 mask=in_m[:, None] & (offs_p[None, :] < n_masks))
     else:
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-        tl.store(stats_ptr + s_off, tl.where(l_i > 0, m_fix + tl.log2(l_i), float("-inf")), mask=in_m)
-    _store_tile(o_ptr, _offsets(b_m, l_m, h_m, pos_m, so_b, so_l, so_h, so_n), in_m, offs_d, d, out)
+        # [BLOCK_M]
+        stats = tl.where(l_i > 0, m_fix + tl.log2(l_i), float("-inf"))
+    _store_row_stats(stats_ptr, _offsets(q_rows, (ss_b, ss_l, ss_h, ss_n)), q_rows, offs_p, n_masks, stats,
+                     MODE == _MIX)
+    _store_rows(o_ptr, q_rows, (so_b, so_l, so_h, so_n), offs_d, d, out)
 
 
 # ----------------------------------------------------------------------------------------------
 # Backward
 # ----------------------------------------------------------------------------------------------
-@triton.jit
-def _store_dalpha_segments(dalpha_ptr, vals, sl_m, seq0, n_seq, seqs_per_prog, j, n_masks,
-                           BLOCK_M: tl.constexpr):
-    """Sum ``vals`` (``[BLOCK_M]``, one per row) over the rows of each packed sequence and write
-    ``dalpha[seq, j]``: the reduction over a routing group stays inside the owning program."""
-    offs_s = tl.arange(0, BLOCK_M)
-    # [BLOCK_M] (one entry per packed sequence)
-    tot = tl.sum(tl.where(sl_m[:, None] == offs_s[None, :], vals[:, None], 0.0), axis=0)
-    tl.store(dalpha_ptr + (seq0 + offs_s).to(tl.int64) * n_masks + j, tot,
-             mask=(offs_s < seqs_per_prog) & (seq0 + offs_s < n_seq))
-
-
-@triton.jit
-def _mix_row_ref(lse):
-    """``max_j lse_j`` (0 for a row with no visible key) from ``lse_j = m + log2 l_j``
-    (``[BM, PP]``): the looping backward's reference for ``p = 2^(s - m_ref) <= 1`` (the mask
-    holding the row maximum has ``l_j >= 1``). Its rounding cancels: the l_j are recomputed
-    against it."""
-    m_ref = tl.max(lse, axis=1)
-    return tl.where(m_ref == float("-inf"), 0.0, m_ref)
-
-
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
 def _attn_bwd_one_block(
     q_ptr, k_ptr, v_ptr, do_ptr, dq_ptr, dk_ptr, dv_ptr, alpha_ptr, dalpha_ptr,
@@ -456,89 +608,57 @@ def _attn_bwd_one_block(
     """Whole sequences per tile (``seqs_per_prog * N <= BLOCK``): dq, dk, dv and dalpha from one
     load of q, k, v, dO; the softmax statistics and delta (``sum_k P dP``) come from the tile
     itself, neither the saved statistics nor o is read."""
-    pid = tl.program_id(0)
-    seq0 = pid * seqs_per_prog
-    b0, l0, h0 = _seq_coords(seq0, L, H)
+    seq0 = tl.program_id(0) * seqs_per_prog
+    prog = _program(seq0, n_seq, L, H)
+    pad = (flen_ptr, has_flen, kpad_ptr, skp_b, skp_n, has_kpad)
     offs_d = tl.arange(0, BLOCK_D)
     offs_p = tl.arange(0, _PP)
 
-    offs_m = tl.arange(0, BLOCK_M)
-    sl_m, pos_m, in_m, ok_m, b_m, l_m, h_m = _query_rows(
-        offs_m, Nq, seqs_per_prog * Nq, seq0, n_seq, b0, l0, h0, L, H, flen_ptr, has_flen, True)
-    offs_n = tl.arange(0, BLOCK_N)
-    sl_n, pos_n, in_n, ok_n, b_n, l_n, h_n = _key_rows(
-        offs_n, Nk, seqs_per_prog * Nk, seq0, n_seq, b0, l0, h0, L, H, flen_ptr, has_flen, kpad_ptr,
-        skp_b, skp_n, has_kpad, True)
+    # both tiles' rows before any load: this order keeps the registers where the tiles were fitted
+    q_rows = _tile_rows(tl.arange(0, BLOCK_M), Nq, seqs_per_prog * Nq, prog, pad, False, True)
+    k_rows = _tile_rows(tl.arange(0, BLOCK_N), Nk, seqs_per_prog * Nk, prog, pad, True, True)
     # [BLOCK_M, BLOCK_D]
-    b_q = _load_tile(q_ptr, _offsets(b_m, l_m, h_m, pos_m, sq_b, sq_l, sq_h, sq_n), ok_m, offs_d, d)
-    # [BLOCK_M, BLOCK_D]
-    b_do = _load_tile(do_ptr, _offsets(b_m, l_m, h_m, pos_m, sdo_b, sdo_l, sdo_h, sdo_n), ok_m, offs_d, d)
+    b_q = _load_rows(q_ptr, q_rows, (sq_b, sq_l, sq_h, sq_n), offs_d, d)
+    b_do = _load_rows(do_ptr, q_rows, (sdo_b, sdo_l, sdo_h, sdo_n), offs_d, d)
     # [BLOCK_N, BLOCK_D]
-    b_k = _load_tile(k_ptr, _offsets(b_n, l_n, h_n, pos_n, sk_b, sk_l, sk_h, sk_n), ok_n, offs_d, d)
-    # [BLOCK_N, BLOCK_D]
-    b_v = _load_tile(v_ptr, _offsets(b_n, l_n, h_n, pos_n, sv_b, sv_l, sv_h, sv_n), ok_n, offs_d, d)
+    b_k = _load_rows(k_ptr, k_rows, (sk_b, sk_l, sk_h, sk_n), offs_d, d)
+    b_v = _load_rows(v_ptr, k_rows, (sv_b, sv_l, sv_h, sv_n), offs_d, d)
     # [BLOCK_M, PP]
-    b_alpha = _load_alpha(alpha_ptr, b_m, l_m, h_m, ok_m, sa_b, sa_l, sa_h, sa_p, n_masks, offs_p,
-                          MODE, True)
+    b_alpha = _load_alpha(alpha_ptr, q_rows, (sa_b, sa_l, sa_h, sa_p), n_masks, offs_p, MODE, True)
 
     # [BLOCK_M, BLOCK_N]
-    s = _scores(b_q, b_k, qk_scale, PRECISION)
-    bits = _mask_bits(pos_m, sl_m, ok_m, pos_n, sl_n, ok_n, n_masks, masks_ptr, dense_ptr, sd_m, sd_q,
-                      sd_k, g_start, g_end, MODE, True)
-    vis = bits != 0
-    # [BLOCK_M, BLOCK_N]
-    dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
-    if MODE == _SCALE:
-        w = _mix_weight(bits, b_alpha, offs_p, n_masks)
-        vis = vis & (w > 0)
-        s_nat = s * (1.0 / _LOG2E)
-        s = s * w
+    s, vis, bits, w, s_nat, dp = _tile_scores(b_q, q_rows, b_k, k_rows, b_alpha, qk_scale,
+                                              (n_masks, masks_ptr, dense_ptr, sd_m, sd_q, sd_k, g_start, g_end),
+                                              offs_p, b_do, b_v, MODE, True, PRECISION)
     # The whole row is in the tile: its statistics are recomputed exactly as the forward computed
     # them rather than read back from ``lse``, whose rounding (half an ulp of |lse|, ~1e-6 at
     # logits ~16) would scale every P by the same (1 + eps) and leave sum_k dS != 0: an error
     # proportional to the logits themselves once dS is multiplied by s (dalpha) or K (dq).
-    # [BLOCK_M]
-    m = tl.max(tl.where(vis, s, float("-inf")), axis=1)
-    m = tl.where(m == float("-inf"), 0.0, m)
-    # [BLOCK_M, BLOCK_N]
-    p = tl.where(vis, tl.exp2(s - m[:, None]), 0.0)
+    m, m_use, p, corr = _online_softmax(tl.full([BLOCK_M], float("-inf"), dtype=tl.float32), s, vis)
+    dalpha_out = (dalpha_ptr, q_rows[0], seq0, n_seq, seqs_per_prog)
     if MODE == _MIX:
-        pdp = p * dp
-        w = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        e = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        for j in range(n_masks):
-            has_j = _has(bits, j)
-            # [BLOCK_M] l_j and delta_j = sum_k P_j dP (P_j = p / l_j on mask j)
-            l_j = tl.sum(tl.where(has_j, p, 0.0), axis=1)
-            delta_j = tl.sum(tl.where(has_j, pdp, 0.0), axis=1) / tl.where(l_j > 0, l_j, 1.0)
-            c_j = _mix_coef(_col(b_alpha, offs_p, j), l_j)
-            w += tl.where(has_j, c_j[:, None], 0.0)
-            e += tl.where(has_j, (c_j * delta_j)[:, None], 0.0)
-            _store_dalpha_segments(dalpha_ptr, delta_j, sl_m, seq0, n_seq, seqs_per_prog, j, n_masks, BLOCK_M)
-        attn = p * w
-        ds = p * (dp * w - e)
+        # [BLOCK_M, BLOCK_N] C and E
+        w, e = _mix_whole_rows(p, p * dp, bits, b_alpha, offs_p, n_masks, dalpha_out, BLOCK_M, True)
     else:
         l = tl.sum(p, axis=1)
         p = p * (1.0 / tl.where(l > 0, l, 1.0))[:, None]
-        delta = tl.sum(p * dp, axis=1)
-        ds = p * (dp - delta[:, None])
-        attn = p
-        if MODE == _SCALE:
-            g = ds * s_nat
-            for j in range(n_masks):
-                g_j = tl.sum(tl.where(_has(bits, j), g, 0.0), axis=1)
-                _store_dalpha_segments(dalpha_ptr, g_j, sl_m, seq0, n_seq, seqs_per_prog, j, n_masks, BLOCK_M)
-            ds = ds * w
+        # [BLOCK_M] delta = sum_k P dP
+        e = tl.sum(p * dp, axis=1)
+    attn, ds, g = _grad_tile(p, dp, w, e, s_nat, MODE)
+    if MODE == _SCALE:
+        for j in range(n_masks):
+            _store_dalpha_segments(dalpha_out, tl.sum(tl.where(_has(bits, j), g, 0.0), axis=1), j, n_masks,
+                                   BLOCK_M)
 
     # [BLOCK_N, BLOCK_D]
     b_dv = tl.dot(tl.trans(attn).to(b_do.dtype), b_do, input_precision=PRECISION)
-    _store_tile(dv_ptr, _offsets(b_n, l_n, h_n, pos_n, sdv_b, sdv_l, sdv_h, sdv_n), in_n, offs_d, d, b_dv)
+    _store_rows(dv_ptr, k_rows, (sdv_b, sdv_l, sdv_h, sdv_n), offs_d, d, b_dv)
     # [BLOCK_N, BLOCK_D]
     b_dk = tl.dot(tl.trans(ds).to(b_q.dtype), b_q, input_precision=PRECISION) * scale
-    _store_tile(dk_ptr, _offsets(b_n, l_n, h_n, pos_n, sdk_b, sdk_l, sdk_h, sdk_n), in_n, offs_d, d, b_dk)
+    _store_rows(dk_ptr, k_rows, (sdk_b, sdk_l, sdk_h, sdk_n), offs_d, d, b_dk)
     # [BLOCK_M, BLOCK_D]
     b_dq = tl.dot(ds.to(b_k.dtype), b_k, input_precision=PRECISION) * scale
-    _store_tile(dq_ptr, _offsets(b_m, l_m, h_m, pos_m, sdq_b, sdq_l, sdq_h, sdq_n), in_m, offs_d, d, b_dq)
+    _store_rows(dq_ptr, q_rows, (sdq_b, sdq_l, sdq_h, sdq_n), offs_d, d, b_dq)
 
 
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
@@ -558,115 +678,71 @@ def _attn_bwd_dq(
     pid = tl.program_id(0)
     blk = pid % n_blocks
     seq0 = pid // n_blocks
-    b0, l0, h0 = _seq_coords(seq0, L, H)
+    prog = _program(seq0, n_seq, L, H)
+    pad = (flen_ptr, has_flen, kpad_ptr, skp_b, skp_n, has_kpad)
+    masks = (n_masks, masks_ptr, dense_ptr, sd_m, sd_q, sd_k, g_start, g_end)
+    kv = (k_ptr, (sk_b, sk_l, sk_h, sk_n), v_ptr, (sv_b, sv_l, sv_h, sv_n))
     offs_d = tl.arange(0, BLOCK_D)
     offs_p = tl.arange(0, _PP)
-
-    offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
-    sl_m, pos_m, in_m, ok_m, b_m, l_m, h_m = _query_rows(
-        offs_m, Nq, Nq, seq0, n_seq, b0, l0, h0, L, H, flen_ptr, has_flen, False)
-    # [BLOCK_M, BLOCK_D]
-    b_q = _load_tile(q_ptr, _offsets(b_m, l_m, h_m, pos_m, sq_b, sq_l, sq_h, sq_n), ok_m, offs_d, d)
-    # [BLOCK_M, BLOCK_D]
-    b_do = _load_tile(do_ptr, _offsets(b_m, l_m, h_m, pos_m, sdo_b, sdo_l, sdo_h, sdo_n), ok_m, offs_d, d)
-    # [1, PP]
-    b_alpha = _load_alpha(alpha_ptr, b_m, l_m, h_m, ok_m, sa_b, sa_l, sa_h, sa_p, n_masks, offs_p,
-                          MODE, False)
-    s_off = _offsets(b_m, l_m, h_m, pos_m, ss_b, ss_l, ss_h, ss_n)
-    n_kblocks = tl.cdiv(Nk, BLOCK_N)
     offs_nb = tl.arange(0, BLOCK_N)
+    n_kblocks = tl.cdiv(Nk, BLOCK_N)
+
+    # [BLOCK_M, BLOCK_D]
+    q_rows, b_q, b_do = _tile(blk * BLOCK_M + tl.arange(0, BLOCK_M), Nq, Nq, prog, pad,
+                              (q_ptr, (sq_b, sq_l, sq_h, sq_n), do_ptr, (sdo_b, sdo_l, sdo_h, sdo_n)), offs_d, d,
+                              False, False)
+    # [1, PP]
+    b_alpha = _load_alpha(alpha_ptr, q_rows, (sa_b, sa_l, sa_h, sa_p), n_masks, offs_p, MODE, False)
+    s_off = _offsets(q_rows, (ss_b, ss_l, ss_h, ss_n))
+    # [BLOCK_M]
+    ref = _row_ref(stats_ptr, s_off, q_rows, offs_p, n_masks, MODE)
     # [BLOCK_M, BLOCK_D]
     b_dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
     if MODE == _MIX:
-        # [BLOCK_M, PP]
-        lse = tl.load(stats_ptr + s_off[:, None] + offs_p[None, :],
-                      mask=ok_m[:, None] & (offs_p[None, :] < n_masks), other=float("-inf"))
-        m_ref = _mix_row_ref(lse)
         # [BLOCK_M, PP] sum_k p dP and l_j on each mask, pass 1 over the keys
         delta = tl.zeros([BLOCK_M, _PP], dtype=tl.float32)
         l_mix = tl.zeros([BLOCK_M, _PP], dtype=tl.float32)
         for kb in range(n_kblocks):
-            offs_n = kb * BLOCK_N + offs_nb
-            sl_n, pos_n, in_n, ok_n, b_n, l_n, h_n = _key_rows(
-                offs_n, Nk, Nk, seq0, n_seq, b0, l0, h0, L, H, flen_ptr, has_flen, kpad_ptr,
-                skp_b, skp_n, has_kpad, False)
-            # [BLOCK_N, BLOCK_D]
-            b_k = _load_tile(k_ptr, _offsets(b_n, l_n, h_n, pos_n, sk_b, sk_l, sk_h, sk_n), ok_n, offs_d, d)
-            # [BLOCK_N, BLOCK_D]
-            b_v = _load_tile(v_ptr, _offsets(b_n, l_n, h_n, pos_n, sv_b, sv_l, sv_h, sv_n), ok_n, offs_d, d)
-            # [BLOCK_M, BLOCK_N]
-            s = _scores(b_q, b_k, qk_scale, PRECISION)
-            bits = _mask_bits(pos_m, sl_m, ok_m, pos_n, sl_n, ok_n, n_masks, masks_ptr, dense_ptr, sd_m, sd_q,
-                              sd_k, g_start, g_end, MODE, False)
-            p = tl.where(bits != 0, tl.exp2(s - m_ref[:, None]), 0.0)
+            # [BLOCK_N, BLOCK_D] v, [BLOCK_M, BLOCK_N] s
+            b_v, s, vis, bits = _key_block(kb * BLOCK_N + offs_nb, Nk, Nk, prog, pad, kv, offs_d, d, q_rows, b_q,
+                                           b_alpha, qk_scale, masks, offs_p, MODE, False, PRECISION)
+            p = tl.where(vis, tl.exp2(s - ref[:, None]), 0.0)
             pdp = p * tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
-            for j in range(n_masks):
-                has_j = _has(bits, j)
-                delta += tl.where(offs_p[None, :] == j, tl.sum(tl.where(has_j, pdp, 0.0), axis=1)[:, None], 0.0)
-                l_mix += tl.where(offs_p[None, :] == j, tl.sum(tl.where(has_j, p, 0.0), axis=1)[:, None], 0.0)
-        # [BLOCK_M, PP] delta_j = sum_k P_j dP with P_j = p / l_j normalised by the l_j just
-        # recomputed (not by 2^(m_ref - lse_j), whose rounding would leave sum_k dS != 0)
+            delta = _mask_sums(delta, pdp, bits, offs_p, n_masks)
+            l_mix = _mask_sums(l_mix, p, bits, offs_p, n_masks)
+        # [BLOCK_M, PP]
+        # delta_j = sum_k P_j dP with P_j = p / l_j normalised by the l_j just recomputed (not by
+        # 2^(m_ref - lse_j), whose rounding would leave sum_k dS != 0)
         delta = delta / tl.where(l_mix > 0, l_mix, 1.0)
         c = _mix_coef(b_alpha, l_mix)
-        tl.store(delta_ptr + s_off[:, None] + offs_p[None, :], delta,
-                 mask=in_m[:, None] & (offs_p[None, :] < n_masks))
-        tl.store(coef_ptr + s_off[:, None] + offs_p[None, :], c,
-                 mask=in_m[:, None] & (offs_p[None, :] < n_masks))
-        tl.store(dalpha_ptr + (blk * n_seq + seq0).to(tl.int64) * n_masks + offs_p, tl.sum(delta, axis=0),
-                 mask=offs_p < n_masks)
-        # [BLOCK_M, PP]
         e = c * delta
+        _store_row_stats(coef_ptr, s_off, q_rows, offs_p, n_masks, c, True)
+        _store_dalpha_rows(dalpha_ptr, delta, blk * n_seq + seq0, n_masks, offs_p)
     else:
         # [BLOCK_M, BLOCK_D]
-        b_o = _load_tile(o_ptr, _offsets(b_m, l_m, h_m, pos_m, so_b, so_l, so_h, so_n), ok_m, offs_d, d)
+        b_o = _load_rows(o_ptr, q_rows, (so_b, so_l, so_h, so_n), offs_d, d)
         # [BLOCK_M] delta = rowsum(dO * O)
         delta = tl.sum(b_do.to(tl.float32) * b_o.to(tl.float32), axis=1)
-        tl.store(delta_ptr + s_off, delta, mask=in_m)
-        # [BLOCK_M]
-        lse = tl.load(stats_ptr + s_off, mask=ok_m, other=0.0)
+        e = delta
+        c = delta
         # [BLOCK_M, PP]
-        dalpha_rows = tl.zeros([BLOCK_M, _PP], dtype=tl.float32)
+        dalpha_terms = tl.zeros([BLOCK_M, _PP], dtype=tl.float32)
+    _store_row_stats(delta_ptr, s_off, q_rows, offs_p, n_masks, delta, MODE == _MIX)
 
     for kb in range(n_kblocks):
-        offs_n = kb * BLOCK_N + offs_nb
-        sl_n, pos_n, in_n, ok_n, b_n, l_n, h_n = _key_rows(
-            offs_n, Nk, Nk, seq0, n_seq, b0, l0, h0, L, H, flen_ptr, has_flen, kpad_ptr,
-            skp_b, skp_n, has_kpad, False)
         # [BLOCK_N, BLOCK_D]
-        b_k = _load_tile(k_ptr, _offsets(b_n, l_n, h_n, pos_n, sk_b, sk_l, sk_h, sk_n), ok_n, offs_d, d)
-        # [BLOCK_N, BLOCK_D]
-        b_v = _load_tile(v_ptr, _offsets(b_n, l_n, h_n, pos_n, sv_b, sv_l, sv_h, sv_n), ok_n, offs_d, d)
+        k_rows, b_k, b_v = _tile(kb * BLOCK_N + offs_nb, Nk, Nk, prog, pad, kv, offs_d, d, True, False)
         # [BLOCK_M, BLOCK_N]
-        s = _scores(b_q, b_k, qk_scale, PRECISION)
-        bits = _mask_bits(pos_m, sl_m, ok_m, pos_n, sl_n, ok_n, n_masks, masks_ptr, dense_ptr, sd_m, sd_q,
-                          sd_k, g_start, g_end, MODE, False)
-        vis = bits != 0
-        # [BLOCK_M, BLOCK_N]
-        dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
-        if MODE == _MIX:
-            p = tl.where(vis, tl.exp2(s - m_ref[:, None]), 0.0)
-            ds = p * (dp * _mix_weight(bits, c, offs_p, n_masks) - _mix_weight(bits, e, offs_p, n_masks))
-        else:
-            if MODE == _SCALE:
-                w = _mix_weight(bits, b_alpha, offs_p, n_masks)
-                vis = vis & (w > 0)
-                s_nat = s * (1.0 / _LOG2E)
-                s = s * w
-            p = tl.where(vis, tl.exp2(s - lse[:, None]), 0.0)
-            ds = p * (dp - delta[:, None])
-            if MODE == _SCALE:
-                g = ds * s_nat
-                for j in range(n_masks):
-                    dalpha_rows += tl.where(offs_p[None, :] == j,
-                                            tl.sum(tl.where(_has(bits, j), g, 0.0), axis=1)[:, None], 0.0)
-                ds = ds * w
+        attn, ds, g, bits = _bwd_tile(b_q, b_do, q_rows, b_k, b_v, k_rows, b_alpha, ref, c, e, qk_scale,
+                                      masks, offs_p, MODE, PRECISION)
+        if MODE == _SCALE:
+            dalpha_terms = _mask_sums(dalpha_terms, g, bits, offs_p, n_masks)
         b_dq += tl.dot(ds.to(b_k.dtype), b_k, input_precision=PRECISION)
 
     if MODE == _SCALE:
-        tl.store(dalpha_ptr + (blk * n_seq + seq0).to(tl.int64) * n_masks + offs_p, tl.sum(dalpha_rows, axis=0),
-                 mask=offs_p < n_masks)
-    _store_tile(dq_ptr, _offsets(b_m, l_m, h_m, pos_m, sdq_b, sdq_l, sdq_h, sdq_n), in_m, offs_d, d, b_dq * scale)
+        _store_dalpha_rows(dalpha_ptr, dalpha_terms, blk * n_seq + seq0, n_masks, offs_p)
+    _store_rows(dq_ptr, q_rows, (sdq_b, sdq_l, sdq_h, sdq_n), offs_d, d, b_dq * scale)
 
 
 @triton.jit(do_not_specialize=_RUNTIME_INTS)
@@ -684,74 +760,44 @@ def _attn_bwd_dkdv(
     """One key block of one sequence: dk, dv, looping over the query blocks."""
     pid = tl.program_id(0)
     blk = pid % n_blocks
-    seq0 = pid // n_blocks
-    b0, l0, h0 = _seq_coords(seq0, L, H)
+    prog = _program(pid // n_blocks, n_seq, L, H)
+    pad = (flen_ptr, has_flen, kpad_ptr, skp_b, skp_n, has_kpad)
+    masks = (n_masks, masks_ptr, dense_ptr, sd_m, sd_q, sd_k, g_start, g_end)
+    qdo = (q_ptr, (sq_b, sq_l, sq_h, sq_n), do_ptr, (sdo_b, sdo_l, sdo_h, sdo_n))
     offs_d = tl.arange(0, BLOCK_D)
     offs_p = tl.arange(0, _PP)
+    offs_mb = tl.arange(0, BLOCK_M)
 
-    offs_n = blk * BLOCK_N + tl.arange(0, BLOCK_N)
-    sl_n, pos_n, in_n, ok_n, b_n, l_n, h_n = _key_rows(
-        offs_n, Nk, Nk, seq0, n_seq, b0, l0, h0, L, H, flen_ptr, has_flen, kpad_ptr,
-        skp_b, skp_n, has_kpad, False)
     # [BLOCK_N, BLOCK_D]
-    b_k = _load_tile(k_ptr, _offsets(b_n, l_n, h_n, pos_n, sk_b, sk_l, sk_h, sk_n), ok_n, offs_d, d)
-    # [BLOCK_N, BLOCK_D]
-    b_v = _load_tile(v_ptr, _offsets(b_n, l_n, h_n, pos_n, sv_b, sv_l, sv_h, sv_n), ok_n, offs_d, d)
+    k_rows, b_k, b_v = _tile(blk * BLOCK_N + tl.arange(0, BLOCK_N), Nk, Nk, prog, pad,
+                             (k_ptr, (sk_b, sk_l, sk_h, sk_n), v_ptr, (sv_b, sv_l, sv_h, sv_n)), offs_d, d,
+                             True, False)
     # [1, PP]
-    b_alpha = _load_alpha(alpha_ptr, b0, l0, h0, ok_n, sa_b, sa_l, sa_h, sa_p, n_masks, offs_p,
-                          MODE, False)
+    b_alpha = _load_alpha(alpha_ptr, k_rows, (sa_b, sa_l, sa_h, sa_p), n_masks, offs_p, MODE, False)
     # [BLOCK_N, BLOCK_D]
     b_dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     # [BLOCK_N, BLOCK_D]
     b_dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    offs_mb = tl.arange(0, BLOCK_M)
 
     for qb in range(tl.cdiv(Nq, BLOCK_M)):
-        offs_m = qb * BLOCK_M + offs_mb
-        sl_m, pos_m, in_m, ok_m, b_m, l_m, h_m = _query_rows(
-            offs_m, Nq, Nq, seq0, n_seq, b0, l0, h0, L, H, flen_ptr, has_flen, False)
         # [BLOCK_M, BLOCK_D]
-        b_q = _load_tile(q_ptr, _offsets(b_m, l_m, h_m, pos_m, sq_b, sq_l, sq_h, sq_n), ok_m, offs_d, d)
-        # [BLOCK_M, BLOCK_D]
-        b_do = _load_tile(do_ptr, _offsets(b_m, l_m, h_m, pos_m, sdo_b, sdo_l, sdo_h, sdo_n), ok_m, offs_d, d)
-        s_off = _offsets(b_m, l_m, h_m, pos_m, ss_b, ss_l, ss_h, ss_n)
-        # [BLOCK_M, BLOCK_N]
-        s = _scores(b_q, b_k, qk_scale, PRECISION)
-        bits = _mask_bits(pos_m, sl_m, ok_m, pos_n, sl_n, ok_n, n_masks, masks_ptr, dense_ptr, sd_m, sd_q,
-                          sd_k, g_start, g_end, MODE, False)
-        vis = bits != 0
-        # [BLOCK_M, BLOCK_N]
-        dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
+        q_rows, b_q, b_do = _tile(qb * BLOCK_M + offs_mb, Nq, Nq, prog, pad, qdo, offs_d, d, False, False)
+        s_off = _offsets(q_rows, (ss_b, ss_l, ss_h, ss_n))
+        # [BLOCK_M]
+        ref = _row_ref(stats_ptr, s_off, q_rows, offs_p, n_masks, MODE)
+        # [BLOCK_M, PP] (MIX) or [BLOCK_M]: delta, and MIX alpha_j / l_j, from _attn_bwd_dq
+        delta = _load_row_stats(delta_ptr, s_off, q_rows, offs_p, n_masks, 0.0, MODE == _MIX)
         if MODE == _MIX:
-            # [BLOCK_M, PP]
-            lse = tl.load(stats_ptr + s_off[:, None] + offs_p[None, :],
-                          mask=ok_m[:, None] & (offs_p[None, :] < n_masks), other=float("-inf"))
-            # [BLOCK_M, PP] delta_j and alpha_j / l_j from _attn_bwd_dq
-            delta = tl.load(delta_ptr + s_off[:, None] + offs_p[None, :],
-                            mask=ok_m[:, None] & (offs_p[None, :] < n_masks), other=0.0)
-            c = tl.load(coef_ptr + s_off[:, None] + offs_p[None, :],
-                        mask=ok_m[:, None] & (offs_p[None, :] < n_masks), other=0.0)
-            m_ref = _mix_row_ref(lse)
-            # [BLOCK_M, BLOCK_N]
-            p = tl.where(vis, tl.exp2(s - m_ref[:, None]), 0.0)
-            w = _mix_weight(bits, c, offs_p, n_masks)
-            attn = p * w
-            ds = p * (dp * w - _mix_weight(bits, c * delta, offs_p, n_masks))
+            c = _load_row_stats(coef_ptr, s_off, q_rows, offs_p, n_masks, 0.0, True)
+            e = c * delta
         else:
-            # [BLOCK_M]
-            lse = tl.load(stats_ptr + s_off, mask=ok_m, other=0.0)
-            delta = tl.load(delta_ptr + s_off, mask=ok_m, other=0.0)
-            if MODE == _SCALE:
-                w = _mix_weight(bits, b_alpha, offs_p, n_masks)
-                vis = vis & (w > 0)
-                s = s * w
-            p = tl.where(vis, tl.exp2(s - lse[:, None]), 0.0)
-            attn = p
-            ds = p * (dp - delta[:, None])
-            if MODE == _SCALE:
-                ds = ds * w
+            e = delta
+            c = delta
+        # [BLOCK_M, BLOCK_N]
+        attn, ds, g, bits = _bwd_tile(b_q, b_do, q_rows, b_k, b_v, k_rows, b_alpha, ref, c, e, qk_scale,
+                                      masks, offs_p, MODE, PRECISION)
         b_dv += tl.dot(tl.trans(attn).to(b_do.dtype), b_do, input_precision=PRECISION)
         b_dk += tl.dot(tl.trans(ds).to(b_q.dtype), b_q, input_precision=PRECISION)
 
-    _store_tile(dk_ptr, _offsets(b_n, l_n, h_n, pos_n, sdk_b, sdk_l, sdk_h, sdk_n), in_n, offs_d, d, b_dk * scale)
-    _store_tile(dv_ptr, _offsets(b_n, l_n, h_n, pos_n, sdv_b, sdv_l, sdv_h, sdv_n), in_n, offs_d, d, b_dv)
+    _store_rows(dk_ptr, k_rows, (sdk_b, sdk_l, sdk_h, sdk_n), offs_d, d, b_dk * scale)
+    _store_rows(dv_ptr, k_rows, (sdv_b, sdv_l, sdv_h, sdv_n), offs_d, d, b_dv)
