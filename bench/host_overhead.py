@@ -1,4 +1,5 @@
-"""Per-call host overhead of ``stq.temporal_attention`` on tiny inputs, against PyTorch's SDPA.
+"""Per-call host overhead of stquery's ops on tiny inputs: ``stq.temporal_attention`` against PyTorch's
+SDPA, then ``stq.topk_tokens``, ``stq.multiscale_pool`` and ``stq.st_pool``.
 
     python bench/host_overhead.py [--rounds N]
 
@@ -8,7 +9,9 @@ in interleaved rounds of 200 calls and keeps its best round (other processes onl
 down). Besides the cpu and torch backends, a ``null`` backend that returns preallocated outputs isolates
 stquery's own layers (checks, dispatch, autograd wiring) from the backend's work. The last rows
 repeat the calls with inputs that require grad (autograd recorded, forward only), each against SDPA
-doing the same. A speed is shown here, never asserted in a test.
+doing the same. The top-k and pool rows (x ``[2, 16, 8]``, scores ``[2, 16]``, k = 4, sigmoid gate,
+scales ``(1, 2)``; st_pool's x ``[2, 4, 4, 8]``) have no SDPA column; they run on the cpu and torch
+backends, and recording autograd on the cpu backend. A speed is shown here, never asserted in a test.
 """
 from __future__ import annotations
 
@@ -77,10 +80,24 @@ def main() -> None:
         cases["stq.temporal_attention + 2-mask DAR, cpu, requires grad"] = (
             lambda: stq.temporal_attention(qg, kg, vg, T, masks=dar, alpha=alpha_g, backend="cpu")
         )
+    # The top-k and pool ops on the same footing (the null backend implements attention only).
+    x, scores, frames = torch.randn(2, 16, 8), torch.randn(2, 16), torch.randn(2, 4, 4, 8)
+    xg, scores_g, frames_g = (t.clone().requires_grad_() for t in (x, scores, frames))
+    for backend in [n for n in ("cpu", "torch") if n in backends.names()]:
+        for grad, (xs, ss, fs) in ((False, (x, scores, frames)), (True, (xg, scores_g, frames_g))):
+            if grad and backend != "cpu":
+                continue
+            tail = f", {backend}" + (", requires grad" if grad else "")
+            cases["stq.topk_tokens" + tail] = (
+                lambda b=backend, xs=xs, ss=ss: stq.topk_tokens(xs, ss, 4, gate="sigmoid", scales=(1, 2), backend=b)
+            )
+            cases["stq.multiscale_pool" + tail] = lambda b=backend, xs=xs: stq.multiscale_pool(xs, (1, 2), backend=b)
+            cases["stq.st_pool" + tail] = lambda b=backend, fs=fs: stq.st_pool(fs, backend=b)
     best = best_us(cases, args.rounds)
     sdpa = {False: best[next(iter(cases))], True: best["F.scaled_dot_product_attention, requires grad"]}
     for name, us in best.items():
-        print(f"{name:58s} {us:8.1f} us/call  {us / sdpa['requires grad' in name]:6.2f}x SDPA")
+        ratio = f"{us / sdpa['requires grad' in name]:6.2f}x SDPA" if "attention" in name else ""
+        print(f"{name:58s} {us:8.1f} us/call  {ratio}".rstrip())
 
 
 if __name__ == "__main__":
