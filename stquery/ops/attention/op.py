@@ -69,13 +69,17 @@ def _setup_context(ctx, inputs, output):
     ctx.static = static
 
 
-def _backward(ctx, grad_out, grad_stats):
+def _attention_grads(ctx, grad_out, bwd):
+    """``(dq, dk, dv, dalpha or None)`` on both paths: ``bwd(grad_out, *saved tensors)`` is the custom
+    op ``_attention_bwd`` under compile, the backend's ``attention_bwd`` in eager."""
     q, k, v, out, stats, alpha, dense, key_padding, frame_lengths = ctx.saved_tensors
-    grad_out = rows_readable(grad_out)
-    dq, dk, dv, dalpha = _attention_bwd(
-        grad_out, q, k, v, out, stats, alpha, dense, key_padding, frame_lengths, *ctx.static
-    )
-    return dq, dk, dv, (dalpha if alpha is not None else None), *([None] * (3 + len(ctx.static)))
+    dq, dk, dv, dalpha = bwd(rows_readable(grad_out), q, k, v, out, stats, alpha, dense, key_padding, frame_lengths)
+    return dq, dk, dv, (dalpha if alpha is not None else None)
+
+
+def _backward(ctx, grad_out, grad_stats):
+    grads = _attention_grads(ctx, grad_out, lambda *tensors: _attention_bwd(*tensors, *ctx.static))
+    return *grads, *([None] * (3 + len(ctx.static)))
 
 
 _attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -93,11 +97,9 @@ class _Attention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, out, stats, alpha, dense, key_padding, frame_lengths = ctx.saved_tensors
-        dq, dk, dv, dalpha = backends.get(ctx.name).attention_bwd(
-            rows_readable(grad_out), q, k, v, out, stats, alpha, dense, key_padding, frame_lengths, ctx.prob
-        )
-        return dq, dk, dv, dalpha, None, None, None, None, None
+        bwd = backends.get(ctx.name).attention_bwd
+        grads = _attention_grads(ctx, grad_out, lambda *tensors: bwd(*tensors, ctx.prob))
+        return *grads, None, None, None, None, None
 
 
 def _run(q, k, v, frames, masks, alpha, mode, scale, key_padding, frame_lengths, backend):
