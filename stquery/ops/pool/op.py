@@ -1,13 +1,24 @@
-"""``stq.multiscale_pool`` and ``stq.st_pool`` (docs/ops.md §2.5)."""
+"""``stq.multiscale_pool`` and ``stq.st_pool`` (docs/ops.md §2.5).
+
+Each runs its backend's primitives (``multiscale_pool`` / ``multiscale_pool_bwd``, ``st_pool`` /
+``st_pool_bwd``) as attention does (stquery/ops/attention/op.py):
+
+- under ``torch.compile``, through the custom ops ``stquery::multiscale_pool`` / ``st_pool`` and
+  their ``_bwd`` ops;
+- in eager mode, through :class:`_MultiscalePool` / :class:`_StPool` (plain
+  ``torch.autograd.Function`` classes) when autograd records the call, and straight to the
+  primitive otherwise (:func:`stquery.ops.common.records_autograd`).
+"""
 from __future__ import annotations
 
+import functools
 from typing import List, Tuple
 
 import torch
 from torch import Tensor
 
 from ... import backends
-from ..common import rows_readable
+from ..common import device_type, records_autograd, rows_readable
 from .checks import pool_args, st_pool_args
 from .problem import pooled_length
 
@@ -32,15 +43,34 @@ def _(grad, k, scales, backend):
     return grad.new_empty((grad.shape[0], k, grad.shape[2]))
 
 
-def _setup_multiscale(ctx, inputs, output):
-    y, scales, backend = inputs
-    ctx.static = (y.shape[1], scales, backend)
+def _save_multiscale(ctx, inputs, output):
+    y, ctx.scales, ctx.backend = inputs
+    ctx.k = y.shape[1]
+
+
+def _multiscale_grads(ctx, grad, bwd):
+    """The gradients of ``(y, scales, backend)`` on both paths: ``bwd`` is the custom op
+    ``_multiscale_pool_bwd`` under compile, the backend's ``multiscale_pool_bwd`` in eager."""
+    return bwd(rows_readable(grad), ctx.k, ctx.scales), None, None
 
 
 _multiscale_pool.register_autograd(
-    lambda ctx, grad: (_multiscale_pool_bwd(rows_readable(grad), *ctx.static), None, None),
-    setup_context=_setup_multiscale,
+    lambda ctx, grad: _multiscale_grads(ctx, grad, functools.partial(_multiscale_pool_bwd, backend=ctx.backend)),
+    setup_context=_save_multiscale,
 )
+
+
+class _MultiscalePool(torch.autograd.Function):
+    """Eager autograd around the same backend primitives as the custom ops."""
+
+    @staticmethod
+    def forward(ctx, y, scales, backend):
+        _save_multiscale(ctx, (y, scales, backend), None)
+        return backends.get(backend).multiscale_pool(y, scales)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _multiscale_grads(ctx, grad, backends.get(ctx.backend).multiscale_pool_bwd)
 
 
 @torch.library.custom_op("stquery::st_pool", mutates_args=())
@@ -65,17 +95,33 @@ def _(grad_temporal, grad_spatial, backend):
     return grad_temporal.new_empty((B, T, P, C))
 
 
-def _setup_st(ctx, inputs, output):
+def _save_st(ctx, inputs, output):
     ctx.backend = inputs[1]
 
 
+def _st_grads(ctx, grad_temporal, grad_spatial, bwd):
+    """The gradients of ``(x, backend)`` on both paths: ``bwd`` is the custom op ``_st_pool_bwd``
+    under compile, the backend's ``st_pool_bwd`` in eager."""
+    return bwd(rows_readable(grad_temporal), rows_readable(grad_spatial)), None
+
+
 _st_pool.register_autograd(
-    lambda ctx, g_t, g_s: (
-        _st_pool_bwd(rows_readable(g_t), rows_readable(g_s), ctx.backend),
-        None,
-    ),
-    setup_context=_setup_st,
+    lambda ctx, g_t, g_s: _st_grads(ctx, g_t, g_s, functools.partial(_st_pool_bwd, backend=ctx.backend)),
+    setup_context=_save_st,
 )
+
+
+class _StPool(torch.autograd.Function):
+    """Eager autograd around the same backend primitives as the custom ops."""
+
+    @staticmethod
+    def forward(ctx, x, backend):
+        _save_st(ctx, (x, backend), None)
+        return backends.get(backend).st_pool(x)
+
+    @staticmethod
+    def backward(ctx, grad_temporal, grad_spatial):
+        return _st_grads(ctx, grad_temporal, grad_spatial, backends.get(ctx.backend).st_pool_bwd)
 
 
 def multiscale_pool(y: Tensor, scales: tuple[int, ...] = (1, 2, 4), *, backend: str | None = None) -> Tensor:
@@ -90,7 +136,12 @@ def multiscale_pool(y: Tensor, scales: tuple[int, ...] = (1, 2, 4), *, backend: 
     Returns ``[B, Σ_s ceil(k/s), C]``, the scales concatenated in order.
     """
     scales = pool_args(y, scales)
-    return _multiscale_pool(y, list(scales), backends.resolve("multiscale_pool", backend, y.device.type, y, scales))
+    name = backends.resolve("multiscale_pool", backend, device_type(y), y, scales)
+    if not torch.compiler.is_compiling():
+        if records_autograd(y):
+            return _MultiscalePool.apply(y, scales, name)
+        return backends.get(name).multiscale_pool(y, scales)
+    return _multiscale_pool(y, list(scales), name)
 
 
 def st_pool(x: Tensor, *, backend: str | None = None) -> tuple[Tensor, Tensor]:
@@ -101,4 +152,9 @@ def st_pool(x: Tensor, *, backend: str | None = None) -> tuple[Tensor, Tensor]:
     Returns ``(temporal [B, T, C] = mean over P, spatial [B, P, C] = mean over T)``.
     """
     st_pool_args(x)
-    return _st_pool(x, backends.resolve("st_pool", backend, x.device.type, x))
+    name = backends.resolve("st_pool", backend, device_type(x), x)
+    if not torch.compiler.is_compiling():
+        if records_autograd(x):
+            return _StPool.apply(x, name)
+        return backends.get(name).st_pool(x)
+    return _st_pool(x, name)

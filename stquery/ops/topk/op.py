@@ -1,18 +1,29 @@
 """``stq.topk_tokens`` (docs/ops.md §2.4): LinVT's score-based token selection with gating.
 
-Two custom ops: ``stquery::topk_select`` (integer selection, no gradient) and
-``stquery::gather_gate`` (the fused gather · gate · optional multi-scale pooling, differentiable
-in x and, with a gate, in scores).
+Two steps, each a backend primitive: ``topk_select`` (integer selection, no gradient) and
+``gather_gate`` (the fused gather · gate · optional multi-scale pooling, differentiable in x and,
+with a gate, in scores), with ``gather_gate_bwd`` for its backward. As for attention
+(stquery/ops/attention/op.py), they run:
+
+- under ``torch.compile``, through the custom ops ``stquery::topk_select``, ``stquery::gather_gate``
+  and ``stquery::gather_gate_bwd``;
+- in eager mode, through :class:`_GatherGate` (a plain ``torch.autograd.Function``) when autograd
+  records the gather, and straight to the primitives otherwise
+  (:func:`stquery.ops.common.records_autograd`). The selection records nothing; only under a
+  functorch transform does it go through its custom op, which the dispatcher runs per sample (a
+  backend can't read batched tensors), so that the gather's Function refuses the transform with a
+  clear error.
 """
 from __future__ import annotations
 
+import functools
 from typing import List, Tuple
 
 import torch
 from torch import Tensor
 
 from ... import backends
-from ..common import rows_readable
+from ..common import device_type, records_autograd, rows_readable, transforming
 from ..pool.problem import pooled_length
 from .checks import topk_args
 
@@ -50,19 +61,36 @@ def _(grad_y, x, scores, idx, gate, scales, backend):
     return x.new_empty(x.shape), scores.new_empty(0 if gate == "none" else scores.shape)
 
 
-def _setup_gather(ctx, inputs, output):
-    x, scores, idx, *static = inputs
+def _save_gather(ctx, inputs, output):
+    x, scores, idx, ctx.gate, ctx.scales, ctx.backend = inputs
     ctx.save_for_backward(x, scores, idx)
-    ctx.static = static
 
 
-def _backward_gather(ctx, grad_y):
+def _gather_grads(ctx, grad_y, bwd):
+    """The gradients of ``(x, scores, idx, gate, scales, backend)`` on both paths: ``bwd`` is the
+    custom op ``_gather_gate_bwd`` under compile, the backend's ``gather_gate_bwd`` in eager."""
     x, scores, idx = ctx.saved_tensors
-    dx, dscores = _gather_gate_bwd(rows_readable(grad_y), x, scores, idx, *ctx.static)
-    return dx, (None if ctx.static[0] == "none" else dscores), None, None, None, None
+    dx, dscores = bwd(rows_readable(grad_y), x, scores, idx, ctx.gate, ctx.scales)
+    return dx, (None if ctx.gate == "none" else dscores), None, None, None, None
 
 
-_gather_gate.register_autograd(_backward_gather, setup_context=_setup_gather)
+_gather_gate.register_autograd(
+    lambda ctx, grad_y: _gather_grads(ctx, grad_y, functools.partial(_gather_gate_bwd, backend=ctx.backend)),
+    setup_context=_save_gather,
+)
+
+
+class _GatherGate(torch.autograd.Function):
+    """Eager autograd around the same backend primitives as the custom ops above."""
+
+    @staticmethod
+    def forward(ctx, x, scores, idx, gate, scales, backend):
+        _save_gather(ctx, (x, scores, idx, gate, scales, backend), None)
+        return backends.get(backend).gather_gate(x, scores, idx, gate, scales)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        return _gather_grads(ctx, grad_y, backends.get(ctx.backend).gather_gate_bwd)
 
 
 def topk_tokens(
@@ -92,8 +120,17 @@ def topk_tokens(
     scale's block (block i starts at row ``Σ_{j<i} ceil(k/s_j)``).
     """
     gate, scales = topk_args(x, scores, k, order, gate, scales)
-    dev = x.device.type
-    idx = _topk_select(scores.detach(), k, order, backends.resolve("topk_select", backend, dev, scores, k, order))
+    dev = device_type(x)
+    name = backends.resolve("topk_select", backend, dev, scores, k, order)
+    if torch.compiler.is_compiling() or transforming():
+        idx = _topk_select(scores.detach(), k, order, name)
+    else:
+        idx = backends.get(name).topk_select(scores.detach(), k, order)
     name = backends.resolve("gather_gate", backend, dev, x, scores, idx, gate, scales)
-    y = _gather_gate(x, scores if gate != "none" else scores.detach(), idx, gate, list(scales), name)
-    return y, idx
+    if gate == "none":
+        scores = scores.detach()
+    if not torch.compiler.is_compiling():
+        if records_autograd(x, scores):
+            return _GatherGate.apply(x, scores, idx, gate, scales, name), idx
+        return backends.get(name).gather_gate(x, scores, idx, gate, scales), idx
+    return _gather_gate(x, scores, idx, gate, list(scales), name), idx
