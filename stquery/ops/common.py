@@ -57,20 +57,22 @@ def device_type(t: torch.Tensor) -> str:
     return "cpu" if t.is_cpu else "cuda" if t.is_cuda else t.device.type
 
 
-def transforming() -> bool:
-    """Whether forward-mode AD or a functorch transform (vmap, grad, jvp, ...) is active: what a
-    direct call to a backend would silently drop (tangents) or can't read (batched tensors)."""
-    return forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active()
+def dispatched() -> bool:
+    """Whether an op call goes through its custom ops (the dispatcher) rather than the eager path:
+    under ``torch.compile`` (dynamo and AOTAutograd see one opaque op per direction) or a functorch
+    transform (``torch.vmap`` runs the custom op once per sample; ``torch.func.grad`` refuses it
+    with an error naming the transform). A backend can't read functorch's batched tensors."""
+    return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
 
 
 def records_autograd(*tensors) -> bool:
     """Whether an eager call goes through its ``torch.autograd.Function`` rather than straight to
-    the backend: grad mode is on and one of ``tensors`` requires grad, or :func:`transforming`
-    (the Function rejects forward-mode AD and functorch transforms with a clear error instead of
-    letting their tangents or batch dims be dropped). ``Function.apply`` alone costs more than
-    a small call's kernel (``bench/host_overhead.py``), and records nothing without gradients.
+    the backend: grad mode is on and one of ``tensors`` requires grad, or forward-mode AD is active
+    (the Function rejects it with a clear error instead of letting the tangents be dropped).
+    ``Function.apply`` alone costs more than a small call's kernel (``bench/host_overhead.py``),
+    and records nothing without gradients.
     """
-    if transforming():
+    if forward_ad._current_level >= 0:
         return True
     if torch.is_grad_enabled():
         for t in tensors:

@@ -3,8 +3,9 @@
 Each call validates its arguments, resolves a backend (docs/backends.md §3) and runs the backend's
 ``attention_fwd`` / ``attention_bwd``:
 
-- under ``torch.compile``, through the custom ops ``stquery::attention_fwd`` / ``attention_bwd``,
-  so dynamo and AOTAutograd see one opaque op per direction whatever backend runs it;
+- under ``torch.compile`` or a functorch transform (:func:`stquery.ops.common.dispatched`), through
+  the custom ops ``stquery::attention_fwd`` / ``attention_bwd``, so dynamo and AOTAutograd see one
+  opaque op per direction whatever backend runs it, and ``torch.vmap`` runs it per sample;
 - in eager mode, through :class:`_Attention`, a plain ``torch.autograd.Function`` calling the same
   primitives: the dispatcher's Python layers around a custom op cost several times a small
   attention call (see ``bench/host_overhead.py``); and straight to ``attention_fwd`` when no
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ... import backends
-from ..common import device_type, records_autograd, rows_readable
+from ..common import device_type, dispatched, records_autograd, rows_readable
 from .checks import attention_problem
 from .masks import MaskSet
 from .problem import AttnProblem
@@ -108,7 +109,7 @@ def _run(q, k, v, frames, masks, alpha, mode, scale, key_padding, frame_lengths,
     )
     tensors = (q, k, v, alpha, dense, key_padding, frame_lengths)
     name = backends.resolve("attention", backend, device_type(q), *tensors, prob)
-    if not torch.compiler.is_compiling():
+    if not dispatched():
         if records_autograd(q, k, v, alpha):
             return _Attention.apply(*tensors, prob, name)
         return backends.get(name).attention_fwd(*tensors, prob)[0]

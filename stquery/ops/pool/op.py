@@ -3,8 +3,8 @@
 Each runs its backend's primitives (``multiscale_pool`` / ``multiscale_pool_bwd``, ``st_pool`` /
 ``st_pool_bwd``) as attention does (stquery/ops/attention/op.py):
 
-- under ``torch.compile``, through the custom ops ``stquery::multiscale_pool`` / ``st_pool`` and
-  their ``_bwd`` ops;
+- under ``torch.compile`` or a functorch transform (:func:`stquery.ops.common.dispatched`), through
+  the custom ops ``stquery::multiscale_pool`` / ``st_pool`` and their ``_bwd`` ops;
 - in eager mode, through :class:`_MultiscalePool` / :class:`_StPool` (plain
   ``torch.autograd.Function`` classes) when autograd records the call, and straight to the
   primitive otherwise (:func:`stquery.ops.common.records_autograd`).
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ... import backends
-from ..common import device_type, records_autograd, rows_readable
+from ..common import device_type, dispatched, records_autograd, rows_readable
 from .checks import pool_args, st_pool_args
 from .problem import pooled_length
 
@@ -137,7 +137,7 @@ def multiscale_pool(y: Tensor, scales: tuple[int, ...] = (1, 2, 4), *, backend: 
     """
     scales = pool_args(y, scales)
     name = backends.resolve("multiscale_pool", backend, device_type(y), y, scales)
-    if not torch.compiler.is_compiling():
+    if not dispatched():
         if records_autograd(y):
             return _MultiscalePool.apply(y, scales, name)
         return backends.get(name).multiscale_pool(y, scales)
@@ -153,7 +153,7 @@ def st_pool(x: Tensor, *, backend: str | None = None) -> tuple[Tensor, Tensor]:
     """
     st_pool_args(x)
     name = backends.resolve("st_pool", backend, device_type(x), x)
-    if not torch.compiler.is_compiling():
+    if not dispatched():
         if records_autograd(x):
             return _StPool.apply(x, name)
         return backends.get(name).st_pool(x)

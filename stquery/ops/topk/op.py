@@ -5,14 +5,11 @@ Two steps, each a backend primitive: ``topk_select`` (integer selection, no grad
 with a gate, in scores), with ``gather_gate_bwd`` for its backward. As for attention
 (stquery/ops/attention/op.py), they run:
 
-- under ``torch.compile``, through the custom ops ``stquery::topk_select``, ``stquery::gather_gate``
-  and ``stquery::gather_gate_bwd``;
+- under ``torch.compile`` or a functorch transform (:func:`stquery.ops.common.dispatched`), through
+  the custom ops ``stquery::topk_select``, ``stquery::gather_gate`` and ``stquery::gather_gate_bwd``;
 - in eager mode, through :class:`_GatherGate` (a plain ``torch.autograd.Function``) when autograd
   records the gather, and straight to the primitives otherwise
-  (:func:`stquery.ops.common.records_autograd`). The selection records nothing; only under a
-  functorch transform does it go through its custom op, which the dispatcher runs per sample (a
-  backend can't read batched tensors), so that the gather's Function refuses the transform with a
-  clear error.
+  (:func:`stquery.ops.common.records_autograd`).
 """
 from __future__ import annotations
 
@@ -23,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ... import backends
-from ..common import device_type, records_autograd, rows_readable, transforming
+from ..common import device_type, dispatched, records_autograd, rows_readable
 from ..pool.problem import pooled_length
 from .checks import topk_args
 
@@ -122,14 +119,14 @@ def topk_tokens(
     gate, scales = topk_args(x, scores, k, order, gate, scales)
     dev = device_type(x)
     name = backends.resolve("topk_select", backend, dev, scores, k, order)
-    if torch.compiler.is_compiling() or transforming():
+    if dispatched():
         idx = _topk_select(scores.detach(), k, order, name)
     else:
         idx = backends.get(name).topk_select(scores.detach(), k, order)
     name = backends.resolve("gather_gate", backend, dev, x, scores, idx, gate, scales)
     if gate == "none":
         scores = scores.detach()
-    if not torch.compiler.is_compiling():
+    if not dispatched():
         if records_autograd(x, scores):
             return _GatherGate.apply(x, scores, idx, gate, scales, name), idx
         return backends.get(name).gather_gate(x, scores, idx, gate, scales), idx

@@ -1,7 +1,7 @@
 """The two eager paths of the attention ops (stquery/ops/attention/op.py): straight to the backend
-when no gradient is recorded, through the autograd.Function otherwise. They agree, and what the
-direct path can't carry (forward-mode tangents, functorch batch dims) still goes to the Function,
-which refuses it with an error instead of dropping it."""
+when no gradient is recorded, through the autograd.Function otherwise. They agree; forward-mode
+tangents go to the Function, which refuses them with an error instead of dropping them; functorch
+transforms go through the custom ops, which torch.vmap runs once per sample."""
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -35,7 +35,13 @@ def test_forward_ad_is_refused_not_dropped():
         stq.temporal_attention(fwAD.make_dual(q, torch.ones_like(q)), k, v, T, backend="torch")
 
 
-def test_vmap_is_refused_not_dropped():
-    q, k, v = qkv((2 * T, 3, 2, 8))
+@pytest.mark.filterwarnings("ignore:There is a performance drop")
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_vmap_runs_the_custom_op_per_sample(backend):
+    dtype = torch.float64 if backend == "torch" else torch.float32
+    q, k, v = qkv((2 * T, 3, 2, 8), dtype=dtype)
+    qs = torch.stack([q, q.flip(0)])
+    f = lambda x: stq.temporal_attention(x, k, v, T, masks=MASKS, backend=backend)  # noqa: E731
+    assert torch.equal(torch.vmap(f)(qs), torch.stack([f(x) for x in qs]))
     with pytest.raises(RuntimeError, match="functorch transforms"):
-        torch.vmap(lambda x: stq.temporal_attention(x, k, v, T, backend="torch"))(q[None].expand(2, *q.shape))
+        torch.func.grad(lambda x: f(x).sum())(q)

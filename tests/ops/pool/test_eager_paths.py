@@ -1,7 +1,8 @@
 """The eager paths of stq.multiscale_pool and stq.st_pool (stquery/ops/pool/op.py): straight to
 the backend when no gradient is recorded, through the autograd.Function otherwise. Both give the
-custom ops' outputs and gradients, and what the direct path can't carry (forward-mode tangents,
-functorch batch dims) goes to the Function, which refuses it with an error instead of dropping it."""
+custom ops' outputs and gradients; forward-mode tangents go to the Function, which refuses them
+with an error instead of dropping them; functorch transforms go through the custom ops, which
+torch.vmap runs once per sample."""
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -75,9 +76,12 @@ def test_forward_ad_is_refused_not_dropped():
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpu"])
-def test_vmap_is_refused_not_dropped(backend):
+@pytest.mark.filterwarnings("ignore:There is a performance drop")
+def test_vmap_runs_the_custom_ops_per_sample(backend):
     y = torch.randn(2, 2, 7, 5, dtype=_dtype(backend))
-    with pytest.raises(RuntimeError, match="functorch transforms"):
-        torch.vmap(lambda t: stq.multiscale_pool(t, SCALES, backend=backend))(y)
-    with pytest.raises(RuntimeError, match="functorch transforms"):
-        torch.vmap(lambda t: stq.st_pool(t, backend=backend)[0])(y.view(2, 2, 7, 5, 1))
+    pool = lambda t: stq.multiscale_pool(t, SCALES, backend=backend)  # noqa: E731
+    st = lambda t: stq.st_pool(t, backend=backend)  # noqa: E731
+    x = y.view(2, 2, 7, 5, 1)
+    assert torch.equal(torch.vmap(pool)(y), torch.stack([pool(t) for t in y]))
+    for got, want in zip(torch.vmap(st)(x), zip(*[st(t) for t in x])):
+        assert torch.equal(got, torch.stack(want))

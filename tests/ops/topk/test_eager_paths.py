@@ -1,7 +1,8 @@
 """The eager paths of stq.topk_tokens (stquery/ops/topk/op.py): straight to the backend when no
 gradient is recorded, through the autograd.Function otherwise. Both give the custom ops' outputs and
-gradients, and what the direct path can't carry (forward-mode tangents, functorch batch dims) goes
-to the Function, which refuses it with an error instead of dropping it."""
+gradients; forward-mode tangents go to the Function, which refuses them with an error instead of
+dropping them; functorch transforms go through the custom ops, which torch.vmap runs once per
+sample."""
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -77,9 +78,11 @@ def test_forward_ad_is_refused_not_dropped(dual):
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpu"])
-def test_vmap_is_refused_not_dropped(backend):
+@pytest.mark.filterwarnings("ignore:There is a performance drop")
+def test_vmap_runs_the_custom_ops_per_sample(backend):
     x, scores = _inputs(backend)
-    with pytest.raises(RuntimeError, match="functorch transforms"):
-        torch.vmap(lambda s: stq.topk_tokens(x, s, K, gate="sigmoid", backend=backend)[0])(scores[None].expand(2, 2, 9))
-    with pytest.raises(RuntimeError, match="functorch transforms"):
-        torch.vmap(lambda t: stq.topk_tokens(t, scores, K, backend=backend)[0])(x[None].expand(2, *x.shape))
+    ss, xs = torch.stack([scores, -scores]), torch.stack([x, 2 * x])
+    by_scores = lambda s: stq.topk_tokens(x, s, K, gate="sigmoid", scales=(1, 2), backend=backend)[0]  # noqa: E731
+    by_x = lambda t: stq.topk_tokens(t, scores, K, backend=backend)[0]  # noqa: E731
+    assert torch.equal(torch.vmap(by_scores)(ss), torch.stack([by_scores(s) for s in ss]))
+    assert torch.equal(torch.vmap(by_x)(xs), torch.stack([by_x(t) for t in xs]))
