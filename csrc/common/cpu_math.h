@@ -67,17 +67,21 @@ inline void store_row(const float* src, T* dst, int64_t n, float mul = 1.f) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i] * mul);
 }
 
-// Software prefetch of n rows of `bytes` bytes each, `stride` elements apart (for write when `write`).
-// Attention sequences read T rows far apart: more streams than the hardware prefetchers track.
+// Software prefetch into L2 of n rows of `bytes` bytes each, `stride` elements apart (for write when
+// `write`). Attention sequences read T rows far apart: more streams than the hardware prefetchers
+// track. L2, not L1: the rows of a few sequences ahead do not fit in L1 beside the working set.
+// Always inlined: GCC 12 judges a function whose only effect is prefetching to be const and deletes
+// the calls to it, so before this no prefetch instruction reached the kernels (issue 13's note).
 template <typename T>
-inline void prefetch_rows(const T* base, int64_t stride, int64_t n, int64_t bytes, bool write = false) {
+[[gnu::always_inline]] inline void prefetch_rows(const T* base, int64_t stride, int64_t n, int64_t bytes,
+                                                 bool write = false) {
   for (int64_t r = 0; r < n; ++r) {
     const char* row = reinterpret_cast<const char*>(base + r * stride);
     for (int64_t o = 0; o < bytes; o += 64) {
       if (write) {
-        __builtin_prefetch(row + o, 1, 3);
+        __builtin_prefetch(row + o, 1, 2);
       } else {
-        __builtin_prefetch(row + o, 0, 3);
+        __builtin_prefetch(row + o, 0, 2);
       }
     }
   }
