@@ -342,9 +342,51 @@ void keys_for_scores(const Mat& K, int64_t Nk, int64_t d, float* Kt, int64_t Nkp
 void scores(const Mat& Q, const Mat& K, const float* Kt, int64_t bm, int64_t Nk, int64_t d, int64_t dp, int64_t Nkp,
             float mul, float* S) {
   if (few_keys(Nk)) {
-    gemm_dots(Q.p, Q.ld, K.p, K.ld, bm, Nk, dp, mul, S, Nkp);
+    gemm_dots(Q.p, Q.ld, K.p, K.ld, bm, Nk, dp, mul, S, Nkp, 1);
   } else {
     gemm(Q.p, Q.ld, 1, Kt, Nkp, bm, d, Nkp / kV, Into{S, Nkp, mul});
+  }
+}
+
+// Plain softmax over the keys of transposed scores St [Nk, ldt] (lane r: query i0 + r), in place:
+// St becomes the attention weights A^T, a key with keyok 0 weighs 0, and lse[r] is the log-sum-exp
+// of query r < bm (-inf, with weights 0, for a query >= n_alive or one that sees no key). The max
+// and the sums run down the key rows, a vector of queries at a time: with few keys a query's row is
+// a fraction of a vector, and the horizontal max and sum per row cost more than its arithmetic.
+// on_key(j) is called once per key row (the caller's prefetch). ml: scratch [2 * ldt].
+template <typename OnKey>
+void softmax_keys(float* St, int64_t Nk, int64_t ldt, int64_t bm, const float* keyok, int64_t i0, int64_t n_alive,
+                  float* ml, float* lse, OnKey&& on_key) {
+  const Vec ninf(-kInf), zero(0.f);
+  for (int64_t c = 0; c < bm; c += kV) {
+    Vec m = ninf;
+    for (int64_t j = 0; j < Nk; ++j) {
+      if (keyok[j] > 0.f) m = at::vec::maximum(m, Vec::loadu(St + j * ldt + c));
+    }
+    const Vec base = Vec::blendv(m, zero, m == ninf);
+    Vec l = zero;
+    for (int64_t j = 0; j < Nk; ++j) {
+      if (c == 0) on_key(j);
+      float* s = St + j * ldt + c;
+      const Vec e = keyok[j] > 0.f ? (Vec::loadu(s) - base).exp_u20() : zero;
+      e.store(s);
+      l = l + e;
+    }
+    m.store(ml + c);
+    l.store(ml + ldt + c);
+  }
+  float* inv = ml + ldt;  // l, then 1 / l
+  for (int64_t r = 0; r < bm; ++r) {
+    const float l = inv[r];
+    const bool live = i0 + r < n_alive && l > 0.f;
+    lse[r] = live ? ml[r] + std::log(l) : -kInf;
+    inv[r] = live ? 1.f / l : 0.f;
+  }
+  for (int64_t j = 0; j < Nk; ++j) {
+    for (int64_t c = 0; c < bm; c += kV) {
+      float* s = St + j * ldt + c;
+      (Vec::loadu(s) * Vec::loadu(inv + c)).store(s);
+    }
   }
 }
 
@@ -408,8 +450,11 @@ template <typename T>
 void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, const at::Tensor& v_t, at::Tensor& o_t,
               at::Tensor& stats_t) {
   const int64_t d = P.d, dp = round_up(d, kV), Nq = P.Nq, Nk = P.Nk, Nkp = round_up(Nk, kV);
-  const int64_t BM = block_rows(Nkp), Pw = P.stats_width();
+  const int64_t BM = block_rows(Nkp), BMp = round_up(BM, kV), Pw = P.stats_width();
   const bool staged = !in_place<T>(d);
+  // Plain attention over few keys normalises down transposed score tiles (softmax_keys); the rest
+  // row by row (fwd_row). At T = 4 and 8 the transposed tiles cut the forward by 28% (issue 13's note).
+  const bool by_keys = P.mode == kNone && few_keys(Nk);
   const Rows qs = rows_of(q_t, P.frames), ks = rows_of(k_t, P.frames), vs = rows_of(v_t, P.frames);
   const Rows os = rows_of(o_t, P.frames), ss = rows_of(stats_t, P.frames);
   const T* q = q_t.const_data_ptr<T>();
@@ -420,7 +465,8 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
   const Prefetch<T> prefetch{
       P, static_cast<int64_t>(d * sizeof(T)), {{q, qs, Nq, false}, {k, ks, Nk, false}, {v, vs, Nk, false}, {o, os, Nq, true}}};
   at::parallel_for(0, P.n_seq(), 1, [&](int64_t s0, int64_t s1) {
-    Scratch w(staged * (Nq + 2 * Nk + BM) * dp + dp * Nkp + (2 * BM + kMaxMasks + 2) * Nkp);
+    Scratch w(staged * (Nq + 2 * Nk + BM) * dp + dp * Nkp + (2 * BM + kMaxMasks + 2) * Nkp +
+              by_keys * (Nk + 3) * BMp);
     float* Qf = w.take_if(staged, Nq * dp);
     float* Kf = w.take_if(staged, Nk * dp);
     float* Vf = w.take_if(staged, Nk * dp);
@@ -431,6 +477,9 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
     float* W = w.take(BM * Nkp);
     float* mj = w.take(kMaxMasks * Nkp);
     float* tmp = w.take(Nkp);
+    float* St = w.take_if(by_keys, Nk * BMp);
+    float* ml = w.take_if(by_keys, 2 * BMp);
+    float* lse = w.take_if(by_keys, BMp);
     for (int64_t seq = s0; seq < s1; ++seq) {
       const auto next = prefetch.next(seq, s1);
       const Seq sq = make_seq(P, seq, keyok, Nkp);
@@ -438,6 +487,22 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
       const Mat K = rows_in(k + P.base(seq, ks), ks.n, Nk, d, dp, Kf);
       const Mat V = rows_in(v + P.base(seq, vs), vs.n, Nk, d, dp, Vf);
       const RowsOut<T> O{o + P.base(seq, os), os.n, d, dp, Ob};
+      if (by_keys) {
+        for (int64_t i0 = 0; i0 < Nq; i0 += BM) {
+          const int64_t bm = std::min(BM, Nq - i0);
+          gemm_dots(Q.row(i0), Q.ld, K.p, K.ld, bm, Nk, dp, P.scale, St, 1, BMp);  // St = S^T
+          // always inlined: GCC deletes a call whose only effect is prefetching (prefetch_rows)
+          const auto prefetch_key = [&](int64_t j) __attribute__((always_inline)) {
+            if (i0 == 0) next.rows(j, j + 1);
+          };
+          softmax_keys(St, Nk, BMp, bm, keyok, i0, sq.n_alive, ml, lse, prefetch_key);
+          for (int64_t r = 0; r < bm; ++r) stats[ss.at(sq.b, sq.l, sq.h, i0 + r)] = lse[r];
+          gemm(St, 1, BMp, V.p, V.ld, bm, Nk, dp / kV, O.into(i0));
+          O.store(i0, bm);
+        }
+        next.rows(Nk, Nq);
+        continue;
+      }
       keys_for_scores(K, Nk, d, Kt, Nkp);
       for (int64_t i0 = 0; i0 < Nq; i0 += BM) {
         const int64_t bm = std::min(BM, Nq - i0);

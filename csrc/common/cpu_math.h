@@ -197,17 +197,18 @@ inline void gemm(const float* W, int64_t w_r, int64_t w_k, const float* B, int64
   }
 }
 
-// C[r, j] = mul * A[r, :depth] . B[j, :depth] for r < m, j < n (rows lda / ldb floats apart, depth a
-// multiple of kV): dot products, for few columns, where gemm's transposed B would be mostly padding.
+// C[r * c_r + j * c_j] = mul * A[r, :depth] . B[j, :depth] for r < m, j < n (rows lda / ldb floats
+// apart, depth a multiple of kV): dot products, for few columns, where gemm's transposed B would be
+// mostly padding. C row-major (c_j = 1) or transposed (c_r = 1).
 inline void gemm_dots(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t m, int64_t n, int64_t depth,
-                      float mul, float* C, int64_t ldc) {
+                      float mul, float* C, int64_t c_r, int64_t c_j) {
   for (int64_t r = 0; r < m; ++r) {
     for (int64_t j = 0; j < n; ++j) {
       Vec acc(0.f);
       for (int64_t c = 0; c < depth; c += kV) {
         acc = at::vec::fmadd(Vec::loadu(A + r * lda + c), Vec::loadu(B + j * ldb + c), acc);
       }
-      C[r * ldc + j] = mul * hsum(acc);
+      C[r * c_r + j * c_j] = mul * hsum(acc);
     }
   }
 }

@@ -20,6 +20,10 @@ from __future__ import annotations
 
 import math
 import os
+import platform
+import re
+import shutil
+import subprocess
 from dataclasses import dataclass
 
 import pytest
@@ -75,6 +79,7 @@ BF16 = torch.bfloat16
 TRITON_CASES = [
     # temporal, packed tiles (T <= 64)
     Case(T, "none", n=1, L=1, d=16),
+    Case(T, "none", n=6, L=5, d=40, dtype=torch.float16, pad=True),  # few keys: cpu's transposed score tiles
     Case(T, "mix", ("window",), n=3, groups=3, L=5, d=40, dtype=torch.float16, pad=True, alpha="group"),
     Case(T, "mix", ("window", "causal", "dense", "window"), n=8, groups=3, L=5, d=64, glob=True, pad=True),
     Case(T, "scale", ("causal", "dense"), n=17, L=1, d=16, dtype=torch.float16),
@@ -94,6 +99,7 @@ TRITON_CASES = [
     Case(T, "none", n=66, groups=2, L=1, H=1, d=40, pad=True),
     # spatial / cross, packed
     Case(S, "none", n=9, groups=3, d=16, pad=True),
+    Case(S, "none", n=70, nk=7, groups=2, H=1, d=64, pad=True),  # few keys, two blocks of cpu query rows
     Case(S, "mix", ("window", "dense"), n=7, nk=13, d=40, dtype=torch.float16, alpha="group"),
     Case(S, "scale", ("window", "causal", "dense"), n=12, d=64, glob=True, pad=True),
     Case(S, "scale", ("dense",), n=5, nk=11, d=16, dtype=torch.float16, alpha="p"),
@@ -320,3 +326,25 @@ def test_cpu_results_do_not_depend_on_the_thread_count(mode):
         return [out, *torch.autograd.grad(out, xs, grad)]
 
     assert_same_with_1_and_2_threads(run)
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64" or shutil.which("objdump") is None,
+                    reason="reads the cpu extension's x86-64 code with objdump")
+def test_cpu_attention_kernels_keep_their_prefetches():
+    """GCC judges a function whose only effect is prefetching to be const and deletes the calls to it,
+    so the prefetches must be inlined into the kernels (csrc/common/cpu_math.h ``prefetch_rows``).
+    Before they were, none reached the binary and the forward at issue 13's headline shape took 1.7x
+    as long at T = 16."""
+    from stquery.backends import cpu_backend
+
+    asm = subprocess.run(["objdump", "-d", "--no-show-raw-insn", "-C", cpu_backend.module().__file__],
+                         capture_output=True, text=True, check=True).stdout
+    with_prefetch, function = set(), None
+    for line in asm.splitlines():
+        header = re.match(r"[0-9a-f]+ <(.*)>:$", line)
+        if header:
+            function = header.group(1)
+        elif function and "prefetch" in line:
+            with_prefetch.add(function)
+    for kernel in ("fwd_impl<float>", "bwd_impl<float>"):
+        assert any(kernel in f for f in with_prefetch), f"no prefetch instruction in {kernel}"
