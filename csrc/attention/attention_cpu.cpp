@@ -5,11 +5,13 @@
 // (spatial [G, N, H, d]: s_b = stride(0), s_l = 0, s_n = stride(1); temporal [B*T, L, H, d]:
 // s_b = T * stride(0), s_l = stride(1), s_n = stride(0)), so the BT x L <-> BL x T swap is only
 // an addressing choice. One thread owns a whole sequence (at::parallel_for over sequences): it
-// stages the sequence's rows as float32 in cache-sized scratch (the tile loads of a GPU kernel;
-// fp16/bf16 are converted there), then walks its queries in blocks of MR rows. A block's scores
-// against all keys (MR x Nk, never N x N) are computed, masked and normalised row by row, and
-// multiplied into V. Each output element depends only on its own sequence, in a fixed order:
-// results do not depend on the thread count.
+// reads float32 rows in place (fp16/bf16, or a width that is not whole vectors, are staged as
+// float32 in scratch), prefetches the rows of the sequence a few ahead into L2, and walks its
+// queries in blocks of up to 64 rows. A block's scores against all keys (bm x Nk, never N x N) are
+// computed, masked and normalised row by row, and multiplied into V; plain attention over few keys
+// (a fraction of a vector) normalises a transposed tile down the keys instead (softmax_keys). Each
+// output element depends only on its own sequence, in a fixed order: results do not depend on the
+// thread count.
 //
 // Masks are never materialised beyond one row: window/causal are key ranges computed from
 // integers, dense masks are read from the shared bool buffer, global tokens and key padding /
