@@ -6,8 +6,9 @@ Both are built as separate extensions, and the calls alternate between them roun
 issue 13's headline attention shape (fp32, L=32, H=12, d=64, B·T=256; DAR: window(1), window(2),
 global, alpha per (b, l)). Whatever else the machine does slows both alike, so their ratio holds
 where single timings on a shared VM drift by ±30% (two copies of the same tree read within ±2% at
-10 rounds). Prints the minimum ms of each and B/A, forward and forward+backward. After an edit near ``prefetch_rows``, also check that ``objdump -d`` of the
-built extension still shows prefetch instructions (tests/kernels/test_attention.py does for main).
+10 rounds). Prints the minimum ms of each and B/A, forward and forward+backward. After an edit near
+``prefetch_rows``, also check that ``objdump -d`` of the built extension still shows prefetch
+instructions (tests/kernels/test_attention.py does for main).
 """
 from __future__ import annotations
 
