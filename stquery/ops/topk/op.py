@@ -117,16 +117,16 @@ def topk_tokens(
     scale's block (block i starts at row ``Σ_{j<i} ceil(k/s_j)``).
     """
     gate, scales = topk_args(x, scores, k, order, gate, scales)
-    dev = device_type(x)
+    dev, through_ops = device_type(x), dispatched()
     name = backends.resolve("topk_select", backend, dev, scores, k, order)
-    if dispatched():
+    if through_ops:
         idx = _topk_select(scores.detach(), k, order, name)
     else:
         idx = backends.get(name).topk_select(scores.detach(), k, order)
     name = backends.resolve("gather_gate", backend, dev, x, scores, idx, gate, scales)
     if gate == "none":
         scores = scores.detach()
-    if not dispatched():
+    if not through_ops:
         if records_autograd(x, scores):
             return _GatherGate.apply(x, scores, idx, gate, scales, name), idx
         return backends.get(name).gather_gate(x, scores, idx, gate, scales), idx
