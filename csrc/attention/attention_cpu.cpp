@@ -8,8 +8,8 @@
 // reads float32 rows in place (fp16/bf16, or a width that is not whole vectors, are staged as
 // float32 in scratch), prefetches the rows of the sequence a few ahead into L2, and walks its
 // queries in blocks of up to 64 rows. A block's scores against all keys (bm x Nk, never N x N) are
-// computed, masked and normalised row by row, and multiplied into V; plain attention over few keys
-// (a fraction of a vector) normalises a transposed tile down the keys instead (softmax_keys). Each
+// computed, masked and normalised row by row, and multiplied into V; plain and mix attention over
+// few keys (a fraction of a vector) normalise a transposed tile down the keys instead (softmax_keys). Each
 // output element depends only on its own sequence, in a fixed order: results do not depend on the
 // thread count.
 //
@@ -20,7 +20,8 @@
 // Modes (s = scale * q.k):
 // - NONE: softmax over the visible keys. stats = lse.
 // - MIX: o_i = sum_j alpha_j softmax_{M_j(i)}(s_i) V, each mask normalised against its own max
-//   (no shared-max underflow); stats = lse_j per mask (-inf for an empty mask row): O(N p).
+//   (no shared-max underflow; softmax_keys shares one exp per score and hands the rows where that
+//   underflows to the per-row path); stats = lse_j per mask (-inf for an empty mask row): O(N p).
 // - SCALE: softmax over {k : w_ik > 0} of s_ik * w_ik, w = sum_j alpha_j M_j. stats = lse.
 // Backward, per query row from the saved stats (the forward is not re-run):
 //   P = exp(s - lse) / sum_k exp(s - lse) (per mask in MIX): the saved lse is the shift, and the row
@@ -350,44 +351,105 @@ void scores(const Mat& Q, const Mat& K, const float* Kt, int64_t bm, int64_t Nk,
   }
 }
 
-// Plain softmax over the keys of transposed scores St [Nk, ldt] (lane r: query i0 + r), in place:
-// St becomes the attention weights A^T, a key with keyok 0 weighs 0, and lse[r] is the log-sum-exp
-// of query r < bm (-inf, with weights 0, for a query >= n_alive or one that sees no key). The max
-// and the sums run down the key rows, a vector of queries at a time: with few keys a query's row is
-// a fraction of a vector, and the horizontal max and sum per row cost more than its arithmetic.
-// on_key(j) is called once per key row (the caller's prefetch). ml: scratch [2 * ldt].
-template <typename OnKey>
-void softmax_keys(float* St, int64_t Nk, int64_t ldt, int64_t bm, const float* keyok, int64_t i0, int64_t n_alive,
-                  float* ml, float* lse, OnKey&& on_key) {
-  const Vec ninf(-kInf), zero(0.f);
+// Lanes (queries q0 + lane) that see key k: one Vec per mask, all-ones lanes or zero, into vis[j * kV]
+// (mode NONE: one mask, every visible key). The transposed row_masks: keyok (key padding, frame
+// lengths) and global tokens applied the same way.
+void key_masks(const Problem& P, int64_t k, float keyok, int64_t q0, float* vis) {
+  const Vec zero(0.f), ones = zero == zero;
+  if (!(keyok > 0.f) || P.p == 0 || (k >= P.gs && k < P.ge)) {
+    const Vec all = keyok > 0.f ? ones : zero;
+    for (int j = 0; j < std::max(P.p, 1); ++j) all.store(vis + j * kV);
+    return;
+  }
+  // query indices and bounds as floats: exact, lanes and bounds clipped to [-1, Nq]
+  const auto bound = [&](int64_t x) { return Vec(static_cast<float>(std::clamp<int64_t>(x, -1, P.Nq))); };
+  const Vec qi = Vec::arange(static_cast<float>(q0), 1.f);
+  const Vec global_q = (qi >= bound(P.gs)) & (qi < bound(P.ge));
+  for (int j = 0; j < P.p; ++j) {
+    Vec in;
+    if (P.kinds[j] == kDense) {
+      const bool* col = P.dense + P.dense_index[j] * P.sd_m + k * P.sd_k;
+      float lanes[kV];
+      for (int64_t r = 0; r < kV; ++r) lanes[r] = q0 + r < P.Nq && col[(q0 + r) * P.sd_q] ? 1.f : 0.f;
+      in = Vec::loadu(lanes) > zero;
+    } else {
+      int64_t lo, hi;
+      key_band(P.kinds[j], P.radii[j], k, lo, hi);
+      in = (qi >= bound(lo)) & (qi <= bound(hi));
+    }
+    (in | global_q).store(vis + j * kV);
+  }
+}
+
+// Softmax over few keys on transposed scores St [Nk, ldt] (lane r: query i0 + r), modes NONE and
+// MIX, in place: St becomes the attention weights A^T (sum_j alpha_j P_j^T in MIX) and lse[j * ldt
+// + r] the log-sum-exp of query r under mask j (-inf for a query >= n_alive or a mask row with no
+// visible key). The max, the exps and the sums run down the key rows a vector of queries at a time:
+// with few keys a query's row is a fraction of a vector, and a horizontal max and sum per row cost
+// more than its arithmetic. One exp per score, against the max over the union of the masks; l_j
+// are masked sums of those. A lane where some l_j < 2^-64 (a mask whose every score sits ~44 below
+// the union's max, so its sum has lost its precision or underflowed) is redone by hard_row(r), the
+// per-row path that normalises each mask against its own max. on_key(k) is called once per key
+// row (the caller's prefetch). vis: scratch [Nk * max(p, 1) * kV].
+template <bool kMixMode, typename OnKey, typename HardRow>
+void softmax_keys(const Problem& P, const Seq& sq, float* St, int64_t ldt, int64_t bm, const float* keyok, int64_t i0,
+                  float* vis, float* lse, OnKey&& on_key, HardRow&& hard_row) {
+  const int64_t Nk = P.Nk;
+  const int n = kMixMode ? P.p : 1;
+  const Vec ninf(-kInf), zero(0.f), tiny(0x1p-64f), live_end(static_cast<float>(std::min(i0 + bm, sq.n_alive)));
+  // The lanes that see key k under mask j (NONE: all lanes of a visible key, no vis needed).
+  const auto in = [&](int64_t k, int j) { return kMixMode ? Vec::loadu(vis + (k * n + j) * kV) : Vec(0.f) == zero; };
+  const auto any = [&](int64_t k) {
+    Vec u = in(k, 0);
+    for (int j = 1; j < n; ++j) u = u | in(k, j);
+    return u;
+  };
   for (int64_t c = 0; c < bm; c += kV) {
     Vec m = ninf;
-    for (int64_t j = 0; j < Nk; ++j) {
-      if (keyok[j] > 0.f) m = at::vec::maximum(m, Vec::loadu(St + j * ldt + c));
+    for (int64_t k = 0; k < Nk; ++k) {
+      if (kMixMode) key_masks(P, k, keyok[k], i0 + c, vis + k * n * kV);
+      if (!kMixMode && !(keyok[k] > 0.f)) continue;
+      m = at::vec::maximum(m, Vec::blendv(ninf, Vec::loadu(St + k * ldt + c), any(k)));
     }
     const Vec base = Vec::blendv(m, zero, m == ninf);
-    Vec l = zero;
-    for (int64_t j = 0; j < Nk; ++j) {
-      if (c == 0) on_key(j);
-      float* s = St + j * ldt + c;
-      const Vec e = keyok[j] > 0.f ? (Vec::loadu(s) - base).exp_u20() : zero;
-      e.store(s);
-      l = l + e;
+    Vec l[kMaxMasks], seen[kMaxMasks];
+    for (int j = 0; j < n; ++j) l[j] = seen[j] = zero;
+    for (int64_t k = 0; k < Nk; ++k) {
+      if (c == 0) on_key(k);
+      float* s = St + k * ldt + c;
+      if (!kMixMode && !(keyok[k] > 0.f)) {
+        zero.store(s);
+        continue;
+      }
+      const Vec e = (Vec::loadu(s) - base).exp_u20();
+      (kMixMode ? e & any(k) : e).store(s);
+      for (int j = 0; j < n; ++j) {
+        l[j] = l[j] + (kMixMode ? e & in(k, j) : e);
+        seen[j] = seen[j] | in(k, j);
+      }
     }
-    m.store(ml + c);
-    l.store(ml + ldt + c);
-  }
-  float* inv = ml + ldt;  // l, then 1 / l
-  for (int64_t r = 0; r < bm; ++r) {
-    const float l = inv[r];
-    const bool live = i0 + r < n_alive && l > 0.f;
-    lse[r] = live ? ml[r] + std::log(l) : -kInf;
-    inv[r] = live ? 1.f / l : 0.f;
-  }
-  for (int64_t j = 0; j < Nk; ++j) {
-    for (int64_t c = 0; c < bm; c += kV) {
-      float* s = St + j * ldt + c;
-      (Vec::loadu(s) * Vec::loadu(inv + c)).store(s);
+    const Vec live = Vec::arange(static_cast<float>(i0 + c), 1.f) < live_end;
+    Vec coef[kMaxMasks], hard = zero;
+    for (int j = 0; j < n; ++j) {
+      const Vec rows = seen[j] & live, has = rows & (l[j] > zero);
+      hard = hard | (rows & (l[j] < tiny));
+      coef[j] = Vec::blendv(zero, Vec(kMixMode ? sq.alpha[j] : 1.f) / l[j], has);
+      Vec::blendv(ninf, base + l[j].log(), has).store(lse + j * ldt + c);
+    }
+    for (int64_t k = 0; k < Nk; ++k) {
+      Vec w = coef[0];
+      if (kMixMode) {
+        w = w & in(k, 0);
+        for (int j = 1; j < n; ++j) w = w + (coef[j] & in(k, j));
+      }
+      float* s = St + k * ldt + c;
+      (Vec::loadu(s) * w).store(s);
+    }
+    if (!kMixMode) continue;  // one mask: l >= 1, its max's own term
+    float redo[kV];
+    Vec::blendv(zero, Vec(1.f), hard).store(redo);
+    for (int64_t r = 0; r < kV; ++r) {
+      if (redo[r] > 0.f) hard_row(c + r);
     }
   }
 }
@@ -454,9 +516,11 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
   const int64_t d = P.d, dp = round_up(d, kV), Nq = P.Nq, Nk = P.Nk, Nkp = round_up(Nk, kV);
   const int64_t BM = block_rows(Nkp), BMp = round_up(BM, kV), Pw = P.stats_width();
   const bool staged = !in_place<T>(d);
-  // Plain attention over few keys normalises down transposed score tiles (softmax_keys); the rest
-  // row by row (fwd_row). At T = 4 and 8 the transposed tiles cut the forward by a quarter (issue 13).
-  const bool by_keys = P.mode == kNone && few_keys(Nk);
+  // Plain and mix attention over few keys normalise down transposed score tiles (softmax_keys); the
+  // rest row by row (fwd_row). At T = 4 and 8 the transposed tiles cut the plain forward by a quarter
+  // and the mix forward by half (issue 13).
+  const bool by_keys = P.mode != kScale && few_keys(Nk);
+  const int n_vis = std::max(P.p, 1);
   const Rows qs = rows_of(q_t, P.frames), ks = rows_of(k_t, P.frames), vs = rows_of(v_t, P.frames);
   const Rows os = rows_of(o_t, P.frames), ss = rows_of(stats_t, P.frames);
   const T* q = q_t.const_data_ptr<T>();
@@ -468,7 +532,7 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
       P, static_cast<int64_t>(d * sizeof(T)), {{q, qs, Nq, false}, {k, ks, Nk, false}, {v, vs, Nk, false}, {o, os, Nq, true}}};
   at::parallel_for(0, P.n_seq(), 1, [&](int64_t s0, int64_t s1) {
     Scratch w(staged * (Nq + 2 * Nk + BM) * dp + dp * Nkp + (2 * BM + kMaxMasks + 2) * Nkp +
-              by_keys * (Nk + 3) * BMp);
+              by_keys * ((Nk + 2 + Pw) * BMp + Nk * n_vis * kV));
     float* Qf = w.take_if(staged, Nq * dp);
     float* Kf = w.take_if(staged, Nk * dp);
     float* Vf = w.take_if(staged, Nk * dp);
@@ -480,8 +544,8 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
     float* mj = w.take(kMaxMasks * Nkp);
     float* tmp = w.take(Nkp);
     float* St = w.take_if(by_keys, Nk * BMp);
-    float* ml = w.take_if(by_keys, 2 * BMp);
-    float* lse = w.take_if(by_keys, BMp);
+    float* lse = w.take_if(by_keys, Pw * BMp);
+    float* vis = w.take_if(by_keys, Nk * n_vis * kV);
     for (int64_t seq = s0; seq < s1; ++seq) {
       const auto next = prefetch.next(seq, s1);
       const Seq sq = make_seq(P, seq, keyok, Nkp);
@@ -497,8 +561,23 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
           const auto prefetch_key = [&](int64_t j) __attribute__((always_inline)) {
             if (i0 == 0) next.rows(j, j + 1);
           };
-          softmax_keys(St, Nk, BMp, bm, keyok, i0, sq.n_alive, ml, lse, prefetch_key);
-          for (int64_t r = 0; r < bm; ++r) stats[ss.at(sq.b, sq.l, sq.h, i0 + r)] = lse[r];
+          // a query whose mask sums underflowed: its scores again as a row, through fwd_row
+          const auto hard_row = [&](int64_t r) {
+            gemm_dots(Q.row(i0 + r), Q.ld, K.p, K.ld, 1, Nk, dp, P.scale, S, 0, 1);
+            float st[kMaxMasks];
+            fwd_row(P, sq, i0 + r, S, keyok, mj, tmp, W, st, Nkp);
+            for (int64_t k = 0; k < Nk; ++k) St[k * BMp + r] = W[k];
+            for (int j = 0; j < Pw; ++j) lse[j * BMp + r] = st[j];
+          };
+          if (P.mode == kMix) {
+            softmax_keys<true>(P, sq, St, BMp, bm, keyok, i0, vis, lse, prefetch_key, hard_row);
+          } else {
+            softmax_keys<false>(P, sq, St, BMp, bm, keyok, i0, vis, lse, prefetch_key, hard_row);
+          }
+          for (int64_t r = 0; r < bm; ++r) {
+            float* st = stats + ss.at(sq.b, sq.l, sq.h, i0 + r);
+            for (int j = 0; j < Pw; ++j) st[j] = lse[j * BMp + r];
+          }
           gemm(St, 1, BMp, V.p, V.ld, bm, Nk, dp / kV, O.into(i0));
           O.store(i0, bm);
         }

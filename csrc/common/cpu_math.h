@@ -99,6 +99,13 @@ inline void band(int kind, int64_t radius, int64_t i, int64_t& lo, int64_t& hi) 
   }
 }
 
+// Queries [lo, hi] (inclusive, unclipped) that see key k under window(r) / causal(r): band's inverse.
+inline void key_band(int kind, int64_t radius, int64_t k, int64_t& lo, int64_t& hi) {
+  constexpr int64_t kFar = int64_t(1) << 62;
+  lo = kind == kWindow ? (radius < 0 ? -kFar : k - radius) : k;
+  hi = radius < 0 ? kFar : k + radius;
+}
+
 inline float hsum(const Vec& v) {
   return at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, v);
 }

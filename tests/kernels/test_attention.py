@@ -100,6 +100,7 @@ TRITON_CASES = [
     # spatial / cross, packed
     Case(S, "none", n=9, groups=3, d=16, pad=True),
     Case(S, "none", n=70, nk=7, groups=2, H=1, d=64, pad=True),  # few keys, two blocks of cpu query rows
+    Case(S, "mix", ("causal", "dense", "window"), n=70, nk=7, groups=2, H=1, d=64, pad=True, alpha="group"),
     Case(S, "mix", ("window", "dense"), n=7, nk=13, d=40, dtype=torch.float16, alpha="group"),
     Case(S, "scale", ("window", "causal", "dense"), n=12, d=64, glob=True, pad=True),
     Case(S, "scale", ("dense",), n=5, nk=11, d=16, dtype=torch.float16, alpha="p"),
@@ -269,11 +270,16 @@ def test_supports_reasons():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_mix_with_a_mask_far_below_the_others_stays_finite(backend):
-    """The diagonal mask's only score sits 86 nats below the global mask's: the backward must not
-    overflow its normaliser into inf · 0 = NaN (docs/ops.md §1), and its share of dv stays right."""
-    N, d = 16, 32
-    gap = math.sqrt(124.5 * math.log(2))
+@pytest.mark.parametrize("N, nats", [(16, 124.5 * math.log(2)), (6, 124.5 * math.log(2)), (6, 100.0)])
+def test_mix_with_a_mask_far_below_the_others_stays_finite(backend, N, nats):
+    """The diagonal mask's only score sits `nats` below the global mask's: the backward must not
+    overflow its normaliser into inf · 0 = NaN (docs/ops.md §1), and its share of the output and of
+    dv stays right. With 6 keys the cpu forward normalises transposed tiles against the union's max,
+    where 100 nats underflow the diagonal mask's sum: those rows must go to the per-row path."""
+    if nats > 88 and backend != "cpu":
+        pytest.xfail("the Triton and CUDA mix forwards drop a mask whose sum underflows against the union's max")
+    d = 32
+    gap = math.sqrt(nats)
     q = torch.zeros(1, N, 1, d, device=DEVICE)
     k = torch.zeros(1, N, 1, d, device=DEVICE)
     idx = torch.arange(N, device=DEVICE)
@@ -292,6 +298,7 @@ def test_mix_with_a_mask_far_below_the_others_stays_finite(backend):
     want = run(reference.attention, torch.float64)
     for name, g, w in zip(["out", "dq", "dk", "dv", "dalpha"], got, want):
         assert torch.isfinite(g).all(), name
+    torch.testing.assert_close(got[0].double(), want[0], rtol=1e-4, atol=1e-4)  # out: both masks' shares
     torch.testing.assert_close(got[3].double(), want[3], rtol=1e-4, atol=1e-4)  # dv: both masks' shares
 
 
