@@ -19,9 +19,9 @@
 //
 // Modes (s = scale * q.k):
 // - NONE: softmax over the visible keys. stats = lse.
-// - MIX: o_i = sum_j alpha_j softmax_{M_j(i)}(s_i) V, each mask normalised against its own max
-//   (no shared-max underflow; softmax_keys shares one exp per score and hands the rows where that
-//   underflows to the per-row path); stats = lse_j per mask (-inf for an empty mask row): O(N p).
+// - MIX: o_i = sum_j alpha_j softmax_{M_j(i)}(s_i) V; stats = lse_j per mask (-inf for an empty
+//   mask row): O(N p). One exp per score against the union's max, l_j as masked sums of those; a row
+//   where some l_j underflows that way (kTinySum) is normalised mask by mask against its own max.
 // - SCALE: softmax over {k : w_ik > 0} of s_ik * w_ik, w = sum_j alpha_j M_j. stats = lse.
 // Backward, per query row from the saved stats (the forward is not re-run):
 //   P = exp(s - lse) / sum_k exp(s - lse) (per mask in MIX): the saved lse is the shift, and the row
@@ -196,6 +196,43 @@ float softmax_row(const float* s, const float* vis, float* w, int64_t n) {
   return m + std::log(l);
 }
 
+// Below this, a mask's sum of exps against the union's max has lost its precision or underflowed
+// (all its scores ~44 nats below the union's max): the row is normalised mask by mask instead.
+constexpr float kTinySum = 0x1p-64f;
+
+// u[k] = 1 iff key k is visible under some mask j with use[j] (u: Nkp floats).
+void union_of(const float* mj, int p, const bool* use, float* u, int64_t Nkp) {
+  std::fill(u, u + Nkp, 0.f);
+  for (int j = 0; j < p; ++j) {
+    if (!use[j]) continue;
+    const float* m = mj + j * Nkp;
+    for (int64_t k = 0; k < Nkp; k += kV) at::vec::maximum(Vec::loadu(u + k), Vec::loadu(m + k)).store(u + k);
+  }
+}
+
+// MIX forward of a row with one exp per score, against the max over the union of the masks; the
+// l_j are masked sums of those. False when some l_j < kTinySum (or a mask row is empty): w and
+// st are then garbage and the caller normalises mask by mask.
+bool mix_row_shared(const Problem& P, const Seq& q, const float* s, const float* mj, float* u, float* w, float* st,
+                    int64_t Nkp) {
+  const bool all[kMaxMasks] = {true, true, true, true, true, true, true, true};
+  union_of(mj, P.p, all, u, Nkp);
+  const float m = masked_max(s, u, Nkp);
+  if (m == -kInf) return false;
+  masked_exp(s, u, m, w, Nkp);
+  float coef[kMaxMasks];
+  for (int j = 0; j < P.p; ++j) {
+    const float l = dot(w, mj + j * Nkp, Nkp);
+    if (!(l >= kTinySum)) return false;
+    coef[j] = q.alpha[j] / l;
+    st[j] = m + std::log(l);
+  }
+  std::fill(u, u + Nkp, 0.f);
+  for (int j = 0; j < P.p; ++j) axpy(coef[j], mj + j * Nkp, u, Nkp);
+  for (int64_t k = 0; k < Nkp; k += kV) (Vec::loadu(w + k) * Vec::loadu(u + k)).store(w + k);
+  return true;
+}
+
 // Forward for query row i: s (scaled scores, overwritten in SCALE mode) -> w (attention weights), st (stats).
 void fwd_row(const Problem& P, const Seq& q, int64_t i, float* s, const float* keyok, float* mj, float* tmp, float* w,
              float* st, int64_t Nkp) {
@@ -210,6 +247,7 @@ void fwd_row(const Problem& P, const Seq& q, int64_t i, float* s, const float* k
   }
   row_masks(P, i, keyok, mj, Nkp);
   if (P.mode == kMix) {
+    if (mix_row_shared(P, q, s, mj, tmp, w, st, Nkp)) return;
     std::fill(w, w + Nkp, 0.f);
     for (int j = 0; j < P.p; ++j) {
       const float* m_j = mj + j * Nkp;
@@ -237,6 +275,47 @@ void renormalised_exp(const float* s, const float* vis, float lse, float* w, int
   for (int64_t k = 0; k < n; k += kV) (Vec::loadu(w + k) * inv).store(w + k);
 }
 
+// MIX backward of a row with one exp per score: e = exp(s - m_ref), m_ref = max_j lse_j, so
+// P_j = e M_j / l_j with l_j = sum_k e M_j (normalised again, see the note at the top), delta_j =
+// sum_k P_j dP, A = e sum_j c_j M_j and dS = e sum_j c_j M_j (dP - delta_j) with c_j = alpha_j / l_j.
+// False when some l_j < kTinySum: nothing is added to dalpha, and the caller goes mask by mask.
+bool mix_grad_shared(const Problem& P, const Seq& q, const float* s, const float* dp, const float* mj, float* u,
+                     const float* st, float* a, float* ds, double* dalpha, int64_t Nkp) {
+  bool live[kMaxMasks];
+  float m_ref = -kInf;
+  for (int j = 0; j < P.p; ++j) {
+    live[j] = st[j] > -kInf;
+    m_ref = std::max(m_ref, st[j]);
+  }
+  if (m_ref == -kInf) return false;
+  union_of(mj, P.p, live, u, Nkp);
+  masked_exp(s, u, m_ref, a, Nkp);
+  for (int64_t k = 0; k < Nkp; k += kV) (Vec::loadu(a + k) * Vec::loadu(dp + k)).store(ds + k);
+  float coef[kMaxMasks] = {}, delta[kMaxMasks] = {};
+  for (int j = 0; j < P.p; ++j) {
+    if (!live[j]) continue;
+    const float l = dot(a, mj + j * Nkp, Nkp);
+    if (!(l >= kTinySum)) return false;
+    coef[j] = q.alpha[j] / l;
+    delta[j] = dot(ds, mj + j * Nkp, Nkp) / l;
+  }
+  // u = sum_j c_j M_j, ds = sum_j c_j delta_j M_j; then A = e u, dS = A dP - e ds
+  std::fill(u, u + Nkp, 0.f);
+  std::fill(ds, ds + Nkp, 0.f);
+  for (int j = 0; j < P.p; ++j) {
+    if (!live[j]) continue;
+    axpy(coef[j], mj + j * Nkp, u, Nkp);
+    axpy(coef[j] * delta[j], mj + j * Nkp, ds, Nkp);
+    dalpha[j] += delta[j];
+  }
+  for (int64_t k = 0; k < Nkp; k += kV) {
+    const Vec e = Vec::loadu(a + k), A = e * Vec::loadu(u + k);
+    A.store(a + k);
+    (A * Vec::loadu(dp + k) - e * Vec::loadu(ds + k)).store(ds + k);
+  }
+  return true;
+}
+
 // Backward for query row i: from s (scaled scores), dp (dO . v_k) and the stats -> a (attention
 // weights), ds (gradient w.r.t. s); adds the row's share of dalpha.
 void bwd_row(const Problem& P, const Seq& q, int64_t i, const float* s, const float* dp, const float* keyok, float* mj,
@@ -254,6 +333,7 @@ void bwd_row(const Problem& P, const Seq& q, int64_t i, const float* s, const fl
   }
   row_masks(P, i, keyok, mj, Nkp);
   if (P.mode == kMix) {
+    if (mix_grad_shared(P, q, s, dp, mj, tmp, st, a, ds, dalpha, Nkp)) return;
     std::fill(a, a + Nkp, 0.f);
     std::fill(ds, ds + Nkp, 0.f);
     for (int j = 0; j < P.p; ++j) {
@@ -387,16 +467,15 @@ void key_masks(const Problem& P, int64_t k, float keyok, int64_t q0, float* vis)
 // visible key). The max, the exps and the sums run down the key rows a vector of queries at a time:
 // with few keys a query's row is a fraction of a vector, and a horizontal max and sum per row cost
 // more than its arithmetic. One exp per score, against the max over the union of the masks; l_j
-// are masked sums of those. A lane where some l_j < 2^-64 (a mask whose every score sits ~44 below
-// the union's max, so its sum has lost its precision or underflowed) is redone by hard_row(r), the
-// per-row path that normalises each mask against its own max. on_key(k) is called once per key
-// row (the caller's prefetch). vis: scratch [Nk * max(p, 1) * kV].
+// are masked sums of those. A lane where some l_j < kTinySum is redone by hard_row(r), the per-row
+// path (fwd_row). on_key(k) is called once per key row (the caller's prefetch). vis: scratch
+// [Nk * max(p, 1) * kV].
 template <bool kMixMode, typename OnKey, typename HardRow>
 void softmax_keys(const Problem& P, const Seq& sq, float* St, int64_t ldt, int64_t bm, const float* keyok, int64_t i0,
                   float* vis, float* lse, OnKey&& on_key, HardRow&& hard_row) {
   const int64_t Nk = P.Nk;
   const int n = kMixMode ? P.p : 1;
-  const Vec ninf(-kInf), zero(0.f), tiny(0x1p-64f), live_end(static_cast<float>(std::min(i0 + bm, sq.n_alive)));
+  const Vec ninf(-kInf), zero(0.f), tiny(kTinySum), live_end(static_cast<float>(std::min(i0 + bm, sq.n_alive)));
   // The lanes that see key k under mask j (NONE: all lanes of a visible key, no vis needed).
   const auto in = [&](int64_t k, int j) { return kMixMode ? Vec::loadu(vis + (k * n + j) * kV) : Vec(0.f) == zero; };
   const auto any = [&](int64_t k) {
