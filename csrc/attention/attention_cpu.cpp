@@ -431,14 +431,13 @@ void scores(const Mat& Q, const Mat& K, const float* Kt, int64_t bm, int64_t Nk,
   }
 }
 
-// Lanes (queries q0 + lane) that see key k: one Vec per mask, all-ones lanes or zero, into vis[j * kV]
-// (mode NONE: one mask, every visible key). The transposed row_masks: keyok (key padding, frame
-// lengths) and global tokens applied the same way.
+// Lanes (queries q0 + lane) that see key k: one Vec per mask, all-ones lanes or zero, into vis[j * kV].
+// The transposed row_masks: keyok (key padding, frame lengths) and global tokens applied the same way.
 void key_masks(const Problem& P, int64_t k, float keyok, int64_t q0, float* vis) {
   const Vec zero(0.f), ones = zero == zero;
-  if (!(keyok > 0.f) || P.p == 0 || (k >= P.gs && k < P.ge)) {
+  if (!(keyok > 0.f) || (k >= P.gs && k < P.ge)) {
     const Vec all = keyok > 0.f ? ones : zero;
-    for (int j = 0; j < std::max(P.p, 1); ++j) all.store(vis + j * kV);
+    for (int j = 0; j < P.p; ++j) all.store(vis + j * kV);
     return;
   }
   // query indices and bounds as floats: exact, lanes and bounds clipped to [-1, Nq]
@@ -469,7 +468,7 @@ void key_masks(const Problem& P, int64_t k, float keyok, int64_t q0, float* vis)
 // more than its arithmetic. One exp per score, against the max over the union of the masks; l_j
 // are masked sums of those. A lane where some l_j < kTinySum is redone by hard_row(r), the per-row
 // path (fwd_row). on_key(k) is called once per key row (the caller's prefetch). vis: scratch
-// [Nk * max(p, 1) * kV].
+// [Nk * p * kV] (MIX).
 template <bool kMixMode, typename OnKey, typename HardRow>
 void softmax_keys(const Problem& P, const Seq& sq, float* St, int64_t ldt, int64_t bm, const float* keyok, int64_t i0,
                   float* vis, float* lse, OnKey&& on_key, HardRow&& hard_row) {
@@ -529,6 +528,83 @@ void softmax_keys(const Problem& P, const Seq& sq, float* St, int64_t ldt, int64
     Vec::blendv(zero, Vec(1.f), hard).store(redo);
     for (int64_t r = 0; r < kV; ++r) {
       if (redo[r] > 0.f) hard_row(c + r);
+    }
+  }
+}
+
+// The MIX backward over few keys, on transposed tiles: St [Nk, ldt] the scores and DPt the dP = dO V^T
+// of query lanes i0 + r, lse[j * ldt + r] the saved stats. In place, St becomes A^T and DPt dS^T
+// (mix_grad_shared's algebra, one exp per score against max_j lse_j, as sums down the keys), and
+// each lane's delta_j is added to dalpha[j] in row order. A lane where some live l_j < kTinySum is
+// redone by hard_row(r) (bwd_row, which adds its own dalpha); on_key and vis as in softmax_keys.
+// (Plain attention keeps bwd_row: the same tiles took it 8% down at T = 4 but 7% up at T = 8.)
+template <typename OnKey, typename HardRow>
+void mix_grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, int64_t ldt, int64_t bm, const float* keyok,
+                int64_t i0, float* vis, const float* lse, double* dalpha, OnKey&& on_key, HardRow&& hard_row) {
+  const int64_t Nk = P.Nk;
+  const int n = P.p;
+  const Vec ninf(-kInf), zero(0.f), tiny(kTinySum), live_end(static_cast<float>(std::min(i0 + bm, sq.n_alive)));
+  for (int64_t c = 0; c < bm; c += kV) {
+    const Vec live = Vec::arange(static_cast<float>(i0 + c), 1.f) < live_end;
+    Vec lj[kMaxMasks], m = ninf;  // lanes where mask j has a finite lse; the shift max_j lse_j
+    for (int j = 0; j < n; ++j) {
+      const Vec x = Vec::loadu(lse + j * ldt + c);
+      lj[j] = live & (x > ninf);
+      m = at::vec::maximum(m, Vec::blendv(ninf, x, lj[j]));
+    }
+    const Vec base = Vec::blendv(m, zero, m == ninf);
+    // The lanes that see key k under live mask j.
+    const auto in = [&](int64_t k, int j) { return Vec::loadu(vis + (k * n + j) * kV) & lj[j]; };
+    Vec l[kMaxMasks], g[kMaxMasks];
+    for (int j = 0; j < n; ++j) l[j] = g[j] = zero;
+    for (int64_t k = 0; k < Nk; ++k) {
+      if (c == 0) on_key(k);
+      float* s = St + k * ldt + c;
+      key_masks(P, k, keyok[k], i0 + c, vis + k * n * kV);
+      if (!(keyok[k] > 0.f)) {
+        zero.store(s);
+        continue;
+      }
+      Vec any = in(k, 0);
+      for (int j = 1; j < n; ++j) any = any | in(k, j);
+      const Vec e = (Vec::loadu(s) - base).exp_u20() & any, edp = e * Vec::loadu(DPt + k * ldt + c);
+      e.store(s);
+      for (int j = 0; j < n; ++j) {
+        const Vec vis_j = in(k, j);
+        l[j] = l[j] + (e & vis_j);
+        g[j] = g[j] + (edp & vis_j);
+      }
+    }
+    Vec coef[kMaxMasks], cd[kMaxMasks], hard = zero;
+    float delta[kMaxMasks][kV];
+    for (int j = 0; j < n; ++j) {
+      const Vec has = lj[j] & (l[j] > zero), d = Vec::blendv(zero, g[j] / l[j], has);
+      hard = hard | (lj[j] & (l[j] < tiny));
+      coef[j] = Vec::blendv(zero, Vec(sq.alpha[j]) / l[j], has);
+      cd[j] = coef[j] * d;
+      d.store(delta[j]);
+    }
+    for (int64_t k = 0; k < Nk; ++k) {
+      float* s = St + k * ldt + c;
+      float* dps = DPt + k * ldt + c;
+      Vec cw = zero, gw = zero;
+      for (int j = 0; j < n; ++j) {
+        const Vec vis_j = Vec::loadu(vis + (k * n + j) * kV);
+        cw = cw + (coef[j] & vis_j);
+        gw = gw + (cd[j] & vis_j);
+      }
+      const Vec e = Vec::loadu(s), a = e * cw;
+      a.store(s);
+      (a * Vec::loadu(dps) - e * gw).store(dps);
+    }
+    float redo[kV];
+    Vec::blendv(zero, Vec(1.f), hard).store(redo);
+    for (int64_t r = 0; r < std::min<int64_t>(kV, bm - c); ++r) {
+      if (redo[r] > 0.f) {
+        hard_row(c + r);
+      } else {
+        for (int j = 0; j < n; ++j) dalpha[j] += delta[j][r];
+      }
     }
   }
 }
@@ -599,7 +675,6 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
   // rest row by row (fwd_row). At T = 4 and 8 the transposed tiles cut the plain forward by a quarter
   // and the mix forward by half (issue 13).
   const bool by_keys = P.mode != kScale && few_keys(Nk);
-  const int n_vis = std::max(P.p, 1);
   const Rows qs = rows_of(q_t, P.frames), ks = rows_of(k_t, P.frames), vs = rows_of(v_t, P.frames);
   const Rows os = rows_of(o_t, P.frames), ss = rows_of(stats_t, P.frames);
   const T* q = q_t.const_data_ptr<T>();
@@ -611,7 +686,7 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
       P, static_cast<int64_t>(d * sizeof(T)), {{q, qs, Nq, false}, {k, ks, Nk, false}, {v, vs, Nk, false}, {o, os, Nq, true}}};
   at::parallel_for(0, P.n_seq(), 1, [&](int64_t s0, int64_t s1) {
     Scratch w(staged * (Nq + 2 * Nk + BM) * dp + dp * Nkp + (2 * BM + kMaxMasks + 2) * Nkp +
-              by_keys * ((Nk + 2 + Pw) * BMp + Nk * n_vis * kV));
+              by_keys * ((Nk + 2 + Pw) * BMp + Nk * P.p * kV));
     float* Qf = w.take_if(staged, Nq * dp);
     float* Kf = w.take_if(staged, Nk * dp);
     float* Vf = w.take_if(staged, Nk * dp);
@@ -624,7 +699,7 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
     float* tmp = w.take(Nkp);
     float* St = w.take_if(by_keys, Nk * BMp);
     float* lse = w.take_if(by_keys, Pw * BMp);
-    float* vis = w.take_if(by_keys, Nk * n_vis * kV);
+    float* vis = w.take_if(by_keys, Nk * P.p * kV);
     for (int64_t seq = s0; seq < s1; ++seq) {
       const auto next = prefetch.next(seq, s1);
       const Seq sq = make_seq(P, seq, keyok, Nkp);
@@ -686,7 +761,7 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
               const at::Tensor& v_t, const at::Tensor& stats_t, at::Tensor& dq_t, at::Tensor& dk_t, at::Tensor& dv_t,
               float* dalpha) {
   const int64_t d = P.d, dp = round_up(d, kV), Nq = P.Nq, Nk = P.Nk, Nkp = round_up(Nk, kV);
-  const int64_t BM = block_rows(Nkp);
+  const int64_t BM = block_rows(Nkp), BMp = round_up(BM, kV), Pw = P.stats_width();
   const bool staged = !in_place<T>(d);
   const Rows dos = rows_of(do_t, P.frames), qs = rows_of(q_t, P.frames), ks = rows_of(k_t, P.frames);
   const Rows vs = rows_of(v_t, P.frames), ss = rows_of(stats_t, P.frames);
@@ -708,8 +783,11 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
                               {dq, dqs, Nq, true},
                               {dk, dks, Nk, true},
                               {dv, dvs, Nk, true}}};
+  // Mix over few keys: transposed tiles, as in the forward (mix_grads_keys); the rest row by row.
+  const bool by_keys = P.mode == kMix && few_keys(Nk);
   at::parallel_for(0, P.n_seq(), 1, [&](int64_t s0, int64_t s1) {
-    Scratch w(staged * (2 * Nq + 4 * Nk + BM) * dp + 2 * dp * Nkp + (4 * BM + kMaxMasks + 2) * Nkp);
+    Scratch w(staged * (2 * Nq + 4 * Nk + BM) * dp + 2 * dp * Nkp + (4 * BM + kMaxMasks + 2) * Nkp +
+              by_keys * ((2 * Nk + Pw) * BMp + Nk * P.p * kV));
     float* Qf = w.take_if(staged, Nq * dp);
     float* dOf = w.take_if(staged, Nq * dp);
     float* Kf = w.take_if(staged, Nk * dp);
@@ -726,6 +804,10 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
     float* DS = w.take(BM * Nkp);
     float* mj = w.take(kMaxMasks * Nkp);
     float* tmp = w.take(Nkp);
+    float* St = w.take_if(by_keys, Nk * BMp);
+    float* DPt = w.take_if(by_keys, Nk * BMp);
+    float* lse = w.take_if(by_keys, Pw * BMp);
+    float* vis = w.take_if(by_keys, Nk * P.p * kV);
     for (int64_t seq = s0; seq < s1; ++seq) {
       const auto next = prefetch.next(seq, s1);
       const Seq sq = make_seq(P, seq, keyok, Nkp);
@@ -736,10 +818,37 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
       const RowsOut<T> dQ{dq + P.base(seq, dqs), dqs.n, d, dp, dQb};
       const RowsOut<T> dK{dk + P.base(seq, dks), dks.n, d, dp, dKf};
       const RowsOut<T> dV{dv + P.base(seq, dvs), dvs.n, d, dp, dVf};
-      keys_for_scores(K, Nk, d, Kt, Nkp);
-      keys_for_scores(V, Nk, d, Vt, Nkp);
       double da[kMaxMasks] = {0};
-      for (int64_t i0 = 0; i0 < Nq; i0 += BM) {
+      for (int64_t i0 = 0; by_keys && i0 < Nq; i0 += BM) {
+        const int64_t bm = std::min(BM, Nq - i0);
+        gemm_dots(Q.row(i0), Q.ld, K.p, K.ld, bm, Nk, dp, P.scale, St, 1, BMp);
+        gemm_dots(dO.row(i0), dO.ld, V.p, V.ld, bm, Nk, dp, 1.f, DPt, 1, BMp);
+        for (int64_t r = 0; r < bm; ++r) {
+          const float* st = stats + ss.at(sq.b, sq.l, sq.h, i0 + r);
+          for (int j = 0; j < Pw; ++j) lse[j * BMp + r] = st[j];
+        }
+        const auto prefetch_key = [&](int64_t j) __attribute__((always_inline)) {
+          if (i0 == 0) next.rows(j, j + 1);
+        };
+        const auto hard_row = [&](int64_t r) {  // a query whose mask sums underflowed, as a row
+          const int64_t i = i0 + r;
+          gemm_dots(Q.row(i), Q.ld, K.p, K.ld, 1, Nk, dp, P.scale, S, 0, 1);
+          gemm_dots(dO.row(i), dO.ld, V.p, V.ld, 1, Nk, dp, 1.f, DP, 0, 1);
+          bwd_row(P, sq, i, S, DP, keyok, mj, tmp, stats + ss.at(sq.b, sq.l, sq.h, i), A, DS, da, Nkp);
+          for (int64_t k = 0; k < Nk; ++k) St[k * BMp + r] = A[k], DPt[k * BMp + r] = DS[k];
+        };
+        mix_grads_keys(P, sq, St, DPt, BMp, bm, keyok, i0, vis, lse, da, prefetch_key, hard_row);
+        // St = A^T, DPt = dS^T: dq = scale dS K; dk (+)= scale dS^T Q; dv (+)= A^T dO
+        gemm(DPt, 1, BMp, K.p, K.ld, bm, Nk, dp / kV, dQ.into(i0, P.scale));
+        dQ.store(i0, bm);
+        gemm(DPt, BMp, 1, Q.row(i0), Q.ld, Nk, bm, dp / kV, dK.into(0, P.scale, i0 > 0));
+        gemm(St, BMp, 1, dO.row(i0), dO.ld, Nk, bm, dp / kV, dV.into(0, 1.f, i0 > 0));
+      }
+      if (!by_keys) {
+        keys_for_scores(K, Nk, d, Kt, Nkp);
+        keys_for_scores(V, Nk, d, Vt, Nkp);
+      }
+      for (int64_t i0 = 0; !by_keys && i0 < Nq; i0 += BM) {
         const int64_t bm = std::min(BM, Nq - i0);
         scores({Q.row(i0), Q.ld}, K, Kt, bm, Nk, d, dp, Nkp, P.scale, S);
         scores({dO.row(i0), dO.ld}, V, Vt, bm, Nk, d, dp, Nkp, 1.f, DP);
