@@ -8,10 +8,11 @@
 // reads float32 rows in place (fp16/bf16, or a width that is not whole vectors, are staged as
 // float32 in scratch), prefetches the rows of the sequence a few ahead into L2, and walks its
 // queries in blocks of up to 64 rows. A block's scores against all keys (bm x Nk, never N x N) are
-// computed, masked and normalised row by row, and multiplied into V; plain and mix attention over
-// few keys (a fraction of a vector) normalise a transposed tile down the keys instead (softmax_keys). Each
-// output element depends only on its own sequence, in a fixed order: results do not depend on the
-// thread count.
+// computed, masked and normalised row by row, and multiplied into V; the mix forward, and plain
+// attention over few keys (a fraction of a vector), normalise a transposed tile down the keys
+// instead (softmax_keys), and so does the mix backward over few keys (mix_grads_keys). Each output
+// element depends only on its own sequence, in a fixed order: results do not depend on the thread
+// count.
 //
 // Masks are never materialised beyond one row: window/causal are key ranges computed from
 // integers, dense masks are read from the shared bool buffer, global tokens and key padding /
@@ -210,30 +211,8 @@ void union_of(const float* mj, int p, const bool* use, float* u, int64_t Nkp) {
   }
 }
 
-// MIX forward of a row with one exp per score, against the max over the union of the masks; the
-// l_j are masked sums of those. False when some l_j < kTinySum (or a mask row is empty): w and
-// st are then garbage and the caller normalises mask by mask.
-bool mix_row_shared(const Problem& P, const Seq& q, const float* s, const float* mj, float* u, float* w, float* st,
-                    int64_t Nkp) {
-  const bool all[kMaxMasks] = {true, true, true, true, true, true, true, true};
-  union_of(mj, P.p, all, u, Nkp);
-  const float m = masked_max(s, u, Nkp);
-  if (m == -kInf) return false;
-  masked_exp(s, u, m, w, Nkp);
-  float coef[kMaxMasks];
-  for (int j = 0; j < P.p; ++j) {
-    const float l = dot(w, mj + j * Nkp, Nkp);
-    if (!(l >= kTinySum)) return false;
-    coef[j] = q.alpha[j] / l;
-    st[j] = m + std::log(l);
-  }
-  std::fill(u, u + Nkp, 0.f);
-  for (int j = 0; j < P.p; ++j) axpy(coef[j], mj + j * Nkp, u, Nkp);
-  for (int64_t k = 0; k < Nkp; k += kV) (Vec::loadu(w + k) * Vec::loadu(u + k)).store(w + k);
-  return true;
-}
-
 // Forward for query row i: s (scaled scores, overwritten in SCALE mode) -> w (attention weights), st (stats).
+// MIX comes here only for the rows softmax_keys can't take (kTinySum), so it goes mask by mask.
 void fwd_row(const Problem& P, const Seq& q, int64_t i, float* s, const float* keyok, float* mj, float* tmp, float* w,
              float* st, int64_t Nkp) {
   if (i >= q.n_alive) {
@@ -247,7 +226,6 @@ void fwd_row(const Problem& P, const Seq& q, int64_t i, float* s, const float* k
   }
   row_masks(P, i, keyok, mj, Nkp);
   if (P.mode == kMix) {
-    if (mix_row_shared(P, q, s, mj, tmp, w, st, Nkp)) return;
     std::fill(w, w + Nkp, 0.f);
     for (int j = 0; j < P.p; ++j) {
       const float* m_j = mj + j * Nkp;
@@ -460,15 +438,15 @@ void key_masks(const Problem& P, int64_t k, float keyok, int64_t q0, float* vis)
   }
 }
 
-// Softmax over few keys on transposed scores St [Nk, ldt] (lane r: query i0 + r), modes NONE and
-// MIX, in place: St becomes the attention weights A^T (sum_j alpha_j P_j^T in MIX) and lse[j * ldt
-// + r] the log-sum-exp of query r under mask j (-inf for a query >= n_alive or a mask row with no
-// visible key). The max, the exps and the sums run down the key rows a vector of queries at a time:
-// with few keys a query's row is a fraction of a vector, and a horizontal max and sum per row cost
-// more than its arithmetic. One exp per score, against the max over the union of the masks; l_j
-// are masked sums of those. A lane where some l_j < kTinySum is redone by hard_row(r), the per-row
-// path (fwd_row). on_key(k) is called once per key row (the caller's prefetch). vis: scratch
-// [Nk * p * kV] (MIX).
+// Softmax on transposed scores St [Nk, ldt] (lane r: query i0 + r), modes NONE and MIX, in place:
+// St becomes the attention weights A^T (sum_j alpha_j P_j^T in MIX) and lse[j * ldt + r] the
+// log-sum-exp of query r under mask j (-inf for a query >= n_alive or a mask row with no visible
+// key). The max, the exps and the sums run down the key rows a vector of queries at a time, with
+// no horizontal max or sum per row: those cost more than a row's arithmetic when the row is a
+// fraction of a vector (few keys), or in MIX, p of each per row. One exp per score, against the
+// max over the union of the masks; l_j are masked sums of those. A lane where some l_j < kTinySum
+// is redone by hard_row(r), the per-row path (fwd_row). on_key(k) is called once per key row (the
+// caller's prefetch). vis: scratch [Nk * p * kV] (MIX).
 template <bool kMixMode, typename OnKey, typename HardRow>
 void softmax_keys(const Problem& P, const Seq& sq, float* St, int64_t ldt, int64_t bm, const float* keyok, int64_t i0,
                   float* vis, float* lse, OnKey&& on_key, HardRow&& hard_row) {
@@ -671,10 +649,12 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
   const int64_t d = P.d, dp = round_up(d, kV), Nq = P.Nq, Nk = P.Nk, Nkp = round_up(Nk, kV);
   const int64_t BM = block_rows(Nkp), BMp = round_up(BM, kV), Pw = P.stats_width();
   const bool staged = !in_place<T>(d);
-  // Plain and mix attention over few keys normalise down transposed score tiles (softmax_keys); the
-  // rest row by row (fwd_row). At T = 4 and 8 the transposed tiles cut the plain forward by a quarter
-  // and the mix forward by half (issue 13).
-  const bool by_keys = P.mode != kScale && few_keys(Nk);
+  // Mix, and plain attention over few keys, normalise down transposed score tiles (softmax_keys);
+  // the rest row by row (fwd_row). At issue 13's headline shape the transposed tiles cut the plain
+  // forward by a quarter at T = 4 and 8, and the mix forward by half there and by 7-18% at T = 16-64;
+  // for plain attention over more keys they were 2-5% slower.
+  const bool by_keys = (P.mode != kScale && few_keys(Nk)) || P.mode == kMix;
+  const bool q_gemm = by_keys && !few_keys(Nk);  // S^T = K Q^T as a product with a transposed Q
   const Rows qs = rows_of(q_t, P.frames), ks = rows_of(k_t, P.frames), vs = rows_of(v_t, P.frames);
   const Rows os = rows_of(o_t, P.frames), ss = rows_of(stats_t, P.frames);
   const T* q = q_t.const_data_ptr<T>();
@@ -686,7 +666,7 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
       P, static_cast<int64_t>(d * sizeof(T)), {{q, qs, Nq, false}, {k, ks, Nk, false}, {v, vs, Nk, false}, {o, os, Nq, true}}};
   at::parallel_for(0, P.n_seq(), 1, [&](int64_t s0, int64_t s1) {
     Scratch w(staged * (Nq + 2 * Nk + BM) * dp + dp * Nkp + (2 * BM + kMaxMasks + 2) * Nkp +
-              by_keys * ((Nk + 2 + Pw) * BMp + Nk * P.p * kV));
+              by_keys * ((Nk + 2 + Pw) * BMp + Nk * P.p * kV) + q_gemm * dp * BMp);
     float* Qf = w.take_if(staged, Nq * dp);
     float* Kf = w.take_if(staged, Nk * dp);
     float* Vf = w.take_if(staged, Nk * dp);
@@ -700,6 +680,7 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
     float* St = w.take_if(by_keys, Nk * BMp);
     float* lse = w.take_if(by_keys, Pw * BMp);
     float* vis = w.take_if(by_keys, Nk * P.p * kV);
+    float* Qt = w.take_if(q_gemm, dp * BMp);
     for (int64_t seq = s0; seq < s1; ++seq) {
       const auto next = prefetch.next(seq, s1);
       const Seq sq = make_seq(P, seq, keyok, Nkp);
@@ -710,7 +691,12 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
       if (by_keys) {
         for (int64_t i0 = 0; i0 < Nq; i0 += BM) {
           const int64_t bm = std::min(BM, Nq - i0);
-          gemm_dots(Q.row(i0), Q.ld, K.p, K.ld, bm, Nk, dp, P.scale, St, 1, BMp);  // St = S^T
+          if (q_gemm) {  // St = S^T
+            at::vec::transpose_mxn<float>(Q.row(i0), Q.ld, Qt, BMp, static_cast<int>(bm), static_cast<int>(d));
+            gemm(K.p, K.ld, 1, Qt, BMp, Nk, d, BMp / kV, Into{St, BMp, P.scale});
+          } else {
+            gemm_dots(Q.row(i0), Q.ld, K.p, K.ld, bm, Nk, dp, P.scale, St, 1, BMp);
+          }
           // always inlined: GCC deletes a call whose only effect is prefetching (prefetch_rows)
           const auto prefetch_key = [&](int64_t j) __attribute__((always_inline)) {
             if (i0 == 0) next.rows(j, j + 1);
