@@ -8,11 +8,11 @@
 // reads float32 rows in place (fp16/bf16, or a width that is not whole vectors, are staged as
 // float32 in scratch), prefetches the rows of the sequence a few ahead into L2, and walks its
 // queries in blocks of up to 64 rows. A block's scores against all keys (bm x Nk, never N x N) are
-// computed, masked and normalised row by row, and multiplied into V; the mix forward, and plain
-// attention over few keys (a fraction of a vector), normalise a transposed tile down the keys
-// instead (softmax_keys), and so does the mix backward over few keys (mix_grads_keys). Each output
-// element depends only on its own sequence, in a fixed order: results do not depend on the thread
-// count.
+// computed, masked and normalised row by row, and multiplied into V; the forward with routed
+// masks, and plain attention over few keys (a fraction of a vector), normalise a transposed tile
+// down the keys instead (softmax_keys), and so does the mix backward over few keys
+// (mix_grads_keys). Each output element depends only on its own sequence, in a fixed order:
+// results do not depend on the thread count.
 //
 // Masks are never materialised beyond one row: window/causal are key ranges computed from
 // integers, dense masks are read from the shared bool buffer, global tokens and key padding /
@@ -438,23 +438,24 @@ void key_masks(const Problem& P, int64_t k, float keyok, int64_t q0, float* vis)
   }
 }
 
-// Softmax on transposed scores St [Nk, ldt] (lane r: query i0 + r), modes NONE and MIX, in place:
-// St becomes the attention weights A^T (sum_j alpha_j P_j^T in MIX) and lse[j * ldt + r] the
-// log-sum-exp of query r under mask j (-inf for a query >= n_alive or a mask row with no visible
-// key). The max, the exps and the sums run down the key rows a vector of queries at a time, with
+// Softmax on transposed scores St [Nk, ldt] (lane r: query i0 + r), in place: St becomes the
+// attention weights A^T (sum_j alpha_j P_j^T in MIX; SCALE softmaxes s w over w > 0) and lse[j *
+// ldt + r] the log-sum-exp of query r under mask j (one, j = 0, in NONE and SCALE; -inf for a query
+// >= n_alive or a mask row with no visible key). The max, the exps and the sums run down the key rows a vector of queries at a time, with
 // no horizontal max or sum per row: those cost more than a row's arithmetic when the row is a
-// fraction of a vector (few keys), or in MIX, p of each per row. One exp per score, against the
+// fraction of a vector (few keys), or with masks, which add their own vector work per row. One exp per score, against the
 // max over the union of the masks; l_j are masked sums of those. A lane where some l_j < kTinySum
 // is redone by hard_row(r), the per-row path (fwd_row). on_key(k) is called once per key row (the
 // caller's prefetch). vis: scratch [Nk * p * kV] (MIX).
-template <bool kMixMode, typename OnKey, typename HardRow>
+template <int kMode, typename OnKey, typename HardRow>
 void softmax_keys(const Problem& P, const Seq& sq, float* St, int64_t ldt, int64_t bm, const float* keyok, int64_t i0,
                   float* vis, float* lse, OnKey&& on_key, HardRow&& hard_row) {
+  constexpr bool kMixMode = kMode == kMix, kScaleMode = kMode == kScale;
   const int64_t Nk = P.Nk;
-  const int n = kMixMode ? P.p : 1;
+  const int n = kMixMode ? P.p : 1;  // softmaxes per row
   const Vec ninf(-kInf), zero(0.f), tiny(kTinySum), live_end(static_cast<float>(std::min(i0 + bm, sq.n_alive)));
-  // The lanes that see key k under mask j (NONE: all lanes of a visible key, no vis needed).
-  const auto in = [&](int64_t k, int j) { return kMixMode ? Vec::loadu(vis + (k * n + j) * kV) : Vec(0.f) == zero; };
+  // The lanes that see key k under softmax j (NONE: all lanes of a visible key, no vis needed).
+  const auto in = [&](int64_t k, int j) { return kMode != kNone ? Vec::loadu(vis + (k * n + j) * kV) : Vec(0.f) == zero; };
   const auto any = [&](int64_t k) {
     Vec u = in(k, 0);
     for (int j = 1; j < n; ++j) u = u | in(k, j);
@@ -464,7 +465,16 @@ void softmax_keys(const Problem& P, const Seq& sq, float* St, int64_t ldt, int64
     Vec m = ninf;
     for (int64_t k = 0; k < Nk; ++k) {
       if (kMixMode) key_masks(P, k, keyok[k], i0 + c, vis + k * n * kV);
-      if (!kMixMode && !(keyok[k] > 0.f)) continue;
+      if (kScaleMode) {  // s * w over w = sum_j alpha_j M_j > 0
+        float masks[kMaxMasks * kV];
+        key_masks(P, k, keyok[k], i0 + c, masks);
+        Vec w = zero;
+        for (int j = 0; j < P.p; ++j) w = w + (Vec(sq.alpha[j]) & Vec::loadu(masks + j * kV));
+        float* s = St + k * ldt + c;
+        (Vec::loadu(s) * w).store(s);
+        (w > zero).store(vis + k * kV);
+      }
+      if (kMode == kNone && !(keyok[k] > 0.f)) continue;
       m = at::vec::maximum(m, Vec::blendv(ninf, Vec::loadu(St + k * ldt + c), any(k)));
     }
     const Vec base = Vec::blendv(m, zero, m == ninf);
@@ -473,14 +483,14 @@ void softmax_keys(const Problem& P, const Seq& sq, float* St, int64_t ldt, int64
     for (int64_t k = 0; k < Nk; ++k) {
       if (c == 0) on_key(k);
       float* s = St + k * ldt + c;
-      if (!kMixMode && !(keyok[k] > 0.f)) {
+      if (kMode == kNone && !(keyok[k] > 0.f)) {
         zero.store(s);
         continue;
       }
       const Vec e = (Vec::loadu(s) - base).exp_u20();
-      (kMixMode ? e & any(k) : e).store(s);
+      (kMode != kNone ? e & any(k) : e).store(s);
       for (int j = 0; j < n; ++j) {
-        l[j] = l[j] + (kMixMode ? e & in(k, j) : e);
+        l[j] = l[j] + (kMode != kNone ? e & in(k, j) : e);
         seen[j] = seen[j] | in(k, j);
       }
     }
@@ -501,7 +511,7 @@ void softmax_keys(const Problem& P, const Seq& sq, float* St, int64_t ldt, int64
       float* s = St + k * ldt + c;
       (Vec::loadu(s) * w).store(s);
     }
-    if (!kMixMode) continue;  // one mask: l >= 1, its max's own term
+    if (!kMixMode) continue;  // one softmax: l >= 1, its max's own term
     float redo[kV];
     Vec::blendv(zero, Vec(1.f), hard).store(redo);
     for (int64_t r = 0; r < kV; ++r) {
@@ -649,11 +659,11 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
   const int64_t d = P.d, dp = round_up(d, kV), Nq = P.Nq, Nk = P.Nk, Nkp = round_up(Nk, kV);
   const int64_t BM = block_rows(Nkp), BMp = round_up(BM, kV), Pw = P.stats_width();
   const bool staged = !in_place<T>(d);
-  // Mix, and plain attention over few keys, normalise down transposed score tiles (softmax_keys);
-  // the rest row by row (fwd_row). At issue 13's headline shape the transposed tiles cut the plain
-  // forward by a quarter at T = 4 and 8, and the mix forward by half there and by 7-18% at T = 16-64;
-  // for plain attention over more keys they were 2-5% slower.
-  const bool by_keys = (P.mode != kScale && few_keys(Nk)) || P.mode == kMix;
+  // Routed masks, and plain attention over few keys, normalise down transposed score tiles
+  // (softmax_keys); the rest row by row (fwd_row). At issue 13's headline shape the transposed tiles
+  // cut the plain forward by a quarter at T = 4 and 8, and the mix forward by half there and by
+  // 7-18% at T = 16-64; for plain attention over more keys they were 2-5% slower.
+  const bool by_keys = few_keys(Nk) || P.mode != kNone;
   const bool q_gemm = by_keys && !few_keys(Nk);  // S^T = K Q^T as a product with a transposed Q
   const Rows qs = rows_of(q_t, P.frames), ks = rows_of(k_t, P.frames), vs = rows_of(v_t, P.frames);
   const Rows os = rows_of(o_t, P.frames), ss = rows_of(stats_t, P.frames);
@@ -710,9 +720,11 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
             for (int j = 0; j < Pw; ++j) lse[j * BMp + r] = st[j];
           };
           if (P.mode == kMix) {
-            softmax_keys<true>(P, sq, St, BMp, bm, keyok, i0, vis, lse, prefetch_key, hard_row);
+            softmax_keys<kMix>(P, sq, St, BMp, bm, keyok, i0, vis, lse, prefetch_key, hard_row);
+          } else if (P.mode == kScale) {
+            softmax_keys<kScale>(P, sq, St, BMp, bm, keyok, i0, vis, lse, prefetch_key, hard_row);
           } else {
-            softmax_keys<false>(P, sq, St, BMp, bm, keyok, i0, vis, lse, prefetch_key, hard_row);
+            softmax_keys<kNone>(P, sq, St, BMp, bm, keyok, i0, vis, lse, prefetch_key, hard_row);
           }
           for (int64_t r = 0; r < bm; ++r) {
             float* st = stats + ss.at(sq.b, sq.l, sq.h, i0 + r);
