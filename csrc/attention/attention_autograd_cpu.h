@@ -1,6 +1,6 @@
 // The cpu backend's attention as Python calls it (attention_autograd_cpu.cpp): the kernels of
-// attention_cpu.h with their outputs allocated here. Bound in csrc/cpu_bindings.cpp, called by
-// stquery/backends/cpu_backend.py.
+// attention_cpu.h with their outputs allocated here, and a C++ autograd node around them. Bound in
+// csrc/cpu_bindings.cpp, called by stquery/backends/cpu_backend.py.
 //
 // Every entry point takes the tensors, the fields of stquery.ops.attention.problem.AttnProblem in
 // their order (stquery.backends.jit.problem_args), and poison: fill the outputs with NaN before the
@@ -32,5 +32,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::optional<at::Tensor>> attent
     const std::optional<at::Tensor>& key_padding, const std::optional<at::Tensor>& frame_lengths, int64_t frames,
     const std::vector<int64_t>& kinds, const std::vector<int64_t>& radii, int64_t global_start, int64_t global_end,
     int64_t mode, double scale, bool poison);
+
+// -> out, with autograd recorded by a C++ node: gradients to q, k, v and alpha.
+at::Tensor attention_recorded(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const std::optional<at::Tensor>& alpha, const std::optional<at::Tensor>& dense,
+                              const std::optional<at::Tensor>& key_padding,
+                              const std::optional<at::Tensor>& frame_lengths, int64_t frames,
+                              const std::vector<int64_t>& kinds, const std::vector<int64_t>& radii,
+                              int64_t global_start, int64_t global_end, int64_t mode, double scale, bool poison);
 
 }  // namespace stquery::cpu

@@ -10,8 +10,10 @@ element is computed by one task in a fixed order, so results do not depend on th
 
 Outputs are allocated through :func:`stquery.kernels.empty` (poisoned under the tests) and filled in
 place, except attention's: ``csrc/attention/attention_autograd_cpu.cpp`` allocates them in C++ (poisoned
-when :func:`stquery.kernels.poisoned`): on a small call two ``torch.empty`` from Python cost as much
-as the kernel (``bench/host_overhead.py``).
+when :func:`stquery.kernels.poisoned`) and, for the eager call that records autograd,
+:meth:`CpuBackend.attention_recorded`, also records the backward as a C++ autograd node. On a small
+call the Python allocations and ``torch.autograd.Function`` cost more than the kernel
+(``bench/host_overhead.py``).
 """
 from __future__ import annotations
 
@@ -95,6 +97,11 @@ class CpuBackend:
     def attention_bwd(self, grad_out, q, k, v, out, stats, alpha, dense, key_padding, frame_lengths, prob):
         return module().attention_bwd_alloc(grad_out, q, k, v, stats, alpha, dense, key_padding, frame_lengths,
                                             *jit.problem_args(prob), poisoned())
+
+    def attention_recorded(self, q, k, v, alpha, dense, key_padding, frame_lengths, prob):
+        """``attention_fwd``'s out, its backward recorded by a C++ autograd node (see the module docstring)."""
+        return module().attention_recorded(q, k, v, alpha, dense, key_padding, frame_lengths,
+                                           *jit.problem_args(prob), poisoned())
 
     def topk_select(self, scores, k, order):
         idx = _empty((scores.shape[0], k), torch.int64)
