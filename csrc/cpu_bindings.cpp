@@ -1,15 +1,18 @@
 // pybind11 glue for the cpu backend (stquery/backends/cpu_backend.py), built just in time with the
-// host compiler. The kernels live in csrc/<op>/<op>_cpu.cpp; outputs are allocated by the caller.
+// host compiler. The kernels live in csrc/<op>/<op>_cpu.cpp; outputs are allocated by the caller,
+// except attention's, which attention_autograd_cpu.cpp allocates (and records autograd for) in C++.
 #include <torch/extension.h>
 
-#include "attention/attention_cpu.h"
+#include "attention/attention_autograd_cpu.h"
 #include "pool/pool_cpu.h"
 #include "topk/topk_cpu.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using namespace stquery::cpu;
-  m.def("attention_fwd", &attention_fwd, "fused attention forward (fills out, stats)");
-  m.def("attention_bwd", &attention_bwd, "fused attention backward from the saved stats (fills dq, dk, dv, dalpha)");
+  m.def("attention_fwd_alloc", &attention_fwd_alloc, "fused attention forward -> (out, stats)");
+  m.def("attention_bwd_alloc", &attention_bwd_alloc,
+        "fused attention backward from the saved stats -> (dq, dk, dv, dalpha or None)");
+  m.def("attention_recorded", &attention_recorded, "fused attention forward recording its backward -> out");
   m.def("topk_select", &topk_select, "top-k indices, ties to the lower index (fills idx)");
   m.def("gather_gate_fwd", &gather_gate_fwd, "gather + gate (+ multi-scale pooling) (fills y)");
   m.def("gather_gate_bwd", &gather_gate_bwd, "gather + gate backward (fills dx, dscores)");

@@ -75,6 +75,11 @@ class Backend(Protocol):
         """-> ``(dq, dk, dv, dalpha)``: like q/k/v; dalpha None when alpha is None, else alpha's
         expanded shape in alpha's dtype (the op sums it down to the user's broadcast shape)."""
 
+    # Optional: attention_recorded(q, k, v, alpha, dense, key_padding, frame_lengths, prob) -> out,
+    # attention_fwd's out with its backward (attention_bwd's gradients to q, k, v, alpha) recorded
+    # by the backend's own autograd node. An eager call that records autograd (not forward-mode
+    # AD) uses it instead of the op's Python torch.autograd.Function (the cpu backend's is C++).
+
     def topk_select(self, scores, k, order):
         """scores float ``[B, N]`` -> idx int64 ``[B, k]``: the k largest, ties to the lower index;
         ``order`` "time" (idx ascending) or "score" (descending score, ties by index)."""

@@ -8,7 +8,12 @@ does. The kernels run on ATen's thread pool (``at::parallel_for``, governed by
 float32 registers: fp16/bf16 are converted on load, accumulation is float32, and every output
 element is computed by one task in a fixed order, so results do not depend on the thread count.
 
-Outputs are allocated through :func:`stquery.kernels.empty` (poisoned under the tests) and filled in place.
+Outputs are allocated through :func:`stquery.kernels.empty` (poisoned under the tests) and filled in
+place, except attention's: ``csrc/attention/attention_autograd_cpu.cpp`` allocates them in C++ (poisoned
+when :func:`stquery.kernels.poisoned`) and, for the eager call that records autograd,
+:meth:`CpuBackend.attention_recorded`, also records the backward as a C++ autograd node. On a small
+call the Python allocations and ``torch.autograd.Function`` cost more than the kernel
+(``bench/host_overhead.py``).
 """
 from __future__ import annotations
 
@@ -17,12 +22,12 @@ import functools
 import torch
 
 from . import jit
-from ..kernels import empty
-from ..ops.attention.problem import NONE
+from ..kernels import empty, poisoned
 from ..ops.common import KERNEL_DTYPES as DTYPES
 from ..ops.pool.problem import pooled_length
 
-SOURCES = ("cpu_bindings.cpp", "attention/attention_cpu.cpp", "pool/pool_cpu.cpp", "topk/topk_cpu.cpp")
+SOURCES = ("cpu_bindings.cpp", "attention/attention_cpu.cpp", "attention/attention_autograd_cpu.cpp",
+           "pool/pool_cpu.cpp", "topk/topk_cpu.cpp")
 OPS = frozenset({"attention", "topk_select", "gather_gate", "multiscale_pool", "st_pool"})
 CACHE_ENV = "STQUERY_CPU_CACHE"  # the build cache's folder (default: torch's extensions folder)
 _CPU = torch.device("cpu")  # parsed once, not on every allocation
@@ -65,14 +70,6 @@ def _empty(shape, dtype) -> torch.Tensor:
     return empty(shape, dtype, _CPU)
 
 
-def _alpha4(alpha, prob):
-    """Routing weights as float32 ``[B, L, H, p]`` (spatial ``[G, H, p]`` -> ``[G, 1, H, p]``), a view."""
-    if alpha is None:
-        return None
-    alpha = alpha if alpha.dtype == torch.float32 else alpha.float()
-    return alpha if prob.frames else alpha.unsqueeze(1)
-
-
 class CpuBackend:
     name = "cpu"
     devices = frozenset({"cpu"})
@@ -94,21 +91,17 @@ class CpuBackend:
         return why
 
     def attention_fwd(self, q, k, v, alpha, dense, key_padding, frame_lengths, prob):
-        out = _empty(q.shape, q.dtype)
-        stats = _empty((*q.shape[:3], prob.stats_width), torch.float32)
-        module().attention_fwd(q, k, v, out, stats, _alpha4(alpha, prob), dense, key_padding, frame_lengths,
-                               *jit.problem_args(prob))
-        return out, stats
+        return module().attention_fwd_alloc(q, k, v, alpha, dense, key_padding, frame_lengths,
+                                            *jit.problem_args(prob), poisoned())
 
     def attention_bwd(self, grad_out, q, k, v, out, stats, alpha, dense, key_padding, frame_lengths, prob):
-        dq, dk, dv = _empty(q.shape, q.dtype), _empty(k.shape, k.dtype), _empty(v.shape, v.dtype)
-        routed = prob.mode != NONE
-        dalpha = _empty((alpha.shape[:-1].numel(), prob.p), torch.float32) if routed else None
-        module().attention_bwd(grad_out, q, k, v, stats, _alpha4(alpha, prob), dense, key_padding, frame_lengths,
-                               dq, dk, dv, dalpha, *jit.problem_args(prob))
-        if not routed:
-            return dq, dk, dv, None
-        return dq, dk, dv, dalpha.view(alpha.shape).to(alpha.dtype)
+        return module().attention_bwd_alloc(grad_out, q, k, v, stats, alpha, dense, key_padding, frame_lengths,
+                                            *jit.problem_args(prob), poisoned())
+
+    def attention_recorded(self, q, k, v, alpha, dense, key_padding, frame_lengths, prob):
+        """``attention_fwd``'s out, its backward recorded by a C++ autograd node (see the module docstring)."""
+        return module().attention_recorded(q, k, v, alpha, dense, key_padding, frame_lengths,
+                                           *jit.problem_args(prob), poisoned())
 
     def topk_select(self, scores, k, order):
         idx = _empty((scores.shape[0], k), torch.int64)

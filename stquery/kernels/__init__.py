@@ -5,11 +5,13 @@ are installed here by ``pyproject.toml``. ``kernels/`` itself has no ``__init__.
 a top-level package named ``kernels`` would shadow Hugging Face's ``kernels`` (imported by
 transformers) whenever the repository root is on ``sys.path``.
 
-This file holds the one rule about where Triton runs, the Triton-version switch and the one
-allocator of kernel outputs; it imports no Triton. Every buffer a launcher hands to a kernel to
+This file holds the one rule about where Triton runs, the Triton-version switch and the one rule
+about poisoning kernel outputs; it imports no Triton. Every buffer a launcher hands to a kernel to
 overwrite completely comes from :func:`empty`; the kernel tests install a fill
 (``tests/conftest.py``: NaN, -1 for integers) as ``_fill``, so an element a kernel forgets
-to write shows up. Nothing reads it from the environment.
+to write shows up. Nothing reads it from the environment. Outputs allocated in C++ instead (the
+cpu backend's attention: all float) are poisoned there when their caller passes :func:`poisoned`,
+with NaN, as ``_fill`` would.
 """
 from __future__ import annotations
 
@@ -60,3 +62,8 @@ def empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
     if _fill is not None:
         _fill(out)
     return out
+
+
+def poisoned() -> bool:
+    """Whether kernel outputs are poisoned (a fill is installed): the flag of outputs allocated in C++."""
+    return _fill is not None

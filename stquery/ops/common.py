@@ -65,14 +65,20 @@ def dispatched() -> bool:
     return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
 
 
+def forward_ad_active() -> bool:
+    """Whether forward-mode AD is active (inside ``forward_ad.dual_level``): an op's Python
+    ``torch.autograd.Function`` then rejects the call with a clear error instead of letting the
+    tangents be dropped, so such a call must reach it."""
+    return forward_ad._current_level >= 0
+
+
 def records_autograd(*tensors) -> bool:
-    """Whether an eager call goes through its ``torch.autograd.Function`` rather than straight to
-    the backend: grad mode is on and one of ``tensors`` requires grad, or forward-mode AD is active
-    (the Function rejects it with a clear error instead of letting the tangents be dropped).
-    ``Function.apply`` alone costs more than a small call's kernel (``bench/host_overhead.py``),
-    and records nothing without gradients.
+    """Whether an eager call goes through its autograd node rather than straight to the backend:
+    grad mode is on and one of ``tensors`` requires grad, or forward-mode AD is active
+    (:func:`forward_ad_active`). ``Function.apply`` alone costs more than a small call's kernel
+    (``bench/host_overhead.py``), and records nothing without gradients.
     """
-    if forward_ad._current_level >= 0:
+    if forward_ad_active():
         return True
     if torch.is_grad_enabled():
         for t in tensors:

@@ -6,10 +6,13 @@ Each call validates its arguments, resolves a backend (docs/backends.md §3) and
 - under ``torch.compile`` or a functorch transform (:func:`stquery.ops.common.dispatched`), through
   the custom ops ``stquery::attention_fwd`` / ``attention_bwd``, so dynamo and AOTAutograd see one
   opaque op per direction whatever backend runs it, and ``torch.vmap`` runs it per sample;
-- in eager mode, through :class:`_Attention`, a plain ``torch.autograd.Function`` calling the same
-  primitives: the dispatcher's Python layers around a custom op cost several times a small
-  attention call (see ``bench/host_overhead.py``); and straight to ``attention_fwd`` when no
-  gradient is recorded (:func:`stquery.ops.common.records_autograd`).
+- in eager mode, straight to ``attention_fwd`` when no gradient is recorded
+  (:func:`stquery.ops.common.records_autograd`); else through the backend's own
+  ``attention_recorded`` where it has one (the cpu backend's autograd node in C++), otherwise through
+  :class:`_Attention`, a plain ``torch.autograd.Function`` calling the same primitives: the
+  dispatcher's Python layers around a custom op cost several times a small attention call, and a
+  Python Function still costs more than the kernel there (see ``bench/host_overhead.py``). Under
+  forward-mode AD the call always goes to :class:`_Attention`, which refuses it with an error.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ... import backends
-from ..common import device_type, dispatched, records_autograd, rows_readable
+from ..common import device_type, dispatched, forward_ad_active, records_autograd, rows_readable
 from .checks import attention_problem
 from .masks import MaskSet
 from .problem import AttnProblem
@@ -110,9 +113,13 @@ def _run(q, k, v, frames, masks, alpha, mode, scale, key_padding, frame_lengths,
     tensors = (q, k, v, alpha, dense, key_padding, frame_lengths)
     name = backends.resolve("attention", backend, device_type(q), *tensors, prob)
     if not dispatched():
-        if records_autograd(q, k, v, alpha):
+        backend = backends.get(name)
+        if not records_autograd(q, k, v, alpha):
+            return backend.attention_fwd(*tensors, prob)[0]
+        recorded = getattr(backend, "attention_recorded", None)
+        if recorded is None or forward_ad_active():
             return _Attention.apply(*tensors, prob, name)
-        return backends.get(name).attention_fwd(*tensors, prob)[0]
+        return recorded(*tensors, prob)
     out, _ = _attention_fwd(
         *tensors, prob.frames, list(prob.kinds), list(prob.radii), prob.global_start, prob.global_end,
         prob.mode, prob.scale, name,
