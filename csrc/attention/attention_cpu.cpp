@@ -872,7 +872,8 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
 
 void check_rows(const char* name, const at::Tensor& x, const at::Tensor& q) {
   TORCH_CHECK(x.device().is_cpu(), name, ": expected a CPU tensor");
-  TORCH_CHECK(x.dim() == 4 && x.stride(3) == 1, name, ": expected a 4-d tensor with stride(-1) == 1, got strides ",
+  TORCH_CHECK(x.dim() == 4 && (x.stride(3) == 1 || x.size(3) == 1), name,
+              ": expected a 4-d tensor with stride(-1) == 1, got strides ",
               x.strides());
   TORCH_CHECK(x.scalar_type() == q.scalar_type(), name, ": dtype ", x.scalar_type(), " differs from q's ",
               q.scalar_type());

@@ -303,6 +303,24 @@ def test_mix_with_a_mask_far_below_the_others_stays_finite(backend, N, nats):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_head_width_one_takes_the_gradient_of_a_sum(backend):
+    """d = 1: ``out.sum()`` hands back an expanded scalar whose last stride is 0, legal for a dim of
+    size 1 (stquery.ops.common.rows_readable keeps it): every kernel must read it as rows."""
+    x = [torch.randn(2 * 3, 2, 2, 1, device=DEVICE) for _ in range(3)]
+
+    def grads(fn, dtype, **kw):
+        xs = [t.to(dtype).requires_grad_() for t in x]
+        return torch.autograd.grad(fn(*xs, 3, **kw).sum(), xs)
+
+    got = grads(stq.temporal_attention, torch.float32, backend=backend)
+    exact = grads(reference.temporal_attention, torch.float64)
+    same_dtype = grads(reference.temporal_attention, torch.float32)
+    for name, g, e, r in zip(["dq", "dk", "dv"], got, exact, same_dtype):
+        err, ref_err = ((t.double() - e).abs().max().item() for t in (g, r))
+        assert err <= 3 * ref_err + EPS[torch.float32] * max(1.0, e.abs().max().item()), name
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_radius_beyond_the_sequence_is_unbounded(backend):
     """A huge radius must neither overflow the int32 mask descriptor nor change the result."""
     q, k, v = (torch.randn(2 * 5, 3, 2, 16, device=DEVICE) for _ in range(3))
