@@ -703,7 +703,7 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
           const int64_t bm = std::min(BM, Nq - i0);
           if (q_gemm) {  // St = S^T
             at::vec::transpose_mxn<float>(Q.row(i0), Q.ld, Qt, BMp, static_cast<int>(bm), static_cast<int>(d));
-            gemm(K.p, K.ld, 1, Qt, BMp, Nk, d, BMp / kV, Into{St, BMp, P.scale});
+            gemm(K.p, K.ld, 1, Qt, BMp, Nk, d, round_up(bm, kV) / kV, Into{St, BMp, P.scale});
           } else {
             gemm_dots(Q.row(i0), Q.ld, K.p, K.ld, bm, Nk, dp, P.scale, St, 1, BMp);
           }
