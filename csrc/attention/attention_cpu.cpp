@@ -10,8 +10,9 @@
 // queries in blocks of up to 64 rows. A block's scores against all keys (bm x Nk, never N x N) are
 // computed, masked and normalised row by row, and multiplied into V; the forward with routed
 // masks, and plain attention over few keys (a fraction of a vector), normalise a transposed tile
-// down the keys instead (softmax_keys), and so does the mix backward (mix_grads_keys). Each output element depends only on its own sequence, in a fixed order:
-// results do not depend on the thread count.
+// down the keys instead (softmax_keys), and so does the mix backward (mix_grads_keys). Each
+// output element depends only on its own sequence, in a fixed order: results do not depend on the
+// thread count.
 //
 // Masks are never materialised beyond one row: window/causal are key ranges computed from
 // integers, dense masks are read from the shared bool buffer, global tokens and key padding /
@@ -196,22 +197,13 @@ float softmax_row(const float* s, const float* vis, float* w, int64_t n) {
   return m + std::log(l);
 }
 
-// Below this, a mask's sum of exps against the union's max has lost its precision or underflowed
-// (all its scores ~44 nats below the union's max): the row is normalised mask by mask instead.
+// Below this, a mask's sum of exps against the union's max (softmax_keys, mix_grads_keys) has lost
+// its precision or underflowed (all its scores ~44 nats below the union's max): the row is then
+// normalised mask by mask instead (fwd_row, bwd_row).
 constexpr float kTinySum = 0x1p-64f;
 
-// u[k] = 1 iff key k is visible under some mask j with use[j] (u: Nkp floats).
-void union_of(const float* mj, int p, const bool* use, float* u, int64_t Nkp) {
-  std::fill(u, u + Nkp, 0.f);
-  for (int j = 0; j < p; ++j) {
-    if (!use[j]) continue;
-    const float* m = mj + j * Nkp;
-    for (int64_t k = 0; k < Nkp; k += kV) at::vec::maximum(Vec::loadu(u + k), Vec::loadu(m + k)).store(u + k);
-  }
-}
-
 // Forward for query row i: s (scaled scores, overwritten in SCALE mode) -> w (attention weights), st (stats).
-// MIX comes here only for the rows softmax_keys can't take (kTinySum), so it goes mask by mask.
+// MIX comes here only for the rows softmax_keys hands back (kTinySum), so it goes mask by mask.
 void fwd_row(const Problem& P, const Seq& q, int64_t i, float* s, const float* keyok, float* mj, float* tmp, float* w,
              float* st, int64_t Nkp) {
   if (i >= q.n_alive) {
@@ -252,49 +244,9 @@ void renormalised_exp(const float* s, const float* vis, float lse, float* w, int
   for (int64_t k = 0; k < n; k += kV) (Vec::loadu(w + k) * inv).store(w + k);
 }
 
-// MIX backward of a row with one exp per score: e = exp(s - m_ref), m_ref = max_j lse_j, so
-// P_j = e M_j / l_j with l_j = sum_k e M_j (normalised again, see the note at the top), delta_j =
-// sum_k P_j dP, A = e sum_j c_j M_j and dS = e sum_j c_j M_j (dP - delta_j) with c_j = alpha_j / l_j.
-// False when some l_j < kTinySum: nothing is added to dalpha, and the caller goes mask by mask.
-bool mix_grad_shared(const Problem& P, const Seq& q, const float* s, const float* dp, const float* mj, float* u,
-                     const float* st, float* a, float* ds, double* dalpha, int64_t Nkp) {
-  bool live[kMaxMasks];
-  float m_ref = -kInf;
-  for (int j = 0; j < P.p; ++j) {
-    live[j] = st[j] > -kInf;
-    m_ref = std::max(m_ref, st[j]);
-  }
-  if (m_ref == -kInf) return false;
-  union_of(mj, P.p, live, u, Nkp);
-  masked_exp(s, u, m_ref, a, Nkp);
-  for (int64_t k = 0; k < Nkp; k += kV) (Vec::loadu(a + k) * Vec::loadu(dp + k)).store(ds + k);
-  float coef[kMaxMasks] = {}, delta[kMaxMasks] = {};
-  for (int j = 0; j < P.p; ++j) {
-    if (!live[j]) continue;
-    const float l = dot(a, mj + j * Nkp, Nkp);
-    if (!(l >= kTinySum)) return false;
-    coef[j] = q.alpha[j] / l;
-    delta[j] = dot(ds, mj + j * Nkp, Nkp) / l;
-  }
-  // u = sum_j c_j M_j, ds = sum_j c_j delta_j M_j; then A = e u, dS = A dP - e ds
-  std::fill(u, u + Nkp, 0.f);
-  std::fill(ds, ds + Nkp, 0.f);
-  for (int j = 0; j < P.p; ++j) {
-    if (!live[j]) continue;
-    axpy(coef[j], mj + j * Nkp, u, Nkp);
-    axpy(coef[j] * delta[j], mj + j * Nkp, ds, Nkp);
-    dalpha[j] += delta[j];
-  }
-  for (int64_t k = 0; k < Nkp; k += kV) {
-    const Vec e = Vec::loadu(a + k), A = e * Vec::loadu(u + k);
-    A.store(a + k);
-    (A * Vec::loadu(dp + k) - e * Vec::loadu(ds + k)).store(ds + k);
-  }
-  return true;
-}
-
 // Backward for query row i: from s (scaled scores), dp (dO . v_k) and the stats -> a (attention
-// weights), ds (gradient w.r.t. s); adds the row's share of dalpha.
+// weights), ds (gradient w.r.t. s); adds the row's share of dalpha. MIX comes here only for the
+// rows mix_grads_keys hands back (kTinySum), so it goes mask by mask.
 void bwd_row(const Problem& P, const Seq& q, int64_t i, const float* s, const float* dp, const float* keyok, float* mj,
              float* tmp, const float* st, float* a, float* ds, double* dalpha, int64_t Nkp) {
   if (i >= q.n_alive || (P.mode != kMix && st[0] == -kInf)) {
@@ -310,7 +262,6 @@ void bwd_row(const Problem& P, const Seq& q, int64_t i, const float* s, const fl
   }
   row_masks(P, i, keyok, mj, Nkp);
   if (P.mode == kMix) {
-    if (mix_grad_shared(P, q, s, dp, mj, tmp, st, a, ds, dalpha, Nkp)) return;
     std::fill(a, a + Nkp, 0.f);
     std::fill(ds, ds + Nkp, 0.f);
     for (int j = 0; j < P.p; ++j) {
@@ -519,10 +470,12 @@ void softmax_keys(const Problem& P, const Seq& sq, float* St, int64_t ldt, int64
   }
 }
 
-// The MIX backward on transposed tiles: St [Nk, ldt] the scores and DPt the dP = dO V^T
-// of query lanes i0 + r, lse[j * ldt + r] the saved stats. In place, St becomes A^T and DPt dS^T
-// (mix_grad_shared's algebra, one exp per score against max_j lse_j, as sums down the keys), and
-// each lane's delta_j is added to dalpha[j] in row order. A lane where some live l_j < kTinySum is
+// The MIX backward on transposed tiles: St [Nk, ldt] the scores and DPt the dP = dO V^T of query
+// lanes i0 + r, lse[j * ldt + r] the saved stats. One exp per score, e = exp(s - m_ref) with m_ref
+// = max_j lse_j, so P_j = e M_j / l_j with l_j = sum_k e M_j (normalised again, see the note at the
+// top), delta_j = sum_k P_j dP, A = e sum_j c_j M_j and dS = e sum_j c_j M_j (dP - delta_j) with
+// c_j = alpha_j / l_j, all as sums down the keys. In place, St becomes A^T and DPt dS^T, and each
+// lane's delta_j is added to dalpha[j] in row order. A lane where some live l_j < kTinySum is
 // redone by hard_row(r) (bwd_row, which adds its own dalpha); on_key and vis as in softmax_keys.
 // (Plain attention keeps bwd_row: the same tiles took it 8% down at T = 4 but 7% up at T = 8.)
 template <typename OnKey, typename HardRow>
