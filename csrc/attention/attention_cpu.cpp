@@ -8,11 +8,11 @@
 // reads float32 rows in place (fp16/bf16, or a width that is not whole vectors, are staged as
 // float32 in scratch), prefetches the rows of the sequence a few ahead into L2, and walks its
 // queries in blocks of up to 64 rows. A block's scores against all keys (bm x Nk, never N x N) are
-// computed, masked and normalised row by row, and multiplied into V; the forward with routed
-// masks, and plain attention over few keys (a fraction of a vector), normalise a transposed tile
-// down the keys instead (softmax_keys), and so does the mix backward (mix_grads_keys). Each
-// output element depends only on its own sequence, in a fixed order: results do not depend on the
-// thread count.
+// computed, masked and normalised, and multiplied into V. Plain attention normalises row by row
+// (fwd_row, bwd_row), except its forward over few keys (a fraction of a vector); that one and
+// routed masks (MIX, SCALE) both ways normalise transposed tiles down the keys, a vector of queries
+// at a time (softmax_keys, mix_grads_keys, scale_grads_keys). Each output element depends only on
+// its own sequence, in a fixed order: results do not depend on the thread count.
 //
 // Masks are never materialised beyond one row: window/causal are key ranges computed from
 // integers, dense masks are read from the shared bool buffer, global tokens and key padding /
@@ -202,8 +202,9 @@ float softmax_row(const float* s, const float* vis, float* w, int64_t n) {
 // normalised mask by mask instead (fwd_row, bwd_row).
 constexpr float kTinySum = 0x1p-64f;
 
-// Forward for query row i: s (scaled scores, overwritten in SCALE mode) -> w (attention weights), st (stats).
-// MIX comes here only for the rows softmax_keys hands back (kTinySum), so it goes mask by mask.
+// Forward for query row i (NONE or MIX): s (scaled scores) -> w (attention weights), st (stats). MIX
+// comes here only for the rows softmax_keys hands back (kTinySum), so it goes mask by mask; SCALE
+// never does (softmax_keys takes every SCALE row).
 void fwd_row(const Problem& P, const Seq& q, int64_t i, float* s, const float* keyok, float* mj, float* tmp, float* w,
              float* st, int64_t Nkp) {
   if (i >= q.n_alive) {
@@ -216,26 +217,18 @@ void fwd_row(const Problem& P, const Seq& q, int64_t i, float* s, const float* k
     return;
   }
   row_masks(P, i, keyok, mj, Nkp);
-  if (P.mode == kMix) {
-    std::fill(w, w + Nkp, 0.f);
-    for (int j = 0; j < P.p; ++j) {
-      const float* m_j = mj + j * Nkp;
-      const float m = masked_max(s, m_j, Nkp);
-      if (m == -kInf) {
-        st[j] = -kInf;
-        continue;
-      }
-      const float l = masked_exp(s, m_j, m, tmp, Nkp);
-      st[j] = m + std::log(l);
-      axpy(q.alpha[j] / l, tmp, w, Nkp);
+  std::fill(w, w + Nkp, 0.f);
+  for (int j = 0; j < P.p; ++j) {
+    const float* m_j = mj + j * Nkp;
+    const float m = masked_max(s, m_j, Nkp);
+    if (m == -kInf) {
+      st[j] = -kInf;
+      continue;
     }
-    return;
+    const float l = masked_exp(s, m_j, m, tmp, Nkp);
+    st[j] = m + std::log(l);
+    axpy(q.alpha[j] / l, tmp, w, Nkp);
   }
-  // SCALE: tmp = sum_j alpha_j M_j; softmax of s * tmp over tmp > 0
-  std::fill(tmp, tmp + Nkp, 0.f);
-  for (int j = 0; j < P.p; ++j) axpy(q.alpha[j], mj + j * Nkp, tmp, Nkp);
-  for (int64_t k = 0; k < Nkp; k += kV) (Vec::loadu(s + k) * Vec::loadu(tmp + k)).store(s + k);
-  st[0] = softmax_row(s, tmp, w, Nkp);
 }
 
 // P = exp(s - lse) normalised over {k : vis[k] > 0} (see the note at the top).
@@ -244,12 +237,12 @@ void renormalised_exp(const float* s, const float* vis, float lse, float* w, int
   for (int64_t k = 0; k < n; k += kV) (Vec::loadu(w + k) * inv).store(w + k);
 }
 
-// Backward for query row i: from s (scaled scores), dp (dO . v_k) and the stats -> a (attention
-// weights), ds (gradient w.r.t. s); adds the row's share of dalpha. MIX comes here only for the
-// rows mix_grads_keys hands back (kTinySum), so it goes mask by mask.
+// Backward for query row i (NONE or MIX): from s (scaled scores), dp (dO . v_k) and the stats -> a
+// (attention weights), ds (gradient w.r.t. s); adds the row's share of dalpha. MIX comes here only
+// for the rows mix_grads_keys hands back (kTinySum), so it goes mask by mask; SCALE never does.
 void bwd_row(const Problem& P, const Seq& q, int64_t i, const float* s, const float* dp, const float* keyok, float* mj,
              float* tmp, const float* st, float* a, float* ds, double* dalpha, int64_t Nkp) {
-  if (i >= q.n_alive || (P.mode != kMix && st[0] == -kInf)) {
+  if (i >= q.n_alive || (P.mode == kNone && st[0] == -kInf)) {
     std::fill(a, a + Nkp, 0.f);
     std::fill(ds, ds + Nkp, 0.f);
     return;
@@ -261,36 +254,19 @@ void bwd_row(const Problem& P, const Seq& q, int64_t i, const float* s, const fl
     return;
   }
   row_masks(P, i, keyok, mj, Nkp);
-  if (P.mode == kMix) {
-    std::fill(a, a + Nkp, 0.f);
-    std::fill(ds, ds + Nkp, 0.f);
-    for (int j = 0; j < P.p; ++j) {
-      if (st[j] == -kInf) continue;
-      renormalised_exp(s, mj + j * Nkp, st[j], tmp, Nkp);
-      const float delta = dot(tmp, dp, Nkp);
-      dalpha[j] += delta;
-      const Vec alpha(q.alpha[j]), vdelta(delta);
-      for (int64_t k = 0; k < Nkp; k += kV) {
-        const Vec pa = Vec::loadu(tmp + k) * alpha;
-        (Vec::loadu(a + k) + pa).store(a + k);
-        at::vec::fmadd(pa, Vec::loadu(dp + k) - vdelta, Vec::loadu(ds + k)).store(ds + k);
-      }
+  std::fill(a, a + Nkp, 0.f);
+  std::fill(ds, ds + Nkp, 0.f);
+  for (int j = 0; j < P.p; ++j) {
+    if (st[j] == -kInf) continue;
+    renormalised_exp(s, mj + j * Nkp, st[j], tmp, Nkp);
+    const float delta = dot(tmp, dp, Nkp);
+    dalpha[j] += delta;
+    const Vec alpha(q.alpha[j]), vdelta(delta);
+    for (int64_t k = 0; k < Nkp; k += kV) {
+      const Vec pa = Vec::loadu(tmp + k) * alpha;
+      (Vec::loadu(a + k) + pa).store(a + k);
+      at::vec::fmadd(pa, Vec::loadu(dp + k) - vdelta, Vec::loadu(ds + k)).store(ds + k);
     }
-    return;
-  }
-  // SCALE: ds holds s * w, then dS' = P (dP - delta); dalpha_j = sum_k dS' s M_j; dS = dS' w
-  std::fill(tmp, tmp + Nkp, 0.f);
-  for (int j = 0; j < P.p; ++j) axpy(q.alpha[j], mj + j * Nkp, tmp, Nkp);
-  for (int64_t k = 0; k < Nkp; k += kV) (Vec::loadu(s + k) * Vec::loadu(tmp + k)).store(ds + k);
-  renormalised_exp(ds, tmp, st[0], a, Nkp);
-  const Vec delta(dot(a, dp, Nkp));
-  for (int64_t k = 0; k < Nkp; k += kV) {
-    const Vec g = Vec::loadu(a + k) * (Vec::loadu(dp + k) - delta);
-    (g * Vec::loadu(s + k)).store(ds + k);  // dS' * s, for dalpha
-  }
-  for (int j = 0; j < P.p; ++j) dalpha[j] += dot(ds, mj + j * Nkp, Nkp);
-  for (int64_t k = 0; k < Nkp; k += kV) {
-    (Vec::loadu(a + k) * (Vec::loadu(dp + k) - delta) * Vec::loadu(tmp + k)).store(ds + k);
   }
 }
 
@@ -549,6 +525,55 @@ void mix_grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, int6
   }
 }
 
+// The SCALE backward on transposed tiles (St scores, DPt dP, lse as in mix_grads_keys): per key, w =
+// sum_j alpha_j M_j over the query lanes, A = exp(s w - lse) over w > 0 normalised again (Et holds
+// the exps between the passes), delta = sum_k A dP, g = A (dP - delta), dS = g w, dalpha_j = sum_k
+// g s M_j; St becomes A^T and DPt dS^T, and each lane's dalpha_j is added in row order. One
+// softmax per row over the forward's lse: no lane needs the per-row path.
+template <typename OnKey>
+void scale_grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, float* Et, int64_t ldt, int64_t bm,
+                      const float* keyok, int64_t i0, float* vis, const float* lse, double* dalpha, OnKey&& on_key) {
+  const int64_t Nk = P.Nk;
+  const int p = P.p;
+  const Vec ninf(-kInf), zero(0.f), live_end(static_cast<float>(std::min(i0 + bm, sq.n_alive)));
+  const auto weight = [&](int64_t k) {  // w = sum_j alpha_j M_j of key k
+    Vec w = zero;
+    for (int j = 0; j < p; ++j) w = w + (Vec(sq.alpha[j]) & Vec::loadu(vis + (k * p + j) * kV));
+    return w;
+  };
+  for (int64_t c = 0; c < bm; c += kV) {
+    const Vec x = Vec::loadu(lse + c);
+    const Vec live = (Vec::arange(static_cast<float>(i0 + c), 1.f) < live_end) & (x > ninf);
+    const Vec base = Vec::blendv(zero, x, live);
+    Vec l = zero, edp = zero;
+    for (int64_t k = 0; k < Nk; ++k) {
+      if (c == 0) on_key(k);
+      key_masks(P, k, keyok[k], i0 + c, vis + k * p * kV);
+      const Vec w = weight(k);
+      const Vec e = (Vec::loadu(St + k * ldt + c) * w - base).exp_u20() & (w > zero) & live;
+      e.store(Et + k * ldt + c);
+      l = l + e;
+      edp = at::vec::fmadd(e, Vec::loadu(DPt + k * ldt + c), edp);
+    }
+    const Vec inv = Vec::blendv(zero, Vec(1.f) / l, l > zero), delta = edp * inv;
+    Vec da[kMaxMasks];
+    for (int j = 0; j < p; ++j) da[j] = zero;
+    for (int64_t k = 0; k < Nk; ++k) {
+      float* s = St + k * ldt + c;
+      float* dps = DPt + k * ldt + c;
+      const Vec a = Vec::loadu(Et + k * ldt + c) * inv, g = a * (Vec::loadu(dps) - delta), gs = g * Vec::loadu(s);
+      for (int j = 0; j < p; ++j) da[j] = da[j] + (gs & Vec::loadu(vis + (k * p + j) * kV));
+      (g * weight(k)).store(dps);
+      a.store(s);
+    }
+    float lanes[kMaxMasks][kV];
+    for (int j = 0; j < p; ++j) da[j].store(lanes[j]);
+    for (int64_t r = 0; r < std::min<int64_t>(kV, bm - c); ++r) {
+      for (int j = 0; j < p; ++j) dalpha[j] += lanes[j][r];
+    }
+  }
+}
+
 // Per-thread float32 scratch, zero-filled: the padding columns of Kt / Vt (keys that score 0, masked
 // by keyok) and of the score tiles are never written and stay 0.
 class Scratch {
@@ -733,13 +758,15 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
                               {dq, dqs, Nq, true},
                               {dk, dks, Nk, true},
                               {dv, dvs, Nk, true}}};
-  // Mix: transposed tiles, as in the forward (mix_grads_keys); the rest row by row (bwd_row). At the
-  // headline shape they cut mix's forward+backward by 22% at T = 4 and 2-6% at T = 16-64.
-  const bool by_keys = P.mode == kMix;
+  // Routed masks: transposed tiles, as in the forward (mix_grads_keys, scale_grads_keys); plain
+  // attention row by row (bwd_row). At the headline shape they cut the forward+backward by 22% at
+  // T = 4 and 2-6% at T = 16-64, in both modes.
+  const bool by_keys = P.mode != kNone;
   const bool q_gemm = by_keys && !few_keys(Nk);  // S^T = K Q^T and dP^T = V dO^T as products
+  const bool scaled = P.mode == kScale;
   at::parallel_for(0, P.n_seq(), 1, [&](int64_t s0, int64_t s1) {
     Scratch w(staged * (2 * Nq + 4 * Nk + BM) * dp + 2 * dp * Nkp + (4 * BM + kMaxMasks + 2) * Nkp +
-              by_keys * ((2 * Nk + Pw) * BMp + Nk * P.p * kV) + q_gemm * 2 * dp * BMp);
+              by_keys * ((2 * Nk + Pw) * BMp + Nk * P.p * kV) + q_gemm * 2 * dp * BMp + scaled * Nk * BMp);
     float* Qf = w.take_if(staged, Nq * dp);
     float* dOf = w.take_if(staged, Nq * dp);
     float* Kf = w.take_if(staged, Nk * dp);
@@ -762,6 +789,7 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
     float* vis = w.take_if(by_keys, Nk * P.p * kV);
     float* Qt = w.take_if(q_gemm, dp * BMp);
     float* dOt = w.take_if(q_gemm, dp * BMp);
+    float* Et = w.take_if(scaled, Nk * BMp);
     for (int64_t seq = s0; seq < s1; ++seq) {
       const auto next = prefetch.next(seq, s1);
       const Seq sq = make_seq(P, seq, keyok, Nkp);
@@ -799,7 +827,11 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
           bwd_row(P, sq, i, S, DP, keyok, mj, tmp, stats + ss.at(sq.b, sq.l, sq.h, i), A, DS, da, Nkp);
           for (int64_t k = 0; k < Nk; ++k) St[k * BMp + r] = A[k], DPt[k * BMp + r] = DS[k];
         };
-        mix_grads_keys(P, sq, St, DPt, BMp, bm, keyok, i0, vis, lse, da, prefetch_key, hard_row);
+        if (scaled) {
+          scale_grads_keys(P, sq, St, DPt, Et, BMp, bm, keyok, i0, vis, lse, da, prefetch_key);
+        } else {
+          mix_grads_keys(P, sq, St, DPt, BMp, bm, keyok, i0, vis, lse, da, prefetch_key, hard_row);
+        }
         // St = A^T, DPt = dS^T: dq = scale dS K; dk (+)= scale dS^T Q; dv (+)= A^T dO
         gemm(DPt, 1, BMp, K.p, K.ld, bm, Nk, dp / kV, dQ.into(i0, P.scale));
         dQ.store(i0, bm);
