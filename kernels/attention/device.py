@@ -27,15 +27,18 @@ Modes (``s = scale * q.k``, all exponentials in base 2 with ``scale * log2(e)`` 
 
 - NONE: plain softmax attention.
 - MIX (TRAR-style routing): ``o_i = sum_j alpha_j softmax_{M_j(i)}(s_i) V``. Each mask has its
-  own normaliser ``l_j(i)``, all against one row max ``m(i)`` over the union of the masks, so one
-  exponential per score serves every mask and the output needs a single accumulator with weight
-  ``exp(s - m) * sum_j alpha_j M_j / l_j``. T <= tile: statistics and output from the same tile;
-  longer rows: pass 1 (QK^T only) for ``m, l_j``, pass 2 for the output.
-  Stats saved: ``lse_j = m + log2 l_j`` per row (``-inf`` for an empty mask row): O(N * p).
-  Limitation of sharing one max: a mask whose every visible score lies more than ~87 nats
-  (the float32 exponent range) below the row's maximum underflows to a zero contribution in the
-  forward (the reference keeps its share), and the backward, which recomputes the same ``l_j``,
-  gives it zero gradient. No NaN: ``alpha_j / l_j`` is clamped to the float32 range.
+  own normaliser ``l_j(i)``, normally all against one row max ``m(i)`` over the union of the
+  masks, so one exponential per score serves every mask and the output needs a single accumulator
+  with weight ``exp(s - m) * sum_j alpha_j M_j / l_j``. A mask whose own max ``m_j(i)`` lies more
+  than ``_FAR`` = 64 (base 2) below ``m(i)`` is *far*: against ``m`` its scores would underflow
+  (all of them beyond 126), so its ``l_j`` and its weights ``exp(s - m_j) alpha_j / l_j`` are
+  taken against ``m_j``, one more exponential per score and far mask; the per-mask maxima cost
+  compares only, and a tile without a far row skips the far terms. T <= tile: statistics and
+  output from the same tile; longer rows: pass 1 (QK^T only) for ``m, m_j, l_j``, a pass 1b for
+  the far masks' ``l_j`` only in a row block that holds one, pass 2 for the output.
+  Stats saved: ``lse_j = base_j + log2 l_j`` per row (``base_j = m`` or, far, ``m_j``; ``-inf``
+  for an empty mask row): O(N * p), exact for every mask. ``alpha_j / l_j`` is clamped to the
+  float32 range, so a tiny ``l_j`` makes no inf · 0.
 - SCALE (MTransLLaMA eq. 9): one flash pass on ``s * w``, ``w = sum_j alpha_j M_j``, keys with
   ``w <= 0`` excluded; stats = ``lse`` of ``s * w``.
 
@@ -43,7 +46,10 @@ Backward, per row i (``dP = dO V^T``, ``P_j`` the softmax of mask j):
 
 - MIX: ``delta_j(i) = sum_k P_j[i, k] dP[i, k]``; ``dS = e (dP * C - E)`` with ``e = exp(s - m)``,
   ``C = sum_j alpha_j M_j / l_j``, ``E = sum_j alpha_j M_j delta_j / l_j``;
-  ``dalpha_j = sum_{rows of the routing group} delta_j``.
+  ``dalpha_j = sum_{rows of the routing group} delta_j``. The looping kernels take ``m`` as
+  ``max_j lse_j`` and recompute the ``l_j`` against it; a mask whose ``lse_j`` lies more than
+  ``_FAR`` below is far, as in the forward: its ``e_j = exp(s - lse_j)`` is a term of its own,
+  ``dS += sum_far M_j alpha_j e_j (dP - delta_j) / l_j``.
 - SCALE: ``dS' = P (dP - delta)``, ``dS = dS' * w``, ``dalpha_j = sum_{i, k} dS' * s * M_j``.
 - ``dq = scale * dS K``, ``dk = scale * dS^T Q``, ``dv = W^T dO`` (W the final attention weights).
 
@@ -77,6 +83,9 @@ _DENSE = tl.constexpr(DENSE)
 _PP = tl.constexpr(MAX_MASKS)  # width of the per-row, per-mask statistics tiles
 _BIG = tl.constexpr(2 ** 30)
 _FMAX = tl.constexpr(3.0e38)  # alpha_j / l_j is clamped here: a tiny l_j must not make inf · 0
+# MIX: a mask whose maximum lies more than this (base 2) below the row's union max is "far" and
+# exponentiated against its own (attn_math.h's kFarMask, where the choice is explained)
+_FAR = tl.constexpr(64.0)
 
 # Runtime integers that must not be specialised (a new T, N, G, mask set never recompiles).
 _RUNTIME_INTS = ["n_seq", "L", "H", "Nq", "Nk", "seqs_per_prog", "n_blocks", "n_masks",
@@ -338,6 +347,55 @@ def _mix_coef(alpha, l):
 
 
 @triton.jit
+def _mask_maxes(acc, s, bits, offs_p, n_masks):
+    """``max(acc[i, j], max_k M_j[i, k] s[i, k])``: per-mask row maxima (compares, no exp)."""
+    for j in range(n_masks):
+        acc = tl.where(offs_p[None, :] == j,
+                       tl.maximum(acc, tl.max(tl.where(_has(bits, j), s, float("-inf")), axis=1)[:, None]), acc)
+    return acc
+
+
+@triton.jit
+def _far_bases(m, top):
+    """MIX: ``(base, far)`` (``[BM, PP]``) from a row's union max ``m`` (``[BM]``, 0 if nothing is
+    visible) and ``top[i, j]``, the maximum of mask j (forward) or lse_j (backward): far (1.0 / 0.0)
+    where ``top`` is finite and more than _FAR below m; each mask's exponent base, ``top`` if far,
+    m otherwise."""
+    far = (top > float("-inf")) & (m[:, None] - top > _FAR)
+    return tl.where(far, top, m[:, None]), far.to(tl.float32)
+
+
+@triton.jit
+def _any(far):
+    """Whether any row of the tile holds a far mask (a scalar: the far paths are skipped as a whole)."""
+    return tl.max(tl.max(far, axis=1), axis=0) > 0
+
+
+@triton.jit
+def _far_sums(acc, x, s, bits, base, far, offs_p, n_masks):
+    """``acc[i, j] + sum_k M_j[i, k] x[i, k] 2^(s[i, k] - base[i, j])`` for the far (row, mask)
+    pairs only: the rare path, one exp per score and mask."""
+    for j in range(n_masks):
+        # [BM, BN]
+        t = tl.where(_has(bits, j) & (_col(far, offs_p, j) > 0)[:, None],
+                     x * tl.exp2(s - _col(base, offs_p, j)[:, None]), 0.0)
+        acc += tl.where(offs_p[None, :] == j, tl.sum(t, axis=1)[:, None], 0.0)
+    return acc
+
+
+@triton.jit
+def _far_weight(s, bits, coef, base, far, offs_p, n_masks):
+    """``sum_j M_j[i, k] coef[i, j] 2^(s[i, k] - base[i, j])`` over the far (row, mask) pairs
+    (``[BM, BN]``): their share of a weight tile, whose near terms ``2^(s - m) coef_j`` lie below
+    2^-_FAR of these and are kept as they are."""
+    w = tl.zeros(bits.shape, dtype=tl.float32)
+    for j in range(n_masks):
+        w += tl.where(_has(bits, j) & (_col(far, offs_p, j) > 0)[:, None],
+                      _col(coef, offs_p, j)[:, None] * tl.exp2(s - _col(base, offs_p, j)[:, None]), 0.0)
+    return w
+
+
+@triton.jit
 def _tile_scores(b_q, q_rows, b_k, k_rows, alpha, qk_scale, masks, offs_p, b_do, b_v,
                  MODE: tl.constexpr, PACKED: tl.constexpr, PRECISION: tl.constexpr):
     """Scores of a ``[BM, BN]`` tile as the mode sees them: ``(s, vis, bits, w, s_nat, dp)``.
@@ -390,34 +448,47 @@ def _online_softmax(m_i, s, vis):
 
 
 @triton.jit
-def _mix_whole_rows(p, pdp, bits, alpha, offs_p, n_masks, dalpha_out, BLOCK_M: tl.constexpr,
+def _mix_whole_rows(p, s, m, dp, bits, alpha, offs_p, n_masks, dalpha_out, BLOCK_M: tl.constexpr,
                     BACKWARD: tl.constexpr):
-    """MIX on rows held whole in one tile (``p = 2^(s - m)``), one pass over the masks:
-    ``l_j = sum_k M_j p``, ``c_j = alpha_j / l_j``, ``C = sum_j M_j c_j`` (``[BM, BN]``).
-    Forward: returns ``(C, l)`` with l ``[BM, PP]``. BACKWARD (``pdp = p dP``): also
-    ``delta_j = sum_k M_j p dP / l_j`` (normalised by the l_j recomputed here, not by
-    2^(m_ref - lse_j), whose rounding would leave ``sum_k dS != 0``), written as dalpha_j through
-    ``dalpha_out = (dalpha_ptr, sl_m, seq0, n_seq, seqs_per_prog)``; returns ``(C, E)`` with
-    ``E = sum_j M_j c_j delta_j``."""
+    """MIX on rows held whole in one tile (``p = 2^(s - m)``, m the union max), one pass over the
+    masks: ``P~_j = p`` on mask j's keys, or ``2^(s - m_j)`` in the rows where the mask's own max
+    m_j is far (more than _FAR) below m (an exp per score only when some row of the tile has it
+    far); ``l_j = sum_k P~_j``, ``c_j = alpha_j / l_j``; returns ``W = sum_j c_j P~_j``
+    (``[BM, BN]``, the attention weights) and, forward, the stats ``lse_j = base_j + log2 l_j``
+    (``[BM, PP]``, base_j = m_j or m). BACKWARD (``dp = dP``): ``delta_j = sum_k P~_j dP / l_j``
+    (normalised by the l_j recomputed here, not by 2^(m_ref - lse_j), whose rounding would leave
+    ``sum_k dS != 0``), written as dalpha_j through
+    ``dalpha_out = (dalpha_ptr, sl_m, seq0, n_seq, seqs_per_prog)``; returns ``(W, dS)`` with
+    ``dS = sum_j c_j P~_j (dP - delta_j)``."""
     w = tl.zeros(bits.shape, dtype=tl.float32)
-    e = tl.zeros(bits.shape, dtype=tl.float32)
-    l_mix = tl.zeros([BLOCK_M, _PP], dtype=tl.float32)
+    ds = tl.zeros(bits.shape, dtype=tl.float32)
+    stats = tl.full([BLOCK_M, _PP], float("-inf"), dtype=tl.float32)
     for j in range(n_masks):
         has_j = _has(bits, j)
         # [BM]
-        l_j = tl.sum(tl.where(has_j, p, 0.0), axis=1)
+        m_j = tl.max(tl.where(has_j, s, float("-inf")), axis=1)
+        far_j = (m_j > float("-inf")) & (m - m_j > _FAR)
+        base_j = tl.where(far_j, m_j, m)
+        # [BM, BN]
+        p_j = p
+        if tl.max(far_j.to(tl.int32), axis=0) > 0:
+            p_j = tl.where(far_j[:, None], tl.exp2(s - base_j[:, None]), p)
+        p_j = tl.where(has_j, p_j, 0.0)
+        # [BM]
+        l_j = tl.sum(p_j, axis=1)
         c_j = _mix_coef(_col(alpha, offs_p, j), l_j)
-        w += tl.where(has_j, c_j[:, None], 0.0)
+        w += c_j[:, None] * p_j
         if BACKWARD:
-            delta_j = tl.sum(tl.where(has_j, pdp, 0.0), axis=1) / tl.where(l_j > 0, l_j, 1.0)
-            e += tl.where(has_j, (c_j * delta_j)[:, None], 0.0)
+            delta_j = tl.sum(p_j * dp, axis=1) / tl.where(l_j > 0, l_j, 1.0)
+            ds += c_j[:, None] * p_j * (dp - delta_j[:, None])
             _store_dalpha_segments(dalpha_out, delta_j, j, n_masks, BLOCK_M)
         else:
-            l_mix += tl.where(offs_p[None, :] == j, l_j[:, None], 0.0)
+            lse_j = tl.where(l_j > 0, base_j + tl.log2(l_j), float("-inf"))
+            stats = tl.where(offs_p[None, :] == j, lse_j[:, None], stats)
     if BACKWARD:
-        res = e
+        res = ds
     else:
-        res = l_mix
+        res = stats
     return w, res
 
 
@@ -466,32 +537,49 @@ def _store_dalpha_rows(dalpha_ptr, terms, seg, n_masks, offs_p):
 
 @triton.jit
 def _row_ref(stats_ptr, s_off, rows, offs_p, n_masks, MODE: tl.constexpr):
-    """The looping backward's per-row reference ``ref`` for ``p = 2^(s - ref)`` (``[BM]``):
-    the saved lse (NONE / SCALE: p is the softmax itself) or, MIX, ``max_j lse_j`` (0 for a row
-    with no visible key) from ``lse_j = m + log2 l_j``: p <= 1 (the mask holding the row maximum
-    has l_j >= 1), and its rounding cancels as the l_j are recomputed against it."""
+    """The looping backward's per-row reference ``(ref, base, far)`` for ``p = 2^(s - ref)``
+    (``ref`` ``[BM]``): the saved lse (NONE / SCALE: p is the softmax itself) or, MIX,
+    ``max_j lse_j`` (0 for a row with no visible key) from ``lse_j = base_j + log2 l_j``: p <= 1
+    (the mask holding the row maximum has l_j >= 1), and its rounding cancels as the l_j are
+    recomputed against it. MIX also gives (:func:`_far_bases`, ``[BM, PP]``) the masks whose lse_j
+    lies more than _FAR below ref, taken against base = lse_j instead (their p underflows); other
+    modes return ref for both."""
     if MODE == _MIX:
-        ref = tl.max(_load_row_stats(stats_ptr, s_off, rows, offs_p, n_masks, float("-inf"), True), axis=1)
+        # [BM, PP]
+        lse = _load_row_stats(stats_ptr, s_off, rows, offs_p, n_masks, float("-inf"), True)
+        ref = tl.max(lse, axis=1)
         ref = tl.where(ref == float("-inf"), 0.0, ref)
+        base, far = _far_bases(ref, lse)
     else:
         ref = _load_row_stats(stats_ptr, s_off, rows, offs_p, n_masks, 0.0, False)
-    return ref
+        base = ref
+        far = ref
+    return ref, base, far
 
 
 @triton.jit
-def _bwd_tile(b_q, b_do, q_rows, b_k, b_v, k_rows, alpha, ref, c, e, qk_scale, masks, offs_p,
+def _bwd_tile(b_q, b_do, q_rows, b_k, b_v, k_rows, alpha, row_ref, c, e, qk_scale, masks, offs_p,
               MODE: tl.constexpr, PRECISION: tl.constexpr):
-    """A tile of the looping backward from the saved statistics: ``ref`` from :func:`_row_ref`;
+    """A tile of the looping backward from the saved statistics: ``row_ref`` from :func:`_row_ref`;
     MIX: c_j = alpha_j / l_j and e_j = c_j delta_j (``[BM, PP]``), otherwise ``e = delta`` (``[BM]``,
-    c unused). Returns ``(W, dS, g, bits)`` (:func:`_grad_tile`)."""
+    c unused). Returns ``(W, dS, g, bits)`` (:func:`_grad_tile`); MIX adds the far masks' terms
+    ``W += F_c``, ``dS += dP F_c - F_e`` (``F_x = sum_j M_j x_j 2^(s - lse_j)`` over them) when the
+    tile holds any."""
+    ref, base, far = row_ref
     # [BM, BN]
     s, vis, bits, w, s_nat, dp = _tile_scores(b_q, q_rows, b_k, k_rows, alpha, qk_scale, masks, offs_p,
                                               b_do, b_v, MODE, False, PRECISION)
     p = tl.where(vis, tl.exp2(s - ref[:, None]), 0.0)
+    e_t = e
     if MODE == _MIX:
         w = _mix_weight(bits, c, offs_p, masks[0])
-        e = _mix_weight(bits, e, offs_p, masks[0])
-    attn, ds, g = _grad_tile(p, dp, w, e, s_nat, MODE)
+        e_t = _mix_weight(bits, e, offs_p, masks[0])
+    attn, ds, g = _grad_tile(p, dp, w, e_t, s_nat, MODE)
+    if MODE == _MIX:
+        if _any(far):
+            f_c = _far_weight(s, bits, c, base, far, offs_p, masks[0])
+            attn += f_c
+            ds += dp * f_c - _far_weight(s, bits, e, base, far, offs_p, masks[0])
     return attn, ds, g, bits
 
 
@@ -539,8 +627,13 @@ def _attn_fwd(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     n_kblocks = tl.cdiv(n_keys, BLOCK_N)
 
+    # [BLOCK_M, PP] MIX: lse_j, from the one tile of a ONE_BLOCK row
+    lse_mix = tl.full([BLOCK_M, _PP], float("-inf"), dtype=tl.float32)
     if MODE == _MIX and not ONE_BLOCK:
-        # pass 1: row max over the union of the masks and one normaliser per mask (QK^T only)
+        # pass 1: row max over the union of the masks, each mask's max and one normaliser per mask
+        # against the union's (QK^T only)
+        # [BLOCK_M, PP]
+        m_mix = tl.full([BLOCK_M, _PP], float("-inf"), dtype=tl.float32)
         for kb in range(n_kblocks):
             # [BLOCK_M, BLOCK_N] s (no V: the K tile comes back in its place)
             b_k, s, vis, bits = _key_block(kb * BLOCK_N + offs_nb, Nk, n_keys, prog, pad,
@@ -548,9 +641,22 @@ def _attn_fwd(
                                            qk_scale, masks, offs_p, MODE, ONE_BLOCK, PRECISION)
             m_new, m_use, p, corr = _online_softmax(m_i, s, vis)
             l_mix = _mask_sums(l_mix * corr[:, None], p, bits, offs_p, n_masks)
+            m_mix = _mask_maxes(m_mix, s, bits, offs_p, n_masks)
             m_i = m_new
+        m_fix = tl.where(m_i == float("-inf"), 0.0, m_i)
+        # [BLOCK_M, PP]
+        base, far = _far_bases(m_fix, m_mix)
+        if _any(far):
+            # pass 1b, only for a row block holding a far mask, whose l_j against the union max
+            # underflows: l_j against the mask's own max
+            l_far = tl.zeros([BLOCK_M, _PP], dtype=tl.float32)
+            for kb in range(n_kblocks):
+                b_k, s, vis, bits = _key_block(kb * BLOCK_N + offs_nb, Nk, n_keys, prog, pad,
+                                               (k_ptr, k_strides, None, None), offs_d, d, q_rows, b_q, b_alpha,
+                                               qk_scale, masks, offs_p, MODE, ONE_BLOCK, PRECISION)
+                l_far = _far_sums(l_far, 1.0, s, bits, base, far, offs_p, n_masks)
+            l_mix = tl.where(far > 0, l_far, l_mix)
 
-    m_fix = tl.where(m_i == float("-inf"), 0.0, m_i)
     # [BLOCK_M, PP] per-mask weight alpha_j / l_j (MIX, two passes)
     coef = _mix_coef(b_alpha, l_mix)
     for kb in range(n_kblocks):
@@ -562,13 +668,14 @@ def _attn_fwd(
             if ONE_BLOCK:
                 # the whole row is in this tile: statistics and output from the same scores
                 m_i, m_fix, p, corr = _online_softmax(m_i, s, vis)
-                # [BLOCK_M, BLOCK_N]
-                w, l_mix = _mix_whole_rows(p, p, bits, b_alpha, offs_p, n_masks, None, BLOCK_M, False)
+                # [BLOCK_M, BLOCK_N] W
+                w, lse_mix = _mix_whole_rows(p, s, m_fix, s, bits, b_alpha, offs_p, n_masks, None, BLOCK_M, False)
             else:
-                # [BLOCK_M, BLOCK_N]
-                p = tl.where(vis, tl.exp2(s - m_fix[:, None]), 0.0)
-                w = _mix_weight(bits, coef, offs_p, n_masks)
-            acc += tl.dot((p * w).to(b_v.dtype), b_v, input_precision=PRECISION)
+                # [BLOCK_M, BLOCK_N] W = 2^(s - m) sum_j M_j c_j + the far masks' terms
+                w = tl.where(vis, tl.exp2(s - m_fix[:, None]), 0.0) * _mix_weight(bits, coef, offs_p, n_masks)
+                if _any(far):
+                    w += _far_weight(s, bits, coef, base, far, offs_p, n_masks)
+            acc += tl.dot(w.to(b_v.dtype), b_v, input_precision=PRECISION)
         else:
             m_new, m_use, p, corr = _online_softmax(m_i, s, vis)
             l_i = l_i * corr + tl.sum(p, axis=1)
@@ -579,7 +686,9 @@ def _attn_fwd(
     if MODE == _MIX:
         out = acc
         # [BLOCK_M, PP]
-        stats = tl.where(l_mix > 0, m_fix[:, None] + tl.log2(l_mix), float("-inf"))
+        stats = lse_mix
+        if not ONE_BLOCK:
+            stats = tl.where(l_mix > 0, base + tl.log2(l_mix), float("-inf"))
     else:
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
         # [BLOCK_M]
@@ -637,14 +746,15 @@ def _attn_bwd_one_block(
     m, m_use, p, corr = _online_softmax(tl.full([BLOCK_M], float("-inf"), dtype=tl.float32), s, vis)
     dalpha_out = (dalpha_ptr, q_rows[0], seq0, n_seq, seqs_per_prog)
     if MODE == _MIX:
-        # [BLOCK_M, BLOCK_N] C and E
-        w, e = _mix_whole_rows(p, p * dp, bits, b_alpha, offs_p, n_masks, dalpha_out, BLOCK_M, True)
+        # [BLOCK_M, BLOCK_N] W and dS
+        attn, ds = _mix_whole_rows(p, s, m_use, dp, bits, b_alpha, offs_p, n_masks, dalpha_out, BLOCK_M, True)
+        g = ds
     else:
         l = tl.sum(p, axis=1)
         p = p * (1.0 / tl.where(l > 0, l, 1.0))[:, None]
         # [BLOCK_M] delta = sum_k P dP
         e = tl.sum(p * dp, axis=1)
-    attn, ds, g = _grad_tile(p, dp, w, e, s_nat, MODE)
+        attn, ds, g = _grad_tile(p, dp, w, e, s_nat, MODE)
     if MODE == _SCALE:
         for j in range(n_masks):
             _store_dalpha_segments(dalpha_out, tl.sum(tl.where(_has(bits, j), g, 0.0), axis=1), j, n_masks,
@@ -694,8 +804,9 @@ def _attn_bwd_dq(
     # [1, PP]
     b_alpha = _load_alpha(alpha_ptr, q_rows, (sa_b, sa_l, sa_h, sa_p), n_masks, offs_p, MODE, False)
     s_off = _offsets(q_rows, (ss_b, ss_l, ss_h, ss_n))
-    # [BLOCK_M]
-    ref = _row_ref(stats_ptr, s_off, q_rows, offs_p, n_masks, MODE)
+    # [BLOCK_M], [BLOCK_M, PP] x 2
+    row_ref = _row_ref(stats_ptr, s_off, q_rows, offs_p, n_masks, MODE)
+    ref, base, far = row_ref
     # [BLOCK_M, BLOCK_D]
     b_dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
@@ -708,9 +819,13 @@ def _attn_bwd_dq(
             b_v, s, vis, bits = _key_block(kb * BLOCK_N + offs_nb, Nk, Nk, prog, pad, kv, offs_d, d, q_rows, b_q,
                                            b_alpha, qk_scale, masks, offs_p, MODE, False, PRECISION)
             p = tl.where(vis, tl.exp2(s - ref[:, None]), 0.0)
-            pdp = p * tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
-            delta = _mask_sums(delta, pdp, bits, offs_p, n_masks)
+            dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
+            delta = _mask_sums(delta, p * dp, bits, offs_p, n_masks)
             l_mix = _mask_sums(l_mix, p, bits, offs_p, n_masks)
+            if _any(far):
+                # the far masks' sums against their own lse (their p above is below 2^-_FAR of these)
+                delta = _far_sums(delta, dp, s, bits, base, far, offs_p, n_masks)
+                l_mix = _far_sums(l_mix, 1.0, s, bits, base, far, offs_p, n_masks)
         # [BLOCK_M, PP]
         # delta_j = sum_k P_j dP with P_j = p / l_j normalised by the l_j just recomputed (not by
         # 2^(m_ref - lse_j), whose rounding would leave sum_k dS != 0)
@@ -734,7 +849,7 @@ def _attn_bwd_dq(
         # [BLOCK_N, BLOCK_D]
         k_rows, b_k, b_v = _tile(kb * BLOCK_N + offs_nb, Nk, Nk, prog, pad, kv, offs_d, d, True, False)
         # [BLOCK_M, BLOCK_N]
-        attn, ds, g, bits = _bwd_tile(b_q, b_do, q_rows, b_k, b_v, k_rows, b_alpha, ref, c, e, qk_scale,
+        attn, ds, g, bits = _bwd_tile(b_q, b_do, q_rows, b_k, b_v, k_rows, b_alpha, row_ref, c, e, qk_scale,
                                       masks, offs_p, MODE, PRECISION)
         if MODE == _SCALE:
             dalpha_terms = _mask_sums(dalpha_terms, g, bits, offs_p, n_masks)
@@ -783,8 +898,8 @@ def _attn_bwd_dkdv(
         # [BLOCK_M, BLOCK_D]
         q_rows, b_q, b_do = _tile(qb * BLOCK_M + offs_mb, Nq, Nq, prog, pad, qdo, offs_d, d, False, False)
         s_off = _offsets(q_rows, (ss_b, ss_l, ss_h, ss_n))
-        # [BLOCK_M]
-        ref = _row_ref(stats_ptr, s_off, q_rows, offs_p, n_masks, MODE)
+        # [BLOCK_M], [BLOCK_M, PP] x 2
+        row_ref = _row_ref(stats_ptr, s_off, q_rows, offs_p, n_masks, MODE)
         # [BLOCK_M, PP] (MIX) or [BLOCK_M]: delta, and MIX alpha_j / l_j, from _attn_bwd_dq
         delta = _load_row_stats(delta_ptr, s_off, q_rows, offs_p, n_masks, 0.0, MODE == _MIX)
         if MODE == _MIX:
@@ -794,7 +909,7 @@ def _attn_bwd_dkdv(
             e = delta
             c = delta
         # [BLOCK_M, BLOCK_N]
-        attn, ds, g, bits = _bwd_tile(b_q, b_do, q_rows, b_k, b_v, k_rows, b_alpha, ref, c, e, qk_scale,
+        attn, ds, g, bits = _bwd_tile(b_q, b_do, q_rows, b_k, b_v, k_rows, b_alpha, row_ref, c, e, qk_scale,
                                       masks, offs_p, MODE, PRECISION)
         b_dv += tl.dot(tl.trans(attn).to(b_do.dtype), b_do, input_precision=PRECISION)
         b_dk += tl.dot(tl.trans(ds).to(b_q.dtype), b_q, input_precision=PRECISION)
