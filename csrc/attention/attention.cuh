@@ -340,49 +340,55 @@ __global__ void __launch_bounds__(kThreads, 1) attn_fwd_kernel(const Params p) {
   for (int j = 0; j < kMaxMasks; ++j) mj[j] = neg_inf();
   unsigned far = 0u;
 
-  if (mix) {  // pass 1: union max, per-mask maxima and one normaliser per mask against the union max
-    for (int kt = 0; kt < n_kt; ++kt) {
+  if (mix) {
+    // pass 1 (it < n_kt): union max, per-mask maxima and one normaliser per mask against the union
+    // max; pass 1b (it >= n_kt), only in a block with a far row: the far masks' l_j against their
+    // own maxima. One loop for both, so the tile code is compiled once (two loops held ~35 more
+    // registers at BD = 256).
+    int n_it = n_kt;
+    for (int it = 0; it < n_it; ++it) {
+      const bool first = it < n_kt;
+      const int kt = first ? it : it - n_kt;
       stage_keys<T, BD, BN>(keys, sK, nullptr, kt, seq0, p);
       const KeyScores<KPT> sc = score_keys<BD, BN, TPR, KPT>(me, sQ[i], nullptr, keys, sK, nullptr, kt, lr, p);
-      float mx = neg_inf();
-#pragma unroll
-      for (int u = 0; u < KPT; ++u) {
-        mx = fmaxf(mx, sc.s[u]);
-        max_masked(mj, sc.bits[u], sc.s[u]);
-      }
-      const float m_new = fmaxf(m, row_max<TPR>(mx)), corr = rebase(m, m_new), base = finite_base(m_new);
       float part[kMaxMasks] = {};
+      float corr = 1.f;
+      if (first) {
+        float mx = neg_inf();
 #pragma unroll
-      for (int u = 0; u < KPT; ++u) add_masked(part, sc.bits[u], prob(sc.bits[u] != 0u, sc.s[u], base));
+        for (int u = 0; u < KPT; ++u) {
+          mx = fmaxf(mx, sc.s[u]);
+          max_masked(mj, sc.bits[u], sc.s[u]);
+        }
+        const float m_new = fmaxf(m, row_max<TPR>(mx)), base = finite_base(m_new);
+        corr = rebase(m, m_new);
 #pragma unroll
-      for (int j = 0; j < kMaxMasks; ++j)
-        if (j < n) lj[j] = lj[j] * corr + row_sum<TPR>(part[j]);
-      m = m_new;
-    }
-#pragma unroll
-    for (int j = 0; j < kMaxMasks; ++j)
-      if (j < n) mj[j] = row_max<TPR>(mj[j]);
-    far = mix_far_bases(m, n, mj);
-    // pass 1b, only in a block with a far row (every thread must reach stage_keys' barriers):
-    // the far masks' l_j against their own maxima
-    if (lr == 0) sFar[i] = far;
-    __syncthreads();
-    unsigned block_far = 0u;
-    for (int r = 0; r < BM; ++r) block_far |= sFar[r];
-    if (block_far) {
-      for (int kt = 0; kt < n_kt; ++kt) {
-        stage_keys<T, BD, BN>(keys, sK, nullptr, kt, seq0, p);
-        const KeyScores<KPT> sc = score_keys<BD, BN, TPR, KPT>(me, sQ[i], nullptr, keys, sK, nullptr, kt, lr, p);
-        float part[kMaxMasks] = {};
+        for (int u = 0; u < KPT; ++u) add_masked(part, sc.bits[u], prob(sc.bits[u] != 0u, sc.s[u], base));
+        m = m_new;
+      } else {
 #pragma unroll
         for (int u = 0; u < KPT; ++u) add_far(part, sc.bits[u] & far, sc.s[u], mj, 1.f);
+      }
+#pragma unroll
+      for (int j = 0; j < kMaxMasks; ++j) {
+        if (j < n) {
+          const float sum = row_sum<TPR>(part[j]);
+          lj[j] = first ? lj[j] * corr + sum : (((far >> j) & 1u) ? lj[j] + sum : lj[j]);
+        }
+      }
+      if (it == n_kt - 1) {  // end of pass 1: the far masks, and whether the block runs pass 1b
 #pragma unroll
         for (int j = 0; j < kMaxMasks; ++j) {
-          if (j < n) {
-            const float sum = row_sum<TPR>(part[j]);
-            if ((far >> j) & 1u) lj[j] = kt == 0 ? sum : lj[j] + sum;
-          }
+          if (j < n) mj[j] = row_max<TPR>(mj[j]);
         }
+        far = mix_far_bases(m, n, mj);
+#pragma unroll
+        for (int j = 0; j < kMaxMasks; ++j) lj[j] = ((far >> j) & 1u) ? 0.f : lj[j];
+        if (lr == 0) sFar[i] = far;
+        __syncthreads();
+        unsigned block_far = 0u;
+        for (int r = 0; r < BM; ++r) block_far |= sFar[r];
+        if (block_far) n_it = 2 * n_kt;
       }
     }
 #pragma unroll

@@ -89,20 +89,35 @@ STQ_HD inline void max_masked(float* mx, unsigned bits, float x) {
   for (int j = 0; j < kMaxMasks; ++j) mx[j] = ((bits >> j) & 1u) ? fmaxf(mx[j], x) : mx[j];
 }
 
-// The far masks' terms of a score s: acc[j] += x 2^(s - base[j]) for each set bit j of `far`
-// (one exp per far mask: the rare path).
-STQ_HD inline void add_far(float* acc, unsigned far, float s, const float* base, float x) {
+// a[j] for a runtime j: selects, since a register array indexed at run time goes to local memory.
+STQ_HD inline float pick(const float* a, int j) {
+  float x = a[0];
 #pragma unroll
-  for (int j = 0; j < kMaxMasks; ++j)
-    if ((far >> j) & 1u) acc[j] += x * exp2f(s - base[j]);
+  for (int t = 1; t < kMaxMasks; ++t) x = j == t ? a[t] : x;
+  return x;
+}
+
+// The far masks' terms of a score s, one exp per far mask (the rare path), in loops that are
+// not unrolled (pick): unrolled, their eight guarded exps held ~40 more registers in every kernel
+// that inlines them, far masks or not (the dk/dv kernel lost half its occupancy).
+// acc[j] += x 2^(s - base[j]) for each set bit j of `far`.
+STQ_HD inline void add_far(float* acc, unsigned far, float s, const float* base, float x) {
+#pragma unroll 1
+  for (int j = 0; j < kMaxMasks; ++j) {
+    if ((far >> j) & 1u) {
+      const float v = x * exp2f(s - pick(base, j));
+#pragma unroll
+      for (int t = 0; t < kMaxMasks; ++t) acc[t] += t == j ? v : 0.f;
+    }
+  }
 }
 
 // sum_j coef[j] 2^(s - base[j]) over the set bits of `far`: the far masks' share of a weight.
 STQ_HD inline float far_weight(unsigned far, float s, const float* coef, const float* base) {
   float w = 0.f;
-#pragma unroll
+#pragma unroll 1
   for (int j = 0; j < kMaxMasks; ++j)
-    if ((far >> j) & 1u) w += coef[j] * exp2f(s - base[j]);
+    if ((far >> j) & 1u) w += pick(coef, j) * exp2f(s - pick(base, j));
   return w;
 }
 
