@@ -29,16 +29,18 @@ Modes (``s = scale * q.k``, all exponentials in base 2 with ``scale * log2(e)`` 
 - MIX (TRAR-style routing): ``o_i = sum_j alpha_j softmax_{M_j(i)}(s_i) V``. Each mask has its
   own normaliser ``l_j(i)``, normally all against one row max ``m(i)`` over the union of the
   masks, so one exponential per score serves every mask and the output needs a single accumulator
-  with weight ``exp(s - m) * sum_j alpha_j M_j / l_j``. A mask whose own max ``m_j(i)`` lies more
-  than ``_FAR`` = 64 (base 2) below ``m(i)`` is *far*: against ``m`` its scores would underflow
-  (all of them beyond 126), so its ``l_j`` and its weights ``exp(s - m_j) alpha_j / l_j`` are
-  taken against ``m_j``, one more exponential per score and far mask; the per-mask maxima cost
-  compares only, and a tile without a far row skips the far terms. T <= tile: statistics and
-  output from the same tile; longer rows: pass 1 (QK^T only) for ``m, m_j, l_j``, a pass 1b for
-  the far masks' ``l_j`` only in a row block that holds one, pass 2 for the output.
-  Stats saved: ``lse_j = base_j + log2 l_j`` per row (``base_j = m`` or, far, ``m_j``; ``-inf``
-  for an empty mask row): O(N * p), exact for every mask. ``alpha_j / l_j`` is clamped to the
-  float32 range, so a tiny ``l_j`` makes no inf · 0.
+  with weight ``exp(s - m) * sum_j alpha_j M_j / l_j``. T <= tile: statistics and output from the
+  same tile; longer rows: pass 1 (QK^T only) for ``m, l_j``, pass 2 for the output.
+  Far masks: a (row, mask) pair that sees keys but whose ``l_j`` against ``m`` is below
+  2^-``_FAR`` (= 2^-64) has its max ``m_j`` more than 64 below ``m``, where its scores underflow
+  (all of them beyond 126). Only a program holding such a pair runs the far path: one more pass
+  over its keys (the one tile again, reloaded, for whole rows; pass 1b otherwise) for ``m_j`` and
+  ``l_j`` against it (an online softmax per far mask), and the far pairs' weights
+  ``exp(s - m_j) alpha_j / l_j`` as a product of their own. The common case costs one OR of the
+  mask bits per tile and a scalar test.
+  Stats saved: ``lse_j = base_j + log2 l_j`` per row (``base_j = m``, or ``m_j`` for a far pair;
+  ``-inf`` for an empty mask row): O(N * p), exact for every mask. ``alpha_j / l_j`` is clamped to
+  the float32 range, so a tiny ``l_j`` makes no inf · 0.
 - SCALE (MTransLLaMA eq. 9): one flash pass on ``s * w``, ``w = sum_j alpha_j M_j``, keys with
   ``w <= 0`` excluded; stats = ``lse`` of ``s * w``.
 
@@ -48,8 +50,9 @@ Backward, per row i (``dP = dO V^T``, ``P_j`` the softmax of mask j):
   ``C = sum_j alpha_j M_j / l_j``, ``E = sum_j alpha_j M_j delta_j / l_j``;
   ``dalpha_j = sum_{rows of the routing group} delta_j``. The looping kernels take ``m`` as
   ``max_j lse_j`` and recompute the ``l_j`` against it; a mask whose ``lse_j`` lies more than
-  ``_FAR`` below is far, as in the forward: its ``e_j = exp(s - lse_j)`` is a term of its own,
-  ``dS += sum_far M_j alpha_j e_j (dP - delta_j) / l_j``.
+  ``_FAR`` below is far: its ``e_j = exp(s - lse_j)`` is a term of its own,
+  ``dS += sum_far M_j alpha_j e_j (dP - delta_j) / l_j``, as in the one-block kernel, where a mask
+  whose max lies more than ``_FAR`` below the tile row's is taken against that max.
 - SCALE: ``dS' = P (dP - delta)``, ``dS = dS' * w``, ``dalpha_j = sum_{i, k} dS' * s * M_j``.
 - ``dq = scale * dS K``, ``dk = scale * dS^T Q``, ``dv = W^T dO`` (W the final attention weights).
 
@@ -356,43 +359,59 @@ def _mask_maxes(acc, s, bits, offs_p, n_masks):
 
 
 @triton.jit
-def _far_bases(m, top):
-    """MIX: ``(base, far)`` (``[BM, PP]``) from a row's union max ``m`` (``[BM]``, 0 if nothing is
-    visible) and ``top[i, j]``, the maximum of mask j (forward) or lse_j (backward): far (1.0 / 0.0)
-    where ``top`` is finite and more than _FAR below m; each mask's exponent base, ``top`` if far,
-    m otherwise."""
-    far = (top > float("-inf")) & (m[:, None] - top > _FAR)
-    return tl.where(far, top, m[:, None]), far.to(tl.float32)
+def _or(a, b):
+    return a | b
+
+
+@triton.jit
+def _far_masks(l, seen, offs_p):
+    """MIX forward: ``[BM, PP]`` bool, the (row, mask) pairs that see a key (``seen``, ``[BM]`` bit
+    field) but whose normaliser against the union max ``m`` underflowed below 2^-_FAR. Such a mask's
+    max m_j is below m - _FAR (``l_j >= 2^(m_j - m)``), so its scores lie beyond the range that
+    the shared exponentials keep; the others lose only terms under 2^-62 of their own sums."""
+    return (((seen[:, None] >> offs_p[None, :]) & 1) != 0) & (l < 1.0 / (2.0 ** _FAR))
 
 
 @triton.jit
 def _any(far):
     """Whether any row of the tile holds a far mask (a scalar: the far paths are skipped as a whole)."""
-    return tl.max(tl.max(far, axis=1), axis=0) > 0
+    return tl.max(tl.max(far.to(tl.int32), axis=1), axis=0) > 0
 
 
 @triton.jit
-def _far_sums(acc, x, s, bits, base, far, offs_p, n_masks):
-    """``acc[i, j] + sum_k M_j[i, k] x[i, k] 2^(s[i, k] - base[i, j])`` for the far (row, mask)
-    pairs only: the rare path, one exp per score and mask."""
+def _far_sums(acc, x, s, bits, base, offs_p, n_masks):
+    """``acc[i, j] + sum_k M_j[i, k] x[i, k] 2^(s[i, k] - base[i, j])``: the far (row, mask) pairs'
+    sums against their own bases (``base = +inf`` elsewhere: their terms are 0). The rare path: one
+    exp per score and mask."""
     for j in range(n_masks):
         # [BM, BN]
-        t = tl.where(_has(bits, j) & (_col(far, offs_p, j) > 0)[:, None],
-                     x * tl.exp2(s - _col(base, offs_p, j)[:, None]), 0.0)
+        t = tl.where(_has(bits, j), x * tl.exp2(s - _col(base, offs_p, j)[:, None]), 0.0)
         acc += tl.where(offs_p[None, :] == j, tl.sum(t, axis=1)[:, None], 0.0)
     return acc
 
 
 @triton.jit
-def _far_weight(s, bits, coef, base, far, offs_p, n_masks):
-    """``sum_j M_j[i, k] coef[i, j] 2^(s[i, k] - base[i, j])`` over the far (row, mask) pairs
-    (``[BM, BN]``): their share of a weight tile, whose near terms ``2^(s - m) coef_j`` lie below
-    2^-_FAR of these and are kept as they are."""
+def _far_weight(s, bits, coef, base, offs_p, n_masks):
+    """``sum_j M_j[i, k] coef[i, j] 2^(s[i, k] - base[i, j])`` (``[BM, BN]``, ``base = +inf`` off
+    the far pairs): the far masks' share of a weight tile, whose near terms ``2^(s - m) coef_j``
+    lie below 2^-_FAR of these and are kept as they are."""
     w = tl.zeros(bits.shape, dtype=tl.float32)
     for j in range(n_masks):
-        w += tl.where(_has(bits, j) & (_col(far, offs_p, j) > 0)[:, None],
-                      _col(coef, offs_p, j)[:, None] * tl.exp2(s - _col(base, offs_p, j)[:, None]), 0.0)
+        w += tl.where(_has(bits, j), _col(coef, offs_p, j)[:, None] * tl.exp2(s - _col(base, offs_p, j)[:, None]),
+                      0.0)
     return w
+
+
+@triton.jit
+def _far_pass(acc, s, bits, far, offs_p, n_masks):
+    """One key block of the far masks' statistics pass: ``acc = (m_far, l_far)`` (``[BM, PP]``),
+    each mask's running max and its sum against it (online softmax per mask; only the pairs in
+    ``far`` are kept, the others' bases are +inf)."""
+    m_far, l_far = acc
+    m_new = _mask_maxes(m_far, s, bits, offs_p, n_masks)
+    corr = tl.where(m_far == float("-inf"), 0.0, tl.exp2(m_far - m_new))
+    base = tl.where(far & (m_new > float("-inf")), m_new, float("inf"))
+    return m_new, _far_sums(l_far * corr, 1.0, s, bits, base, offs_p, n_masks)
 
 
 @triton.jit
@@ -448,48 +467,53 @@ def _online_softmax(m_i, s, vis):
 
 
 @triton.jit
-def _mix_whole_rows(p, s, m, dp, bits, alpha, offs_p, n_masks, dalpha_out, BLOCK_M: tl.constexpr,
-                    BACKWARD: tl.constexpr):
-    """MIX on rows held whole in one tile (``p = 2^(s - m)``, m the union max), one pass over the
-    masks: ``P~_j = p`` on mask j's keys, or ``2^(s - m_j)`` in the rows where the mask's own max
-    m_j is far (more than _FAR) below m (an exp per score only when some row of the tile has it
-    far); ``l_j = sum_k P~_j``, ``c_j = alpha_j / l_j``; returns ``W = sum_j c_j P~_j``
-    (``[BM, BN]``, the attention weights) and, forward, the stats ``lse_j = base_j + log2 l_j``
-    (``[BM, PP]``, base_j = m_j or m). BACKWARD (``dp = dP``): ``delta_j = sum_k P~_j dP / l_j``
-    (normalised by the l_j recomputed here, not by 2^(m_ref - lse_j), whose rounding would leave
-    ``sum_k dS != 0``), written as dalpha_j through
-    ``dalpha_out = (dalpha_ptr, sl_m, seq0, n_seq, seqs_per_prog)``; returns ``(W, dS)`` with
-    ``dS = sum_j c_j P~_j (dP - delta_j)``."""
+def _mix_whole_rows_fwd(p, bits, alpha, offs_p, n_masks, BLOCK_M: tl.constexpr):
+    """MIX forward on rows held whole in one tile (``p = 2^(s - m)``), one pass over the masks:
+    ``l_j = sum_k M_j p``, ``c_j = alpha_j / l_j``, ``C = sum_j M_j c_j`` (``[BM, BN]``).
+    Returns ``(C, l, far)`` with l and far (:func:`_far_masks`) ``[BM, PP]``; a far pair's c_j
+    is left out of C (its l_j underflowed): the caller adds its terms."""
+    w = tl.zeros(bits.shape, dtype=tl.float32)
+    l_mix = tl.zeros([BLOCK_M, _PP], dtype=tl.float32)
+    for j in range(n_masks):
+        has_j = _has(bits, j)
+        # [BM]
+        l_j = tl.sum(tl.where(has_j, p, 0.0), axis=1)
+        c_j = tl.where(l_j < 1.0 / (2.0 ** _FAR), 0.0, _mix_coef(_col(alpha, offs_p, j), l_j))
+        w += tl.where(has_j, c_j[:, None], 0.0)
+        l_mix += tl.where(offs_p[None, :] == j, l_j[:, None], 0.0)
+    return w, l_mix, _far_masks(l_mix, tl.reduce(bits, 1, _or), offs_p)
+
+
+@triton.jit
+def _mix_whole_rows_bwd(p, s, m, dp, bits, alpha, offs_p, n_masks, dalpha_out, BLOCK_M: tl.constexpr):
+    """MIX backward on rows held whole in one tile (``p = 2^(s - m)``, m the union max), one pass
+    over the masks: ``P~_j = p`` on mask j's keys, or ``2^(s - m_j)`` in the rows where the mask's
+    own max m_j is far (more than _FAR) below m (an exp per score only when some row of the tile
+    has it far); ``l_j = sum_k P~_j``, ``c_j = alpha_j / l_j``,
+    ``delta_j = sum_k P~_j dP / l_j`` (normalised by the l_j recomputed here, not by
+    2^(m_ref - lse_j), whose rounding would leave ``sum_k dS != 0``), written as dalpha_j through
+    ``dalpha_out = (dalpha_ptr, sl_m, seq0, n_seq, seqs_per_prog)``. Returns ``(W, dS)``
+    (``[BM, BN]``): ``W = sum_j c_j P~_j``, ``dS = sum_j c_j P~_j (dP - delta_j)``."""
     w = tl.zeros(bits.shape, dtype=tl.float32)
     ds = tl.zeros(bits.shape, dtype=tl.float32)
-    stats = tl.full([BLOCK_M, _PP], float("-inf"), dtype=tl.float32)
     for j in range(n_masks):
         has_j = _has(bits, j)
         # [BM]
         m_j = tl.max(tl.where(has_j, s, float("-inf")), axis=1)
         far_j = (m_j > float("-inf")) & (m - m_j > _FAR)
-        base_j = tl.where(far_j, m_j, m)
         # [BM, BN]
         p_j = p
         if tl.max(far_j.to(tl.int32), axis=0) > 0:
-            p_j = tl.where(far_j[:, None], tl.exp2(s - base_j[:, None]), p)
+            p_j = tl.where(far_j[:, None], tl.exp2(s - m_j[:, None]), p)
         p_j = tl.where(has_j, p_j, 0.0)
         # [BM]
         l_j = tl.sum(p_j, axis=1)
         c_j = _mix_coef(_col(alpha, offs_p, j), l_j)
         w += c_j[:, None] * p_j
-        if BACKWARD:
-            delta_j = tl.sum(p_j * dp, axis=1) / tl.where(l_j > 0, l_j, 1.0)
-            ds += c_j[:, None] * p_j * (dp - delta_j[:, None])
-            _store_dalpha_segments(dalpha_out, delta_j, j, n_masks, BLOCK_M)
-        else:
-            lse_j = tl.where(l_j > 0, base_j + tl.log2(l_j), float("-inf"))
-            stats = tl.where(offs_p[None, :] == j, lse_j[:, None], stats)
-    if BACKWARD:
-        res = ds
-    else:
-        res = stats
-    return w, res
+        delta_j = tl.sum(p_j * dp, axis=1) / tl.where(l_j > 0, l_j, 1.0)
+        ds += c_j[:, None] * p_j * (dp - delta_j[:, None])
+        _store_dalpha_segments(dalpha_out, delta_j, j, n_masks, BLOCK_M)
+    return w, ds
 
 
 @triton.jit
@@ -541,20 +565,19 @@ def _row_ref(stats_ptr, s_off, rows, offs_p, n_masks, MODE: tl.constexpr):
     (``ref`` ``[BM]``): the saved lse (NONE / SCALE: p is the softmax itself) or, MIX,
     ``max_j lse_j`` (0 for a row with no visible key) from ``lse_j = base_j + log2 l_j``: p <= 1
     (the mask holding the row maximum has l_j >= 1), and its rounding cancels as the l_j are
-    recomputed against it. MIX also gives (:func:`_far_bases`, ``[BM, PP]``) the masks whose lse_j
-    lies more than _FAR below ref, taken against base = lse_j instead (their p underflows); other
-    modes return ref for both."""
+    recomputed against it. MIX also gives ``base`` (``[BM, PP]``): lse_j for the far masks, whose
+    lse_j lies more than _FAR below ref (their p underflows), taken against it instead; +inf for
+    the others. Other modes return ref for base."""
     if MODE == _MIX:
         # [BM, PP]
         lse = _load_row_stats(stats_ptr, s_off, rows, offs_p, n_masks, float("-inf"), True)
         ref = tl.max(lse, axis=1)
         ref = tl.where(ref == float("-inf"), 0.0, ref)
-        base, far = _far_bases(ref, lse)
+        base = tl.where((lse > float("-inf")) & (ref[:, None] - lse > _FAR), lse, float("inf"))
     else:
         ref = _load_row_stats(stats_ptr, s_off, rows, offs_p, n_masks, 0.0, False)
         base = ref
-        far = ref
-    return ref, base, far
+    return ref, base
 
 
 @triton.jit
@@ -565,7 +588,7 @@ def _bwd_tile(b_q, b_do, q_rows, b_k, b_v, k_rows, alpha, row_ref, c, e, qk_scal
     c unused). Returns ``(W, dS, g, bits)`` (:func:`_grad_tile`); MIX adds the far masks' terms
     ``W += F_c``, ``dS += dP F_c - F_e`` (``F_x = sum_j M_j x_j 2^(s - lse_j)`` over them) when the
     tile holds any."""
-    ref, base, far = row_ref
+    ref, base = row_ref
     # [BM, BN]
     s, vis, bits, w, s_nat, dp = _tile_scores(b_q, q_rows, b_k, k_rows, alpha, qk_scale, masks, offs_p,
                                               b_do, b_v, MODE, False, PRECISION)
@@ -576,10 +599,10 @@ def _bwd_tile(b_q, b_do, q_rows, b_k, b_v, k_rows, alpha, row_ref, c, e, qk_scal
         e_t = _mix_weight(bits, e, offs_p, masks[0])
     attn, ds, g = _grad_tile(p, dp, w, e_t, s_nat, MODE)
     if MODE == _MIX:
-        if _any(far):
-            f_c = _far_weight(s, bits, c, base, far, offs_p, masks[0])
+        if _any(base < float("inf")):
+            f_c = _far_weight(s, bits, c, base, offs_p, masks[0])
             attn += f_c
-            ds += dp * f_c - _far_weight(s, bits, e, base, far, offs_p, masks[0])
+            ds += dp * f_c - _far_weight(s, bits, e, base, offs_p, masks[0])
     return attn, ds, g, bits
 
 
@@ -627,13 +650,12 @@ def _attn_fwd(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     n_kblocks = tl.cdiv(n_keys, BLOCK_N)
 
-    # [BLOCK_M, PP] MIX: lse_j, from the one tile of a ONE_BLOCK row
-    lse_mix = tl.full([BLOCK_M, _PP], float("-inf"), dtype=tl.float32)
+    # [BLOCK_M, PP] MIX: the far (row, mask) pairs (_far_masks)
+    far = tl.zeros([BLOCK_M, _PP], dtype=tl.int1)
     if MODE == _MIX and not ONE_BLOCK:
-        # pass 1: row max over the union of the masks, each mask's max and one normaliser per mask
-        # against the union's (QK^T only)
-        # [BLOCK_M, PP]
-        m_mix = tl.full([BLOCK_M, _PP], float("-inf"), dtype=tl.float32)
+        # pass 1: row max over the union of the masks and one normaliser per mask (QK^T only)
+        # [BLOCK_M] the masks each row sees a key under
+        seen = tl.zeros([BLOCK_M], dtype=tl.int32)
         for kb in range(n_kblocks):
             # [BLOCK_M, BLOCK_N] s (no V: the K tile comes back in its place)
             b_k, s, vis, bits = _key_block(kb * BLOCK_N + offs_nb, Nk, n_keys, prog, pad,
@@ -641,22 +663,25 @@ def _attn_fwd(
                                            qk_scale, masks, offs_p, MODE, ONE_BLOCK, PRECISION)
             m_new, m_use, p, corr = _online_softmax(m_i, s, vis)
             l_mix = _mask_sums(l_mix * corr[:, None], p, bits, offs_p, n_masks)
-            m_mix = _mask_maxes(m_mix, s, bits, offs_p, n_masks)
+            seen = seen | tl.reduce(bits, 1, _or)
             m_i = m_new
-        m_fix = tl.where(m_i == float("-inf"), 0.0, m_i)
-        # [BLOCK_M, PP]
-        base, far = _far_bases(m_fix, m_mix)
-        if _any(far):
-            # pass 1b, only for a row block holding a far mask, whose l_j against the union max
-            # underflows: l_j against the mask's own max
-            l_far = tl.zeros([BLOCK_M, _PP], dtype=tl.float32)
+        far = _far_masks(l_mix, seen, offs_p)
+        # [BLOCK_M, PP] the far pairs' exponent bases (+inf elsewhere)
+        base = tl.full([BLOCK_M, _PP], float("inf"), dtype=tl.float32)
+        has_far = _any(far)
+        if has_far:
+            # pass 1b, only for a row block holding a far pair: each far mask's max, l_j against it
+            acc_far = (tl.full([BLOCK_M, _PP], float("-inf"), dtype=tl.float32),
+                       tl.zeros([BLOCK_M, _PP], dtype=tl.float32))
             for kb in range(n_kblocks):
                 b_k, s, vis, bits = _key_block(kb * BLOCK_N + offs_nb, Nk, n_keys, prog, pad,
                                                (k_ptr, k_strides, None, None), offs_d, d, q_rows, b_q, b_alpha,
                                                qk_scale, masks, offs_p, MODE, ONE_BLOCK, PRECISION)
-                l_far = _far_sums(l_far, 1.0, s, bits, base, far, offs_p, n_masks)
-            l_mix = tl.where(far > 0, l_far, l_mix)
+                acc_far = _far_pass(acc_far, s, bits, far, offs_p, n_masks)
+            base = tl.where(far, acc_far[0], float("inf"))
+            l_mix = tl.where(far, acc_far[1], l_mix)
 
+    m_fix = tl.where(m_i == float("-inf"), 0.0, m_i)
     # [BLOCK_M, PP] per-mask weight alpha_j / l_j (MIX, two passes)
     coef = _mix_coef(b_alpha, l_mix)
     for kb in range(n_kblocks):
@@ -666,15 +691,19 @@ def _attn_fwd(
                                        q_rows, b_q, b_alpha, qk_scale, masks, offs_p, MODE, ONE_BLOCK, PRECISION)
         if MODE == _MIX:
             if ONE_BLOCK:
-                # the whole row is in this tile: statistics and output from the same scores
+                # the whole row is in this tile: statistics and output from the same scores (the
+                # far pairs left out, added below)
                 m_i, m_fix, p, corr = _online_softmax(m_i, s, vis)
-                # [BLOCK_M, BLOCK_N] W
-                w, lse_mix = _mix_whole_rows(p, s, m_fix, s, bits, b_alpha, offs_p, n_masks, None, BLOCK_M, False)
+                # [BLOCK_M, BLOCK_N]
+                w, l_mix, far = _mix_whole_rows_fwd(p, bits, b_alpha, offs_p, n_masks, BLOCK_M)
+                w = p * w
             else:
-                # [BLOCK_M, BLOCK_N] W = 2^(s - m) sum_j M_j c_j + the far masks' terms
+                if has_far:
+                    # the far pairs' own product first: s is then dead once p is taken
+                    acc += tl.dot(_far_weight(s, bits, coef, base, offs_p, n_masks).to(b_v.dtype), b_v,
+                                  input_precision=PRECISION)
+                # [BLOCK_M, BLOCK_N]
                 w = tl.where(vis, tl.exp2(s - m_fix[:, None]), 0.0) * _mix_weight(bits, coef, offs_p, n_masks)
-                if _any(far):
-                    w += _far_weight(s, bits, coef, base, far, offs_p, n_masks)
             acc += tl.dot(w.to(b_v.dtype), b_v, input_precision=PRECISION)
         else:
             m_new, m_use, p, corr = _online_softmax(m_i, s, vis)
@@ -682,13 +711,27 @@ def _attn_fwd(
             acc = acc * corr[:, None] + tl.dot(p.to(b_v.dtype), b_v, input_precision=PRECISION)
             m_i = m_new
 
+    if MODE == _MIX and ONE_BLOCK:
+        base = tl.full([BLOCK_M, _PP], float("inf"), dtype=tl.float32)
+        if _any(far):
+            # a row of the tile holds a far pair: the tile again (K, V reloaded rather than the
+            # scores kept live through the common path), each far mask's max, l_j and share
+            b_v, s, vis, bits = _key_block(offs_nb, Nk, n_keys, prog, pad,
+                                           (k_ptr, k_strides, v_ptr, (sv_b, sv_l, sv_h, sv_n)), offs_d, d,
+                                           q_rows, b_q, b_alpha, qk_scale, masks, offs_p, MODE, ONE_BLOCK, PRECISION)
+            acc_far = _far_pass((tl.full([BLOCK_M, _PP], float("-inf"), dtype=tl.float32),
+                                 tl.zeros([BLOCK_M, _PP], dtype=tl.float32)), s, bits, far, offs_p, n_masks)
+            base = tl.where(far, acc_far[0], float("inf"))
+            l_mix = tl.where(far, acc_far[1], l_mix)
+            w = _far_weight(s, bits, _mix_coef(b_alpha, l_mix), base, offs_p, n_masks)
+            acc += tl.dot(w.to(b_v.dtype), b_v, input_precision=PRECISION)
+
     m_fix = tl.where(m_i == float("-inf"), 0.0, m_i)
     if MODE == _MIX:
         out = acc
-        # [BLOCK_M, PP]
-        stats = lse_mix
-        if not ONE_BLOCK:
-            stats = tl.where(l_mix > 0, base + tl.log2(l_mix), float("-inf"))
+        # [BLOCK_M, PP] lse_j = base_j + log2 l_j, base_j the union max but for the far pairs
+        stats = tl.where(l_mix > 0, tl.where(base < float("inf"), base, m_fix[:, None]) + tl.log2(l_mix),
+                         float("-inf"))
     else:
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
         # [BLOCK_M]
@@ -747,7 +790,7 @@ def _attn_bwd_one_block(
     dalpha_out = (dalpha_ptr, q_rows[0], seq0, n_seq, seqs_per_prog)
     if MODE == _MIX:
         # [BLOCK_M, BLOCK_N] W and dS
-        attn, ds = _mix_whole_rows(p, s, m_use, dp, bits, b_alpha, offs_p, n_masks, dalpha_out, BLOCK_M, True)
+        attn, ds = _mix_whole_rows_bwd(p, s, m_use, dp, bits, b_alpha, offs_p, n_masks, dalpha_out, BLOCK_M)
         g = ds
     else:
         l = tl.sum(p, axis=1)
@@ -806,7 +849,7 @@ def _attn_bwd_dq(
     s_off = _offsets(q_rows, (ss_b, ss_l, ss_h, ss_n))
     # [BLOCK_M], [BLOCK_M, PP] x 2
     row_ref = _row_ref(stats_ptr, s_off, q_rows, offs_p, n_masks, MODE)
-    ref, base, far = row_ref
+    ref, base = row_ref
     # [BLOCK_M, BLOCK_D]
     b_dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
@@ -822,10 +865,10 @@ def _attn_bwd_dq(
             dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
             delta = _mask_sums(delta, p * dp, bits, offs_p, n_masks)
             l_mix = _mask_sums(l_mix, p, bits, offs_p, n_masks)
-            if _any(far):
+            if _any(base < float("inf")):
                 # the far masks' sums against their own lse (their p above is below 2^-_FAR of these)
-                delta = _far_sums(delta, dp, s, bits, base, far, offs_p, n_masks)
-                l_mix = _far_sums(l_mix, 1.0, s, bits, base, far, offs_p, n_masks)
+                delta = _far_sums(delta, dp, s, bits, base, offs_p, n_masks)
+                l_mix = _far_sums(l_mix, 1.0, s, bits, base, offs_p, n_masks)
         # [BLOCK_M, PP]
         # delta_j = sum_k P_j dP with P_j = p / l_j normalised by the l_j just recomputed (not by
         # 2^(m_ref - lse_j), whose rounding would leave sum_k dS != 0)
