@@ -87,7 +87,8 @@ _PP = tl.constexpr(MAX_MASKS)  # width of the per-row, per-mask statistics tiles
 _BIG = tl.constexpr(2 ** 30)
 _FMAX = tl.constexpr(3.0e38)  # alpha_j / l_j is clamped here: a tiny l_j must not make inf · 0
 # MIX: a mask whose maximum lies more than this (base 2) below the row's union max is "far" and
-# exponentiated against its own (attn_math.h's kFarMask, where the choice is explained)
+# exponentiated against its own (attn_math.h's kFarMask, where the choice is explained); the
+# forward flags one by its l_j against the union max falling below 2^-_FAR (l_j >= 2^(m_j - m))
 _FAR = tl.constexpr(64.0)
 
 # Runtime integers that must not be specialised (a new T, N, G, mask set never recompiles).
