@@ -22,9 +22,12 @@
 //
 // Forward (scores s in base 2): NONE/SCALE run one flash pass (online max m, normaliser l;
 // SCALE multiplies s by w = sum_j alpha_j M_j and drops keys with w <= 0). MIX runs a first pass
-// for the union max m and one normaliser l_j per mask, then one accumulator weighted by
-// exp2(s - m) * sum_j M_j alpha_j / l_j. stats: m + log2 l (per mask in MIX), -inf when empty.
-// Backward: the algebra of kernels/attention/__init__.py. dalpha partials are summed per
+// for the union max m, the per-mask maxima m_j and one normaliser l_j per mask against m, then
+// one accumulator weighted by exp2(s - m) * sum_j M_j alpha_j / l_j. A far mask (m - m_j >
+// kFarMask, attn_math.h), whose l_j against m would underflow, has l_j retaken against m_j in an
+// extra pass that only blocks holding such a row run, and its weights exp2(s - m_j) alpha_j / l_j
+// are added per score. stats: base + log2 l (per mask in MIX, base = m or m_j), -inf when empty.
+// Backward: the algebra of kernels/attention/device.py. dalpha partials are summed per
 // (query tile, sequence) inside the block in row order and written to [n_qtiles, n_seq, P].
 #pragma once
 
@@ -239,12 +242,14 @@ __device__ inline void load_alpha(float* alpha, const Row& r, const Params& p) {
 }
 
 // What the backward needs of one query row. NONE/SCALE: W = 2^(s w - lse) (w = 1 in NONE),
-// delta = rowsum(dO * O). MIX: P_j = 2^(s - m_ref) r_j, cj = alpha_j r_j, ej = cj delta_j with
-// delta_j = sum_k P_j dP. SCALE: cj = alpha_j, and ej collects the row's dalpha_j in the dq kernel.
+// delta = rowsum(dO * O). MIX: P_j = 2^(s - base_j) r_j (mix_inverse_norms: base_j = m_ref but for
+// the far masks), cj = alpha_j r_j, ej = cj delta_j with delta_j = sum_k P_j dP. SCALE: cj = alpha_j,
+// and ej collects the row's dalpha_j in the dq kernel.
 struct GradRow {
   int64_t st_off;  // the row's offset in stats and delta
   float lse, delta, m_ref;
-  float cj[kMaxMasks], ej[kMaxMasks];
+  unsigned far;  // MIX: the far masks, exponentiated against base[j] = lse_j one by one
+  float cj[kMaxMasks], ej[kMaxMasks], base[kMaxMasks];
 };
 
 // Row me's GradRow from the forward's stats, and delta / ej from p.delta when with_delta (the
@@ -253,8 +258,9 @@ __device__ inline GradRow grad_row(const Row& me, const Params& p, bool with_del
   GradRow g;
   const int64_t st_off = g.st_off = offset(me, p.ss);
   g.lse = g.delta = g.m_ref = 0.f;
+  g.far = 0u;
 #pragma unroll
-  for (int j = 0; j < kMaxMasks; ++j) g.ej[j] = r[j] = 0.f;
+  for (int j = 0; j < kMaxMasks; ++j) g.ej[j] = g.base[j] = r[j] = 0.f;
   load_alpha(g.cj, me, p);
   if (!me.ok) return g;
   if (p.mode != kModeMix) {
@@ -265,7 +271,7 @@ __device__ inline GradRow grad_row(const Row& me, const Params& p, bool with_del
   float lsej[kMaxMasks];
 #pragma unroll
   for (int j = 0; j < kMaxMasks; ++j) lsej[j] = j < p.masks.n ? p.stats[st_off + j] : neg_inf();
-  g.m_ref = mix_inverse_norms(lsej, p.masks.n, r);
+  g.far = mix_inverse_norms(lsej, p.masks.n, g.m_ref, g.base, r);
 #pragma unroll
   for (int j = 0; j < kMaxMasks; ++j) {
     g.cj[j] *= r[j];
@@ -280,15 +286,23 @@ struct ScoreGrad {
 };
 
 // W and dS of one visible score s (base 2) with dP = dp:
-//   MIX:   W = 2^(s - m_ref) sum_j M_j cj,  dS = 2^(s - m_ref) (dp sum_j M_j cj - sum_j M_j ej);
+//   MIX:   W = sum_j M_j cj 2^(s - base_j),  dS = sum_j M_j 2^(s - base_j) (dp cj - ej), one exp
+//          2^(s - m_ref) for the near masks, one more per far mask;
 //   NONE:  W = 2^(s - lse),                 dS = W (dp - delta);
 //   SCALE: W = 2^(s w - lse), w = sum_j M_j alpha_j,  dS = W (dp - delta) w;  0 where w <= 0.
 // With kDalpha, SCALE also adds dL/dalpha_j = W (dp - delta) s ln 2 to g.ej for each set bit j.
 template <bool kDalpha>
 __device__ inline ScoreGrad score_grad(float s, float dp, unsigned bits, int mode, GradRow& g) {
   if (mode == kModeMix) {
-    const float e = exp2f(s - g.m_ref), c = mix_weight(bits, g.cj);
-    return {e * c, e * (dp * c - mix_weight(bits, g.ej))};
+    const unsigned near = bits & ~g.far, far = bits & g.far;
+    const float e = exp2f(s - g.m_ref), c = mix_weight(near, g.cj);
+    ScoreGrad sg{e * c, e * (dp * c - mix_weight(near, g.ej))};
+    if (far) {
+      const float cf = far_weight(far, s, g.cj, g.base);
+      sg.w += cf;
+      sg.ds += dp * cf - far_weight(far, s, g.ej, g.base);
+    }
+    return sg;
   }
   const float w = mode == kModeScale ? mix_weight(bits, g.cj) : 1.f;
   if (!(w > 0.f)) return {0.f, 0.f};
@@ -306,6 +320,7 @@ __global__ void __launch_bounds__(kThreads, 1) attn_fwd_kernel(const Params p) {
   __shared__ float sK[BN][BD + 1], sV[BN][BD + 1];
   __shared__ float sP[BM][BN + 1];
   __shared__ Row rows[BM], keys[BN];
+  __shared__ unsigned sFar[BM];
 
   const auto [i, lr, qt, seq0] = place<TPR>(p.n_qtiles, p.spp);
   const int n_kt = ceil_div(p.spp * p.Nk, BN), n = p.masks.n;
@@ -319,22 +334,62 @@ __global__ void __launch_bounds__(kThreads, 1) attn_fwd_kernel(const Params p) {
 
   float m = neg_inf(), l = 0.f;
   float lj[kMaxMasks] = {}, acc[CPT] = {};
+  // MIX: each mask's maximum, then (mix_far_bases) its exponent base; the far masks' bits
+  float mj[kMaxMasks];
+#pragma unroll
+  for (int j = 0; j < kMaxMasks; ++j) mj[j] = neg_inf();
+  unsigned far = 0u;
 
-  if (mix) {  // pass 1: union max and one normaliser per mask
-    for (int kt = 0; kt < n_kt; ++kt) {
+  if (mix) {
+    // pass 1 (it < n_kt): union max, per-mask maxima and one normaliser per mask against the union
+    // max; pass 1b (it >= n_kt), only in a block with a far row: the far masks' l_j against their
+    // own maxima. One loop for both, so the tile code is compiled once (two loops held ~35 more
+    // registers at BD = 256).
+    int n_it = n_kt;
+    for (int it = 0; it < n_it; ++it) {
+      const bool first = it < n_kt;
+      const int kt = first ? it : it - n_kt;
       stage_keys<T, BD, BN>(keys, sK, nullptr, kt, seq0, p);
       const KeyScores<KPT> sc = score_keys<BD, BN, TPR, KPT>(me, sQ[i], nullptr, keys, sK, nullptr, kt, lr, p);
-      float mx = neg_inf();
-#pragma unroll
-      for (int u = 0; u < KPT; ++u) mx = fmaxf(mx, sc.s[u]);
-      const float m_new = fmaxf(m, row_max<TPR>(mx)), corr = rebase(m, m_new), base = finite_base(m_new);
       float part[kMaxMasks] = {};
+      float corr = 1.f;
+      if (first) {
+        float mx = neg_inf();
 #pragma unroll
-      for (int u = 0; u < KPT; ++u) add_masked(part, sc.bits[u], prob(sc.bits[u] != 0u, sc.s[u], base));
+        for (int u = 0; u < KPT; ++u) {
+          mx = fmaxf(mx, sc.s[u]);
+          max_masked(mj, sc.bits[u], sc.s[u]);
+        }
+        const float m_new = fmaxf(m, row_max<TPR>(mx)), base = finite_base(m_new);
+        corr = rebase(m, m_new);
 #pragma unroll
-      for (int j = 0; j < kMaxMasks; ++j)
-        if (j < n) lj[j] = lj[j] * corr + row_sum<TPR>(part[j]);
-      m = m_new;
+        for (int u = 0; u < KPT; ++u) add_masked(part, sc.bits[u], prob(sc.bits[u] != 0u, sc.s[u], base));
+        m = m_new;
+      } else {
+#pragma unroll
+        for (int u = 0; u < KPT; ++u) add_far(part, sc.bits[u] & far, sc.s[u], mj, 1.f);
+      }
+#pragma unroll
+      for (int j = 0; j < kMaxMasks; ++j) {
+        if (j < n) {
+          const float sum = row_sum<TPR>(part[j]);
+          lj[j] = first ? lj[j] * corr + sum : (((far >> j) & 1u) ? lj[j] + sum : lj[j]);
+        }
+      }
+      if (it == n_kt - 1) {  // end of pass 1: the far masks, and whether the block runs pass 1b
+#pragma unroll
+        for (int j = 0; j < kMaxMasks; ++j) {
+          if (j < n) mj[j] = row_max<TPR>(mj[j]);
+        }
+        far = mix_far_bases(m, n, mj);
+#pragma unroll
+        for (int j = 0; j < kMaxMasks; ++j) lj[j] = ((far >> j) & 1u) ? 0.f : lj[j];
+        if (lr == 0) sFar[i] = far;
+        __syncthreads();
+        unsigned block_far = 0u;
+        for (int r = 0; r < BM; ++r) block_far |= sFar[r];
+        if (block_far) n_it = 2 * n_kt;
+      }
     }
 #pragma unroll
     for (int j = 0; j < kMaxMasks; ++j) wj[j] = j < n ? mix_coef(wj[j], lj[j]) : 0.f;
@@ -364,7 +419,10 @@ __global__ void __launch_bounds__(kThreads, 1) attn_fwd_kernel(const Params p) {
     for (int u = 0; u < KPT; ++u) {
       const int k = lr + TPR * u;
       float pv = prob(sc.s[u] != neg_inf(), sc.s[u], base);
-      if (mix) pv *= mix_weight(sc.bits[u], wj);
+      if (mix) {
+        pv *= mix_weight(sc.bits[u] & ~far, wj);
+        if (sc.bits[u] & far) pv += far_weight(sc.bits[u] & far, sc.s[u], wj, mj);
+      }
       psum += pv;
       if (k < BN) sP[i][k] = pv;
     }
@@ -380,7 +438,7 @@ __global__ void __launch_bounds__(kThreads, 1) attn_fwd_kernel(const Params p) {
     if (mix) {
 #pragma unroll
       for (int j = 0; j < kMaxMasks; ++j)
-        if (j < n) st[j] = log_norm(m, lj[j]);
+        if (j < n) st[j] = log_norm(mj[j], lj[j]);
     } else {
       st[0] = log_norm(m, l);
     }
@@ -426,8 +484,10 @@ __global__ void __launch_bounds__(kThreads, 1) attn_bwd_dq_kernel(const Params p
       stage_keys<T, BD, BN>(keys, sK, sV, kt, seq0, p);
       const KeyScores<KPT> sc = score_keys<BD, BN, TPR, KPT>(me, sQ[i], sDO[i], keys, sK, sV, kt, lr, p);
 #pragma unroll
-      for (int u = 0; u < KPT; ++u)
-        if (sc.bits[u]) add_masked(part, sc.bits[u], exp2f(sc.s[u] - g.m_ref) * sc.dp[u]);
+      for (int u = 0; u < KPT; ++u) {
+        if (sc.bits[u]) add_masked(part, sc.bits[u] & ~g.far, exp2f(sc.s[u] - g.m_ref) * sc.dp[u]);
+        if (sc.bits[u] & g.far) add_far(part, sc.bits[u] & g.far, sc.s[u], g.base, sc.dp[u]);
+      }
     }
 #pragma unroll
     for (int j = 0; j < kMaxMasks; ++j) {

@@ -1,8 +1,8 @@
 // Per-row attention math shared by the CUDA kernels (attention.cuh) and any CPU backend:
-// mask visibility bits, the mix/scale weights, the online-softmax rebasing and the inverse
-// normalisers of the mix backward. Plain C++ with STQ_HD inline functions; no CUDA
-// runtime, no torch. Scores are in base 2 (softmax scale * log2(e) folded in), as in the Triton
-// kernels (kernels/attention/__init__.py), whose docstring gives the algebra.
+// mask visibility bits, the mix/scale weights, the online-softmax rebasing, the far masks of the
+// mix forward and the inverse normalisers of the mix backward. Plain C++ with STQ_HD inline
+// functions; no CUDA runtime, no torch. Scores are in base 2 (softmax scale * log2(e) folded in),
+// as in the Triton kernels (kernels/attention/device.py), whose docstring gives the algebra.
 #pragma once
 
 #include <cmath>
@@ -27,6 +27,11 @@ constexpr int kModeNone = 0, kModeMix = 1, kModeScale = 2;
 constexpr float kLog2e = 1.4426950408889634f;
 // alpha_j / l_j is clamped here: a tiny l_j must not make inf * 0.
 constexpr float kFMax = 3.0e38f;
+// Mix: a mask whose maximum lies more than this (base 2) below the union's is "far" and is
+// exponentiated against its own maximum. Nearer masks share the union's exponentials: a score x
+// below its own mask's maximum then stays a normal float down to x = 126 - kFarMask = 62, and the
+// scores lost beyond weigh under 2^-62 of that mask's sum. Triton's _FAR is the same number.
+constexpr float kFarMask = 64.f;
 
 // The routed masks of one call. desc[j] = kind + 4 * (param + 1): param is the radius (-1:
 // unbounded) for window/causal, the index into the dense buffer [n_dense, Nq, Nk] for dense.
@@ -78,6 +83,44 @@ STQ_HD inline void add_masked(float* acc, unsigned bits, float x) {
   for (int j = 0; j < kMaxMasks; ++j) acc[j] += ((bits >> j) & 1u) ? x : 0.f;
 }
 
+// mx[j] = max(mx[j], x) for each set bit j (the per-mask maxima of a row: compares, no exp).
+STQ_HD inline void max_masked(float* mx, unsigned bits, float x) {
+#pragma unroll
+  for (int j = 0; j < kMaxMasks; ++j) mx[j] = ((bits >> j) & 1u) ? fmaxf(mx[j], x) : mx[j];
+}
+
+// a[j] for a runtime j: selects, since a register array indexed at run time goes to local memory.
+STQ_HD inline float pick(const float* a, int j) {
+  float x = a[0];
+#pragma unroll
+  for (int t = 1; t < kMaxMasks; ++t) x = j == t ? a[t] : x;
+  return x;
+}
+
+// The far masks' terms of a score s, one exp per far mask (the rare path), in loops that are
+// not unrolled (pick): unrolled, their eight guarded exps held ~50 more registers in every kernel
+// that inlines them, far masks or not (attn_bwd_dkdv<_, 128>: 64 -> 121 on sm_90a).
+// acc[j] += x 2^(s - base[j]) for each set bit j of `far`.
+STQ_HD inline void add_far(float* acc, unsigned far, float s, const float* base, float x) {
+#pragma unroll 1
+  for (int j = 0; j < kMaxMasks; ++j) {
+    if ((far >> j) & 1u) {
+      const float v = x * exp2f(s - pick(base, j));
+#pragma unroll
+      for (int t = 0; t < kMaxMasks; ++t) acc[t] += t == j ? v : 0.f;
+    }
+  }
+}
+
+// sum_j coef[j] 2^(s - base[j]) over the set bits of `far`: the far masks' share of a weight.
+STQ_HD inline float far_weight(unsigned far, float s, const float* coef, const float* base) {
+  float w = 0.f;
+#pragma unroll 1
+  for (int j = 0; j < kMaxMasks; ++j)
+    if ((far >> j) & 1u) w += pick(coef, j) * exp2f(s - pick(base, j));
+  return w;
+}
+
 // A row maximum usable as an exponent base: -inf (nothing visible yet) becomes 0.
 STQ_HD inline float finite_base(float m) { return m == neg_inf() ? 0.f : m; }
 
@@ -97,22 +140,41 @@ STQ_HD inline float mix_coef(float alpha, float l) {
 // log2 of a softmax normaliser (m + log2 l), -inf for a row with no visible key.
 STQ_HD inline float log_norm(float m, float l) { return l > 0.f ? finite_base(m) + log2f(l) : neg_inf(); }
 
-// Mix backward: from lse_j = m + log2 l_j, a reference m_ref and r_j = 2^(m_ref - lse_j) (0 for an
-// empty mask row) with P_j = 2^(s - m_ref) r_j. m_ref = max_j lse_j unless the spread exceeds 120,
-// then min_j lse_j + 120, so every r_j stays finite. Returns m_ref.
-STQ_HD inline float mix_inverse_norms(const float* lse, int n, float* r) {
-  float hi = neg_inf(), lo = INFINITY;
+// Mix forward, after the statistics pass over a row with union max m and per-mask maxima mj:
+// the far masks (mj[j] > -inf, m - mj[j] > kFarMask) as bits, and mj[j] turned into mask j's
+// exponent base: its own maximum if far, finite_base(m) otherwise. l_j and the output weights
+// of mask j are taken against that base, and lse_j = base_j + log2 l_j is exact for every mask.
+STQ_HD inline unsigned mix_far_bases(float m, int n, float* mj) {
+  unsigned far = 0;
 #pragma unroll
   for (int j = 0; j < kMaxMasks; ++j) {
-    if (j < n) {
-      hi = fmaxf(hi, lse[j]);
-      if (lse[j] > neg_inf()) lo = fminf(lo, lse[j]);
-    }
+    const bool f = j < n && mj[j] > neg_inf() && m - mj[j] > kFarMask;
+    far |= (unsigned)f << j;
+    mj[j] = f ? mj[j] : finite_base(m);
   }
-  const float m_ref = hi == neg_inf() ? 0.f : fminf(hi, lo + 120.f);
+  return far;
+}
+
+// Mix backward: from lse_j = base_j + log2 l_j, each mask's exponent base and r_j (0 for an empty
+// mask row) with P_j = 2^(s - base[j]) r_j. Masks within kFarMask of m_ref = max_j lse_j share
+// base m_ref (one exp per score) and r_j = 2^(m_ref - lse_j) <= 2^kFarMask; the far ones have
+// base lse_j and r_j = 1, so no r_j overflows and no P_j underflows. Returns the far masks' bits;
+// m_ref is the near masks' base (0 for a row with no visible key).
+STQ_HD inline unsigned mix_inverse_norms(const float* lse, int n, float& m_ref, float* base, float* r) {
+  float hi = neg_inf();
 #pragma unroll
-  for (int j = 0; j < kMaxMasks; ++j) r[j] = (j < n && lse[j] > neg_inf()) ? exp2f(fminf(m_ref - lse[j], 126.f)) : 0.f;
-  return m_ref;
+  for (int j = 0; j < kMaxMasks; ++j)
+    if (j < n) hi = fmaxf(hi, lse[j]);
+  m_ref = finite_base(hi);
+  unsigned far = 0;
+#pragma unroll
+  for (int j = 0; j < kMaxMasks; ++j) {
+    const bool live = j < n && lse[j] > neg_inf(), f = live && m_ref - lse[j] > kFarMask;
+    far |= (unsigned)f << j;
+    base[j] = f ? lse[j] : m_ref;
+    r[j] = live ? exp2f(base[j] - lse[j]) : 0.f;
+  }
+  return far;
 }
 
 // frame_lengths[b] clipped to [0, T].

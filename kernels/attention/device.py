@@ -27,15 +27,20 @@ Modes (``s = scale * q.k``, all exponentials in base 2 with ``scale * log2(e)`` 
 
 - NONE: plain softmax attention.
 - MIX (TRAR-style routing): ``o_i = sum_j alpha_j softmax_{M_j(i)}(s_i) V``. Each mask has its
-  own normaliser ``l_j(i)``, all against one row max ``m(i)`` over the union of the masks, so one
-  exponential per score serves every mask and the output needs a single accumulator with weight
-  ``exp(s - m) * sum_j alpha_j M_j / l_j``. T <= tile: statistics and output from the same tile;
-  longer rows: pass 1 (QK^T only) for ``m, l_j``, pass 2 for the output.
-  Stats saved: ``lse_j = m + log2 l_j`` per row (``-inf`` for an empty mask row): O(N * p).
-  Limitation of sharing one max: a mask whose every visible score lies more than ~87 nats
-  (the float32 exponent range) below the row's maximum underflows to a zero contribution in the
-  forward (the reference keeps its share), and the backward, which recomputes the same ``l_j``,
-  gives it zero gradient. No NaN: ``alpha_j / l_j`` is clamped to the float32 range.
+  own normaliser ``l_j(i)``, normally all against one row max ``m(i)`` over the union of the
+  masks, so one exponential per score serves every mask and the output needs a single accumulator
+  with weight ``exp(s - m) * sum_j alpha_j M_j / l_j``. T <= tile: statistics and output from the
+  same tile; longer rows: pass 1 (QK^T only) for ``m, l_j``, pass 2 for the output.
+  Far masks: a (row, mask) pair that sees keys but whose ``l_j`` against ``m`` is below
+  2^-``_FAR`` (= 2^-64) has its max ``m_j`` more than 64 below ``m``, where its scores underflow
+  (all of them beyond 126). Only a program holding such a pair runs the far path: one more pass
+  over its keys (the one tile again, reloaded, for whole rows; pass 1b otherwise) for ``m_j`` and
+  ``l_j`` against it (an online softmax per far mask), and the far pairs' weights
+  ``exp(s - m_j) alpha_j / l_j`` as a product of their own. The common case costs one OR of the
+  mask bits per tile and a scalar test.
+  Stats saved: ``lse_j = base_j + log2 l_j`` per row (``base_j = m``, or ``m_j`` for a far pair;
+  ``-inf`` for an empty mask row): O(N * p), exact for every mask. ``alpha_j / l_j`` is clamped to
+  the float32 range, so a tiny ``l_j`` makes no inf · 0.
 - SCALE (MTransLLaMA eq. 9): one flash pass on ``s * w``, ``w = sum_j alpha_j M_j``, keys with
   ``w <= 0`` excluded; stats = ``lse`` of ``s * w``.
 
@@ -43,7 +48,11 @@ Backward, per row i (``dP = dO V^T``, ``P_j`` the softmax of mask j):
 
 - MIX: ``delta_j(i) = sum_k P_j[i, k] dP[i, k]``; ``dS = e (dP * C - E)`` with ``e = exp(s - m)``,
   ``C = sum_j alpha_j M_j / l_j``, ``E = sum_j alpha_j M_j delta_j / l_j``;
-  ``dalpha_j = sum_{rows of the routing group} delta_j``.
+  ``dalpha_j = sum_{rows of the routing group} delta_j``. The looping kernels take ``m`` as
+  ``max_j lse_j`` and recompute the ``l_j`` against it; a mask whose ``lse_j`` lies more than
+  ``_FAR`` below is far: its ``e_j = exp(s - lse_j)`` is a term of its own,
+  ``dS += sum_far M_j alpha_j e_j (dP - delta_j) / l_j``, as in the one-block kernel, where a mask
+  whose max lies more than ``_FAR`` below the tile row's is taken against that max.
 - SCALE: ``dS' = P (dP - delta)``, ``dS = dS' * w``, ``dalpha_j = sum_{i, k} dS' * s * M_j``.
 - ``dq = scale * dS K``, ``dk = scale * dS^T Q``, ``dv = W^T dO`` (W the final attention weights).
 
@@ -77,6 +86,10 @@ _DENSE = tl.constexpr(DENSE)
 _PP = tl.constexpr(MAX_MASKS)  # width of the per-row, per-mask statistics tiles
 _BIG = tl.constexpr(2 ** 30)
 _FMAX = tl.constexpr(3.0e38)  # alpha_j / l_j is clamped here: a tiny l_j must not make inf · 0
+# MIX: a mask whose maximum lies more than this (base 2) below the row's union max is "far" and
+# exponentiated against its own (attn_math.h's kFarMask, where the choice is explained); the
+# forward flags one by its l_j against the union max falling below 2^-_FAR (l_j >= 2^(m_j - m))
+_FAR = tl.constexpr(64.0)
 
 # Runtime integers that must not be specialised (a new T, N, G, mask set never recompiles).
 _RUNTIME_INTS = ["n_seq", "L", "H", "Nq", "Nk", "seqs_per_prog", "n_blocks", "n_masks",
@@ -338,6 +351,71 @@ def _mix_coef(alpha, l):
 
 
 @triton.jit
+def _mask_maxes(acc, s, bits, offs_p, n_masks):
+    """``max(acc[i, j], max_k M_j[i, k] s[i, k])``: per-mask row maxima (compares, no exp)."""
+    for j in range(n_masks):
+        acc = tl.where(offs_p[None, :] == j,
+                       tl.maximum(acc, tl.max(tl.where(_has(bits, j), s, float("-inf")), axis=1)[:, None]), acc)
+    return acc
+
+
+@triton.jit
+def _or(a, b):
+    return a | b
+
+
+@triton.jit
+def _far_masks(l, seen, offs_p):
+    """MIX forward: ``[BM, PP]`` bool, the (row, mask) pairs that see a key (``seen``, ``[BM]`` bit
+    field) but whose normaliser against the union max ``m`` underflowed below 2^-_FAR. Such a mask's
+    max m_j is below m - _FAR (``l_j >= 2^(m_j - m)``), so its scores lie beyond the range that
+    the shared exponentials keep; the others lose only terms under 2^-62 of their own sums."""
+    return (((seen[:, None] >> offs_p[None, :]) & 1) != 0) & (l < 1.0 / (2.0 ** _FAR))
+
+
+@triton.jit
+def _any(far):
+    """Whether any row of the tile holds a far mask (a scalar: the far paths are skipped as a whole)."""
+    return tl.max(tl.max(far.to(tl.int32), axis=1), axis=0) > 0
+
+
+@triton.jit
+def _far_sums(acc, x, s, bits, base, offs_p, n_masks):
+    """``acc[i, j] + sum_k M_j[i, k] x[i, k] 2^(s[i, k] - base[i, j])``: the far (row, mask) pairs'
+    sums against their own bases (``base = +inf`` elsewhere: their terms are 0). The rare path: one
+    exp per score and mask."""
+    for j in range(n_masks):
+        # [BM, BN]
+        t = tl.where(_has(bits, j), x * tl.exp2(s - _col(base, offs_p, j)[:, None]), 0.0)
+        acc += tl.where(offs_p[None, :] == j, tl.sum(t, axis=1)[:, None], 0.0)
+    return acc
+
+
+@triton.jit
+def _far_weight(s, bits, coef, base, offs_p, n_masks):
+    """``sum_j M_j[i, k] coef[i, j] 2^(s[i, k] - base[i, j])`` (``[BM, BN]``, ``base = +inf`` off
+    the far pairs): the far masks' share of a weight tile, whose near terms ``2^(s - m) coef_j``
+    lie below 2^-_FAR of these and are kept as they are."""
+    w = tl.zeros(bits.shape, dtype=tl.float32)
+    for j in range(n_masks):
+        w += tl.where(_has(bits, j), _col(coef, offs_p, j)[:, None] * tl.exp2(s - _col(base, offs_p, j)[:, None]),
+                      0.0)
+    return w
+
+
+@triton.jit
+def _far_pass(acc, s, bits, far, offs_p, n_masks):
+    """One key block of the far masks' statistics pass: ``acc = (m_far, l_far)`` (``[BM, PP]``),
+    each mask's running max and its sum against it (online softmax per mask; only the pairs in
+    ``far`` are kept, the others' bases are +inf)."""
+    m_far, l_far = acc
+    m_new = _mask_maxes(m_far, s, bits, offs_p, n_masks)
+    corr = tl.where(m_far == float("-inf"), 0.0, tl.exp2(m_far - m_new))
+    base = tl.where(far & (m_new > float("-inf")), m_new, float("inf"))
+    return m_new, _far_sums(l_far * corr, 1.0, s, bits, base, offs_p, n_masks)
+
+
+@triton.jit
 def _tile_scores(b_q, q_rows, b_k, k_rows, alpha, qk_scale, masks, offs_p, b_do, b_v,
                  MODE: tl.constexpr, PACKED: tl.constexpr, PRECISION: tl.constexpr):
     """Scores of a ``[BM, BN]`` tile as the mode sees them: ``(s, vis, bits, w, s_nat, dp)``.
@@ -390,35 +468,53 @@ def _online_softmax(m_i, s, vis):
 
 
 @triton.jit
-def _mix_whole_rows(p, pdp, bits, alpha, offs_p, n_masks, dalpha_out, BLOCK_M: tl.constexpr,
-                    BACKWARD: tl.constexpr):
-    """MIX on rows held whole in one tile (``p = 2^(s - m)``), one pass over the masks:
+def _mix_whole_rows_fwd(p, bits, alpha, offs_p, n_masks, BLOCK_M: tl.constexpr):
+    """MIX forward on rows held whole in one tile (``p = 2^(s - m)``), one pass over the masks:
     ``l_j = sum_k M_j p``, ``c_j = alpha_j / l_j``, ``C = sum_j M_j c_j`` (``[BM, BN]``).
-    Forward: returns ``(C, l)`` with l ``[BM, PP]``. BACKWARD (``pdp = p dP``): also
-    ``delta_j = sum_k M_j p dP / l_j`` (normalised by the l_j recomputed here, not by
-    2^(m_ref - lse_j), whose rounding would leave ``sum_k dS != 0``), written as dalpha_j through
-    ``dalpha_out = (dalpha_ptr, sl_m, seq0, n_seq, seqs_per_prog)``; returns ``(C, E)`` with
-    ``E = sum_j M_j c_j delta_j``."""
+    Returns ``(C, l, far)`` with l and far (:func:`_far_masks`) ``[BM, PP]``; a far pair's c_j
+    is left out of C (its l_j underflowed): the caller adds its terms."""
     w = tl.zeros(bits.shape, dtype=tl.float32)
-    e = tl.zeros(bits.shape, dtype=tl.float32)
     l_mix = tl.zeros([BLOCK_M, _PP], dtype=tl.float32)
     for j in range(n_masks):
         has_j = _has(bits, j)
         # [BM]
         l_j = tl.sum(tl.where(has_j, p, 0.0), axis=1)
-        c_j = _mix_coef(_col(alpha, offs_p, j), l_j)
+        c_j = tl.where(l_j < 1.0 / (2.0 ** _FAR), 0.0, _mix_coef(_col(alpha, offs_p, j), l_j))
         w += tl.where(has_j, c_j[:, None], 0.0)
-        if BACKWARD:
-            delta_j = tl.sum(tl.where(has_j, pdp, 0.0), axis=1) / tl.where(l_j > 0, l_j, 1.0)
-            e += tl.where(has_j, (c_j * delta_j)[:, None], 0.0)
-            _store_dalpha_segments(dalpha_out, delta_j, j, n_masks, BLOCK_M)
-        else:
-            l_mix += tl.where(offs_p[None, :] == j, l_j[:, None], 0.0)
-    if BACKWARD:
-        res = e
-    else:
-        res = l_mix
-    return w, res
+        l_mix += tl.where(offs_p[None, :] == j, l_j[:, None], 0.0)
+    return w, l_mix, _far_masks(l_mix, tl.reduce(bits, 1, _or), offs_p)
+
+
+@triton.jit
+def _mix_whole_rows_bwd(p, s, m, dp, bits, alpha, offs_p, n_masks, dalpha_out, BLOCK_M: tl.constexpr):
+    """MIX backward on rows held whole in one tile (``p = 2^(s - m)``, m the union max), one pass
+    over the masks: ``P~_j = p`` on mask j's keys, or ``2^(s - m_j)`` in the rows where the mask's
+    own max m_j is far (more than _FAR) below m (an exp per score only when some row of the tile
+    has it far); ``l_j = sum_k P~_j``, ``c_j = alpha_j / l_j``,
+    ``delta_j = sum_k P~_j dP / l_j`` (normalised by the l_j recomputed here, not by
+    2^(m_ref - lse_j), whose rounding would leave ``sum_k dS != 0``), written as dalpha_j through
+    ``dalpha_out = (dalpha_ptr, sl_m, seq0, n_seq, seqs_per_prog)``. Returns ``(W, dS)``
+    (``[BM, BN]``): ``W = sum_j c_j P~_j``, ``dS = sum_j c_j P~_j (dP - delta_j)``."""
+    w = tl.zeros(bits.shape, dtype=tl.float32)
+    ds = tl.zeros(bits.shape, dtype=tl.float32)
+    for j in range(n_masks):
+        has_j = _has(bits, j)
+        # [BM]
+        m_j = tl.max(tl.where(has_j, s, float("-inf")), axis=1)
+        far_j = (m_j > float("-inf")) & (m - m_j > _FAR)
+        # [BM, BN]
+        p_j = p
+        if tl.max(far_j.to(tl.int32), axis=0) > 0:
+            p_j = tl.where(far_j[:, None], tl.exp2(s - m_j[:, None]), p)
+        p_j = tl.where(has_j, p_j, 0.0)
+        # [BM]
+        l_j = tl.sum(p_j, axis=1)
+        c_j = _mix_coef(_col(alpha, offs_p, j), l_j)
+        w += c_j[:, None] * p_j
+        delta_j = tl.sum(p_j * dp, axis=1) / tl.where(l_j > 0, l_j, 1.0)
+        ds += c_j[:, None] * p_j * (dp - delta_j[:, None])
+        _store_dalpha_segments(dalpha_out, delta_j, j, n_masks, BLOCK_M)
+    return w, ds
 
 
 @triton.jit
@@ -466,32 +562,48 @@ def _store_dalpha_rows(dalpha_ptr, terms, seg, n_masks, offs_p):
 
 @triton.jit
 def _row_ref(stats_ptr, s_off, rows, offs_p, n_masks, MODE: tl.constexpr):
-    """The looping backward's per-row reference ``ref`` for ``p = 2^(s - ref)`` (``[BM]``):
-    the saved lse (NONE / SCALE: p is the softmax itself) or, MIX, ``max_j lse_j`` (0 for a row
-    with no visible key) from ``lse_j = m + log2 l_j``: p <= 1 (the mask holding the row maximum
-    has l_j >= 1), and its rounding cancels as the l_j are recomputed against it."""
+    """The looping backward's per-row reference ``(ref, base, far)`` for ``p = 2^(s - ref)``
+    (``ref`` ``[BM]``): the saved lse (NONE / SCALE: p is the softmax itself) or, MIX,
+    ``max_j lse_j`` (0 for a row with no visible key) from ``lse_j = base_j + log2 l_j``: p <= 1
+    (the mask holding the row maximum has l_j >= 1), and its rounding cancels as the l_j are
+    recomputed against it. MIX also gives ``base`` (``[BM, PP]``): lse_j for the far masks, whose
+    lse_j lies more than _FAR below ref (their p underflows), taken against it instead; +inf for
+    the others. Other modes return ref for base."""
     if MODE == _MIX:
-        ref = tl.max(_load_row_stats(stats_ptr, s_off, rows, offs_p, n_masks, float("-inf"), True), axis=1)
+        # [BM, PP]
+        lse = _load_row_stats(stats_ptr, s_off, rows, offs_p, n_masks, float("-inf"), True)
+        ref = tl.max(lse, axis=1)
         ref = tl.where(ref == float("-inf"), 0.0, ref)
+        base = tl.where((lse > float("-inf")) & (ref[:, None] - lse > _FAR), lse, float("inf"))
     else:
         ref = _load_row_stats(stats_ptr, s_off, rows, offs_p, n_masks, 0.0, False)
-    return ref
+        base = ref
+    return ref, base
 
 
 @triton.jit
-def _bwd_tile(b_q, b_do, q_rows, b_k, b_v, k_rows, alpha, ref, c, e, qk_scale, masks, offs_p,
+def _bwd_tile(b_q, b_do, q_rows, b_k, b_v, k_rows, alpha, row_ref, c, e, qk_scale, masks, offs_p,
               MODE: tl.constexpr, PRECISION: tl.constexpr):
-    """A tile of the looping backward from the saved statistics: ``ref`` from :func:`_row_ref`;
+    """A tile of the looping backward from the saved statistics: ``row_ref`` from :func:`_row_ref`;
     MIX: c_j = alpha_j / l_j and e_j = c_j delta_j (``[BM, PP]``), otherwise ``e = delta`` (``[BM]``,
-    c unused). Returns ``(W, dS, g, bits)`` (:func:`_grad_tile`)."""
+    c unused). Returns ``(W, dS, g, bits)`` (:func:`_grad_tile`); MIX adds the far masks' terms
+    ``W += F_c``, ``dS += dP F_c - F_e`` (``F_x = sum_j M_j x_j 2^(s - lse_j)`` over them) when the
+    tile holds any."""
+    ref, base = row_ref
     # [BM, BN]
     s, vis, bits, w, s_nat, dp = _tile_scores(b_q, q_rows, b_k, k_rows, alpha, qk_scale, masks, offs_p,
                                               b_do, b_v, MODE, False, PRECISION)
     p = tl.where(vis, tl.exp2(s - ref[:, None]), 0.0)
+    e_t = e
     if MODE == _MIX:
         w = _mix_weight(bits, c, offs_p, masks[0])
-        e = _mix_weight(bits, e, offs_p, masks[0])
-    attn, ds, g = _grad_tile(p, dp, w, e, s_nat, MODE)
+        e_t = _mix_weight(bits, e, offs_p, masks[0])
+    attn, ds, g = _grad_tile(p, dp, w, e_t, s_nat, MODE)
+    if MODE == _MIX:
+        if _any(base < float("inf")):
+            f_c = _far_weight(s, bits, c, base, offs_p, masks[0])
+            attn += f_c
+            ds += dp * f_c - _far_weight(s, bits, e, base, offs_p, masks[0])
     return attn, ds, g, bits
 
 
@@ -539,8 +651,12 @@ def _attn_fwd(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     n_kblocks = tl.cdiv(n_keys, BLOCK_N)
 
+    # [BLOCK_M, PP] MIX: the far (row, mask) pairs (_far_masks)
+    far = tl.zeros([BLOCK_M, _PP], dtype=tl.int1)
     if MODE == _MIX and not ONE_BLOCK:
         # pass 1: row max over the union of the masks and one normaliser per mask (QK^T only)
+        # [BLOCK_M] the masks each row sees a key under
+        seen = tl.zeros([BLOCK_M], dtype=tl.int32)
         for kb in range(n_kblocks):
             # [BLOCK_M, BLOCK_N] s (no V: the K tile comes back in its place)
             b_k, s, vis, bits = _key_block(kb * BLOCK_N + offs_nb, Nk, n_keys, prog, pad,
@@ -548,7 +664,23 @@ def _attn_fwd(
                                            qk_scale, masks, offs_p, MODE, ONE_BLOCK, PRECISION)
             m_new, m_use, p, corr = _online_softmax(m_i, s, vis)
             l_mix = _mask_sums(l_mix * corr[:, None], p, bits, offs_p, n_masks)
+            seen = seen | tl.reduce(bits, 1, _or)
             m_i = m_new
+        far = _far_masks(l_mix, seen, offs_p)
+        # [BLOCK_M, PP] the far pairs' exponent bases (+inf elsewhere)
+        base = tl.full([BLOCK_M, _PP], float("inf"), dtype=tl.float32)
+        has_far = _any(far)
+        if has_far:
+            # pass 1b, only for a row block holding a far pair: each far mask's max, l_j against it
+            acc_far = (tl.full([BLOCK_M, _PP], float("-inf"), dtype=tl.float32),
+                       tl.zeros([BLOCK_M, _PP], dtype=tl.float32))
+            for kb in range(n_kblocks):
+                b_k, s, vis, bits = _key_block(kb * BLOCK_N + offs_nb, Nk, n_keys, prog, pad,
+                                               (k_ptr, k_strides, None, None), offs_d, d, q_rows, b_q, b_alpha,
+                                               qk_scale, masks, offs_p, MODE, ONE_BLOCK, PRECISION)
+                acc_far = _far_pass(acc_far, s, bits, far, offs_p, n_masks)
+            base = tl.where(far, acc_far[0], float("inf"))
+            l_mix = tl.where(far, acc_far[1], l_mix)
 
     m_fix = tl.where(m_i == float("-inf"), 0.0, m_i)
     # [BLOCK_M, PP] per-mask weight alpha_j / l_j (MIX, two passes)
@@ -560,26 +692,47 @@ def _attn_fwd(
                                        q_rows, b_q, b_alpha, qk_scale, masks, offs_p, MODE, ONE_BLOCK, PRECISION)
         if MODE == _MIX:
             if ONE_BLOCK:
-                # the whole row is in this tile: statistics and output from the same scores
+                # the whole row is in this tile: statistics and output from the same scores (the
+                # far pairs left out, added below)
                 m_i, m_fix, p, corr = _online_softmax(m_i, s, vis)
                 # [BLOCK_M, BLOCK_N]
-                w, l_mix = _mix_whole_rows(p, p, bits, b_alpha, offs_p, n_masks, None, BLOCK_M, False)
+                w, l_mix, far = _mix_whole_rows_fwd(p, bits, b_alpha, offs_p, n_masks, BLOCK_M)
+                w = p * w
             else:
+                if has_far:
+                    # the far pairs' own product first: s is then dead once p is taken
+                    acc += tl.dot(_far_weight(s, bits, coef, base, offs_p, n_masks).to(b_v.dtype), b_v,
+                                  input_precision=PRECISION)
                 # [BLOCK_M, BLOCK_N]
-                p = tl.where(vis, tl.exp2(s - m_fix[:, None]), 0.0)
-                w = _mix_weight(bits, coef, offs_p, n_masks)
-            acc += tl.dot((p * w).to(b_v.dtype), b_v, input_precision=PRECISION)
+                w = tl.where(vis, tl.exp2(s - m_fix[:, None]), 0.0) * _mix_weight(bits, coef, offs_p, n_masks)
+            acc += tl.dot(w.to(b_v.dtype), b_v, input_precision=PRECISION)
         else:
             m_new, m_use, p, corr = _online_softmax(m_i, s, vis)
             l_i = l_i * corr + tl.sum(p, axis=1)
             acc = acc * corr[:, None] + tl.dot(p.to(b_v.dtype), b_v, input_precision=PRECISION)
             m_i = m_new
 
+    if MODE == _MIX and ONE_BLOCK:
+        base = tl.full([BLOCK_M, _PP], float("inf"), dtype=tl.float32)
+        if _any(far):
+            # a row of the tile holds a far pair: the tile again (K, V reloaded rather than the
+            # scores kept live through the common path), each far mask's max, l_j and share
+            b_v, s, vis, bits = _key_block(offs_nb, Nk, n_keys, prog, pad,
+                                           (k_ptr, k_strides, v_ptr, (sv_b, sv_l, sv_h, sv_n)), offs_d, d,
+                                           q_rows, b_q, b_alpha, qk_scale, masks, offs_p, MODE, ONE_BLOCK, PRECISION)
+            acc_far = _far_pass((tl.full([BLOCK_M, _PP], float("-inf"), dtype=tl.float32),
+                                 tl.zeros([BLOCK_M, _PP], dtype=tl.float32)), s, bits, far, offs_p, n_masks)
+            base = tl.where(far, acc_far[0], float("inf"))
+            l_mix = tl.where(far, acc_far[1], l_mix)
+            w = _far_weight(s, bits, _mix_coef(b_alpha, l_mix), base, offs_p, n_masks)
+            acc += tl.dot(w.to(b_v.dtype), b_v, input_precision=PRECISION)
+
     m_fix = tl.where(m_i == float("-inf"), 0.0, m_i)
     if MODE == _MIX:
         out = acc
-        # [BLOCK_M, PP]
-        stats = tl.where(l_mix > 0, m_fix[:, None] + tl.log2(l_mix), float("-inf"))
+        # [BLOCK_M, PP] lse_j = base_j + log2 l_j, base_j the union max but for the far pairs
+        stats = tl.where(l_mix > 0, tl.where(base < float("inf"), base, m_fix[:, None]) + tl.log2(l_mix),
+                         float("-inf"))
     else:
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
         # [BLOCK_M]
@@ -637,14 +790,15 @@ def _attn_bwd_one_block(
     m, m_use, p, corr = _online_softmax(tl.full([BLOCK_M], float("-inf"), dtype=tl.float32), s, vis)
     dalpha_out = (dalpha_ptr, q_rows[0], seq0, n_seq, seqs_per_prog)
     if MODE == _MIX:
-        # [BLOCK_M, BLOCK_N] C and E
-        w, e = _mix_whole_rows(p, p * dp, bits, b_alpha, offs_p, n_masks, dalpha_out, BLOCK_M, True)
+        # [BLOCK_M, BLOCK_N] W and dS
+        attn, ds = _mix_whole_rows_bwd(p, s, m_use, dp, bits, b_alpha, offs_p, n_masks, dalpha_out, BLOCK_M)
+        g = ds
     else:
         l = tl.sum(p, axis=1)
         p = p * (1.0 / tl.where(l > 0, l, 1.0))[:, None]
         # [BLOCK_M] delta = sum_k P dP
         e = tl.sum(p * dp, axis=1)
-    attn, ds, g = _grad_tile(p, dp, w, e, s_nat, MODE)
+        attn, ds, g = _grad_tile(p, dp, w, e, s_nat, MODE)
     if MODE == _SCALE:
         for j in range(n_masks):
             _store_dalpha_segments(dalpha_out, tl.sum(tl.where(_has(bits, j), g, 0.0), axis=1), j, n_masks,
@@ -694,8 +848,9 @@ def _attn_bwd_dq(
     # [1, PP]
     b_alpha = _load_alpha(alpha_ptr, q_rows, (sa_b, sa_l, sa_h, sa_p), n_masks, offs_p, MODE, False)
     s_off = _offsets(q_rows, (ss_b, ss_l, ss_h, ss_n))
-    # [BLOCK_M]
-    ref = _row_ref(stats_ptr, s_off, q_rows, offs_p, n_masks, MODE)
+    # [BLOCK_M], [BLOCK_M, PP] x 2
+    row_ref = _row_ref(stats_ptr, s_off, q_rows, offs_p, n_masks, MODE)
+    ref, base = row_ref
     # [BLOCK_M, BLOCK_D]
     b_dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
@@ -708,9 +863,13 @@ def _attn_bwd_dq(
             b_v, s, vis, bits = _key_block(kb * BLOCK_N + offs_nb, Nk, Nk, prog, pad, kv, offs_d, d, q_rows, b_q,
                                            b_alpha, qk_scale, masks, offs_p, MODE, False, PRECISION)
             p = tl.where(vis, tl.exp2(s - ref[:, None]), 0.0)
-            pdp = p * tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
-            delta = _mask_sums(delta, pdp, bits, offs_p, n_masks)
+            dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
+            delta = _mask_sums(delta, p * dp, bits, offs_p, n_masks)
             l_mix = _mask_sums(l_mix, p, bits, offs_p, n_masks)
+            if _any(base < float("inf")):
+                # the far masks' sums against their own lse (their p above is below 2^-_FAR of these)
+                delta = _far_sums(delta, dp, s, bits, base, offs_p, n_masks)
+                l_mix = _far_sums(l_mix, 1.0, s, bits, base, offs_p, n_masks)
         # [BLOCK_M, PP]
         # delta_j = sum_k P_j dP with P_j = p / l_j normalised by the l_j just recomputed (not by
         # 2^(m_ref - lse_j), whose rounding would leave sum_k dS != 0)
@@ -734,7 +893,7 @@ def _attn_bwd_dq(
         # [BLOCK_N, BLOCK_D]
         k_rows, b_k, b_v = _tile(kb * BLOCK_N + offs_nb, Nk, Nk, prog, pad, kv, offs_d, d, True, False)
         # [BLOCK_M, BLOCK_N]
-        attn, ds, g, bits = _bwd_tile(b_q, b_do, q_rows, b_k, b_v, k_rows, b_alpha, ref, c, e, qk_scale,
+        attn, ds, g, bits = _bwd_tile(b_q, b_do, q_rows, b_k, b_v, k_rows, b_alpha, row_ref, c, e, qk_scale,
                                       masks, offs_p, MODE, PRECISION)
         if MODE == _SCALE:
             dalpha_terms = _mask_sums(dalpha_terms, g, bits, offs_p, n_masks)
@@ -783,8 +942,8 @@ def _attn_bwd_dkdv(
         # [BLOCK_M, BLOCK_D]
         q_rows, b_q, b_do = _tile(qb * BLOCK_M + offs_mb, Nq, Nq, prog, pad, qdo, offs_d, d, False, False)
         s_off = _offsets(q_rows, (ss_b, ss_l, ss_h, ss_n))
-        # [BLOCK_M]
-        ref = _row_ref(stats_ptr, s_off, q_rows, offs_p, n_masks, MODE)
+        # [BLOCK_M], [BLOCK_M, PP] x 2
+        row_ref = _row_ref(stats_ptr, s_off, q_rows, offs_p, n_masks, MODE)
         # [BLOCK_M, PP] (MIX) or [BLOCK_M]: delta, and MIX alpha_j / l_j, from _attn_bwd_dq
         delta = _load_row_stats(delta_ptr, s_off, q_rows, offs_p, n_masks, 0.0, MODE == _MIX)
         if MODE == _MIX:
@@ -794,7 +953,7 @@ def _attn_bwd_dkdv(
             e = delta
             c = delta
         # [BLOCK_M, BLOCK_N]
-        attn, ds, g, bits = _bwd_tile(b_q, b_do, q_rows, b_k, b_v, k_rows, b_alpha, ref, c, e, qk_scale,
+        attn, ds, g, bits = _bwd_tile(b_q, b_do, q_rows, b_k, b_v, k_rows, b_alpha, row_ref, c, e, qk_scale,
                                       masks, offs_p, MODE, PRECISION)
         b_dv += tl.dot(tl.trans(attn).to(b_do.dtype), b_do, input_precision=PRECISION)
         b_dk += tl.dot(tl.trans(ds).to(b_q.dtype), b_q, input_precision=PRECISION)
