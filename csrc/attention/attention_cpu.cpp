@@ -545,13 +545,18 @@ void scale_grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, fl
     const Vec x = Vec::loadu(lse + c);
     const Vec live = (Vec::arange(static_cast<float>(i0 + c), 1.f) < live_end) & (x > ninf);
     const Vec base = Vec::blendv(zero, x, live);
+    // s w rounded in memory, as the forward saw it: fused into exp's argument (the compiler contracts
+    // s * w - lse to an FMA) it differs by up to half an ulp of s w, which for logits of 1e10 is 512.
+    for (int64_t k = 0; k < Nk; ++k) {
+      key_masks(P, k, keyok[k], i0 + c, vis + k * p * kV);
+      (Vec::loadu(St + k * ldt + c) * weight(k)).store(Et + k * ldt + c);
+    }
     Vec l = zero, edp = zero;
     for (int64_t k = 0; k < Nk; ++k) {
       if (c == 0) on_key(k);
-      key_masks(P, k, keyok[k], i0 + c, vis + k * p * kV);
-      const Vec w = weight(k);
-      const Vec e = (Vec::loadu(St + k * ldt + c) * w - base).exp_u20() & (w > zero) & live;
-      e.store(Et + k * ldt + c);
+      float* e_k = Et + k * ldt + c;
+      const Vec e = (Vec::loadu(e_k) - base).exp_u20() & (weight(k) > zero) & live;
+      e.store(e_k);
       l = l + e;
       edp = at::vec::fmadd(e, Vec::loadu(DPt + k * ldt + c), edp);
     }
