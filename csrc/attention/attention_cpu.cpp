@@ -367,12 +367,13 @@ void key_masks(const Problem& P, int64_t k, float keyok, int64_t q0, float* vis)
 // Softmax on transposed scores St [Nk, ldt] (lane r: query i0 + r), in place: St becomes the
 // attention weights A^T (sum_j alpha_j P_j^T in MIX; SCALE softmaxes s w over w > 0) and lse[j *
 // ldt + r] the log-sum-exp of query r under mask j (one, j = 0, in NONE and SCALE; -inf for a query
-// >= n_alive or a mask row with no visible key). The max, the exps and the sums run down the key rows a vector of queries at a time, with
-// no horizontal max or sum per row: those cost more than a row's arithmetic when the row is a
-// fraction of a vector (few keys), or with masks, which add their own vector work per row. One exp per score, against the
-// max over the union of the masks; l_j are masked sums of those. A lane where some l_j < kTinySum
-// is redone by hard_row(r), the per-row path (fwd_row). on_key(k) is called once per key row (the
-// caller's prefetch). vis: scratch [Nk * p * kV] (MIX).
+// >= n_alive or a mask row with no visible key). The max, the exps and the sums run down the key
+// rows a vector of queries at a time, with no horizontal max or sum per row: those cost more than
+// a row's arithmetic when the row is a fraction of a vector (few keys), or with masks, which add
+// their own vector work per row. One exp per score, against the max over the union of the masks;
+// l_j are masked sums of those. A lane where some l_j < kTinySum is redone by hard_row(r), the
+// per-row path (fwd_row). on_key(k) is called once per key row (the caller's prefetch). vis:
+// scratch [Nk * p * kV] (MIX, SCALE).
 template <int kMode, typename OnKey, typename HardRow>
 void softmax_keys(const Problem& P, const Seq& sq, float* St, int64_t ldt, int64_t bm, const float* keyok, int64_t i0,
                   float* vis, float* lse, OnKey&& on_key, HardRow&& hard_row) {
@@ -381,7 +382,9 @@ void softmax_keys(const Problem& P, const Seq& sq, float* St, int64_t ldt, int64
   const int n = kMixMode ? P.p : 1;  // softmaxes per row
   const Vec ninf(-kInf), zero(0.f), tiny(kTinySum), live_end(static_cast<float>(std::min(i0 + bm, sq.n_alive)));
   // The lanes that see key k under softmax j (NONE: all lanes of a visible key, no vis needed).
-  const auto in = [&](int64_t k, int j) { return kMode != kNone ? Vec::loadu(vis + (k * n + j) * kV) : Vec(0.f) == zero; };
+  const auto in = [&](int64_t k, int j) {
+    return kMode != kNone ? Vec::loadu(vis + (k * n + j) * kV) : Vec(0.f) == zero;
+  };
   const auto any = [&](int64_t k) {
     Vec u = in(k, 0);
     for (int j = 1; j < n; ++j) u = u | in(k, j);
@@ -456,7 +459,7 @@ void softmax_keys(const Problem& P, const Seq& sq, float* St, int64_t ldt, int64
 // (Plain attention keeps bwd_row: the same tiles took it 8% down at T = 4 but 7% up at T = 8.)
 template <typename OnKey, typename HardRow>
 void mix_grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, int64_t ldt, int64_t bm, const float* keyok,
-                int64_t i0, float* vis, const float* lse, double* dalpha, OnKey&& on_key, HardRow&& hard_row) {
+                    int64_t i0, float* vis, const float* lse, double* dalpha, OnKey&& on_key, HardRow&& hard_row) {
   const int64_t Nk = P.Nk;
   const int n = P.p;
   const Vec ninf(-kInf), zero(0.f), tiny(kTinySum), live_end(static_cast<float>(std::min(i0 + bm, sq.n_alive)));
@@ -658,7 +661,7 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
       P, static_cast<int64_t>(d * sizeof(T)), {{q, qs, Nq, false}, {k, ks, Nk, false}, {v, vs, Nk, false}, {o, os, Nq, true}}};
   at::parallel_for(0, P.n_seq(), 1, [&](int64_t s0, int64_t s1) {
     Scratch w(staged * (Nq + 2 * Nk + BM) * dp + dp * Nkp + (2 * BM + kMaxMasks + 2) * Nkp +
-              by_keys * ((Nk + 2 + Pw) * BMp + Nk * P.p * kV) + q_gemm * dp * BMp);
+              by_keys * ((Nk + Pw) * BMp + Nk * P.p * kV) + q_gemm * dp * BMp);
     float* Qf = w.take_if(staged, Nq * dp);
     float* Kf = w.take_if(staged, Nk * dp);
     float* Vf = w.take_if(staged, Nk * dp);
