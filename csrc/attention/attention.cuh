@@ -242,25 +242,27 @@ __device__ inline void load_alpha(float* alpha, const Row& r, const Params& p) {
 }
 
 // What the backward needs of one query row. NONE/SCALE: W = 2^(s w - lse) (w = 1 in NONE),
-// delta = rowsum(dO * O). MIX: P_j = 2^(s - base_j) r_j (mix_inverse_norms: base_j = m_ref but for
-// the far masks), cj = alpha_j r_j, ej = cj delta_j with delta_j = sum_k P_j dP. SCALE: cj = alpha_j,
-// and ej collects the row's dalpha_j in the dq kernel.
+// delta = rowsum(dO * O). MIX: P_j = P~_j / l_j with P~_j = 2^(s - base_j) (mix_bases: base_j =
+// m_ref but for the far masks) and l_j = sum_k P~_j, cj = alpha_j / l_j, ej = cj delta_j with
+// delta_j = sum_k P_j dP: the dq kernel takes l_j and delta_j in its pass A and hands cj and delta_j
+// to the dk/dv kernel through p.coef and p.delta. SCALE: cj = alpha_j, and ej collects the row's
+// dalpha_j in the dq kernel.
 struct GradRow {
-  int64_t st_off;  // the row's offset in stats and delta
+  int64_t st_off;  // the row's offset in stats, delta and coef
   float lse, delta, m_ref;
   unsigned far;  // MIX: the far masks, exponentiated against base[j] = lse_j one by one
   float cj[kMaxMasks], ej[kMaxMasks], base[kMaxMasks];
 };
 
-// Row me's GradRow from the forward's stats, and delta / ej from p.delta when with_delta (the
-// dk/dv kernel; the dq kernel computes them); r: MIX's r_j.
-__device__ inline GradRow grad_row(const Row& me, const Params& p, bool with_delta, float* r) {
+// Row me's GradRow from the forward's stats; with_delta (the dk/dv kernel): delta, and in MIX cj
+// and ej, from the dq kernel's p.delta and p.coef. Without it (the dq kernel), cj holds alpha_j.
+__device__ inline GradRow grad_row(const Row& me, const Params& p, bool with_delta) {
   GradRow g;
   const int64_t st_off = g.st_off = offset(me, p.ss);
   g.lse = g.delta = g.m_ref = 0.f;
   g.far = 0u;
 #pragma unroll
-  for (int j = 0; j < kMaxMasks; ++j) g.ej[j] = g.base[j] = r[j] = 0.f;
+  for (int j = 0; j < kMaxMasks; ++j) g.ej[j] = g.base[j] = 0.f;
   load_alpha(g.cj, me, p);
   if (!me.ok) return g;
   if (p.mode != kModeMix) {
@@ -271,11 +273,15 @@ __device__ inline GradRow grad_row(const Row& me, const Params& p, bool with_del
   float lsej[kMaxMasks];
 #pragma unroll
   for (int j = 0; j < kMaxMasks; ++j) lsej[j] = j < p.masks.n ? p.stats[st_off + j] : neg_inf();
-  g.far = mix_inverse_norms(lsej, p.masks.n, g.m_ref, g.base, r);
+  g.far = mix_bases(lsej, p.masks.n, g.m_ref, g.base);
+  if (with_delta) {
 #pragma unroll
-  for (int j = 0; j < kMaxMasks; ++j) {
-    g.cj[j] *= r[j];
-    if (with_delta && j < p.masks.n) g.ej[j] = g.cj[j] * p.delta[st_off + j];
+    for (int j = 0; j < kMaxMasks; ++j) {
+      if (j < p.masks.n) {
+        g.cj[j] = p.coef[st_off + j];
+        g.ej[j] = g.cj[j] * p.delta[st_off + j];
+      }
+    }
   }
   return g;
 }
@@ -463,8 +469,7 @@ __global__ void __launch_bounds__(kThreads, 1) attn_bwd_dq_kernel(const Params p
 
   stage_queries<T, BD, BM>(rows, sQ, sDO, qt, seq0, p);
   const Row me = rows[i];
-  float r[kMaxMasks];
-  GradRow g = grad_row(me, p, false, r);
+  GradRow g = grad_row(me, p, false);
 
   if (p.mode != kModeMix) {
     float part = 0.f;
@@ -479,22 +484,36 @@ __global__ void __launch_bounds__(kThreads, 1) attn_bwd_dq_kernel(const Params p
     g.delta = row_sum<TPR>(part);
     if (me.sl >= 0 && lr == 0) p.delta[g.st_off] = g.delta;
   } else {
-    float part[kMaxMasks] = {};
-    for (int kt = 0; kt < n_kt; ++kt) {  // pass A: delta_j
+    float part[kMaxMasks] = {}, sum[kMaxMasks] = {};  // per mask: sum_k P~_j dP, sum_k P~_j
+    for (int kt = 0; kt < n_kt; ++kt) {  // pass A: l_j and delta_j
       stage_keys<T, BD, BN>(keys, sK, sV, kt, seq0, p);
       const KeyScores<KPT> sc = score_keys<BD, BN, TPR, KPT>(me, sQ[i], sDO[i], keys, sK, sV, kt, lr, p);
 #pragma unroll
       for (int u = 0; u < KPT; ++u) {
-        if (sc.bits[u]) add_masked(part, sc.bits[u] & ~g.far, exp2f(sc.s[u] - g.m_ref) * sc.dp[u]);
-        if (sc.bits[u] & g.far) add_far(part, sc.bits[u] & g.far, sc.s[u], g.base, sc.dp[u]);
+        const unsigned near = sc.bits[u] & ~g.far, far = sc.bits[u] & g.far;
+        if (near) {
+          const float e = exp2f(sc.s[u] - g.m_ref);
+          add_masked(sum, near, e);
+          add_masked(part, near, e * sc.dp[u]);
+        }
+        if (far) {
+          add_far(sum, far, sc.s[u], g.base, 1.f);
+          add_far(part, far, sc.s[u], g.base, sc.dp[u]);
+        }
       }
     }
 #pragma unroll
     for (int j = 0; j < kMaxMasks; ++j) {
       if (j < n) {
-        const float dl = row_sum<TPR>(part[j]) * r[j];  // delta_j, also this row's dalpha_j term
+        // both sums before the branch: every lane of the warp takes part in a row_sum's shuffles
+        const float l = row_sum<TPR>(sum[j]), dp_sum = row_sum<TPR>(part[j]);
+        const float dl = l > 0.f ? dp_sum / l : 0.f;  // delta_j, also this row's dalpha_j term
+        g.cj[j] = mix_coef(g.cj[j], l);
         g.ej[j] = g.cj[j] * dl;
-        if (me.sl >= 0 && lr == 0) p.delta[g.st_off + j] = dl;
+        if (me.sl >= 0 && lr == 0) {
+          p.delta[g.st_off + j] = dl;
+          p.coef[g.st_off + j] = g.cj[j];
+        }
         if (lr == 0) sRed[i][j] = me.ok ? dl : 0.f;
       }
     }
@@ -559,8 +578,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_kernel(const Params p)
   for (int qt = 0; qt < n_qt; ++qt) {
     stage_queries<T, BD, BM>(rows, sQ, sDO, qt, seq0, p);
     const Row me = rows[i];
-    float r[kMaxMasks];
-    GradRow g = grad_row(me, p, true, r);
+    GradRow g = grad_row(me, p, true);
     const KeyScores<KPT> sc = score_keys<BD, BN, TPR, KPT>(me, sQ[i], sDO[i], keys, sK, sV, kt, lr, p);
 #pragma unroll
     for (int u = 0; u < KPT; ++u) {

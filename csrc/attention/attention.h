@@ -4,7 +4,7 @@
 // tensor X in it lives at  X + b * s.b + l * s.l + h * s.h + n * s.n  (elements):
 //   spatial  [G, N, H, d]:   s = (stride 0, 0, stride 2, stride 1), L = 1;
 //   temporal [B*T, L, H, d]: s = (T * stride 0, stride 1, stride 2, stride 0)
-// so the BT x L <-> BL x T swap is only an addressing choice. stats/delta are float32
+// so the BT x L <-> BL x T swap is only an addressing choice. stats/delta/coef are float32
 // [*, *, *, P] with the same (b, l, h, n) strides and contiguous P.
 #pragma once
 
@@ -27,6 +27,7 @@ struct Params {
   void *dq, *dk, *dv;      // backward outputs
   float* stats;            // [.., P] softmax statistics (forward writes, backward reads)
   float* delta;            // [.., P] backward workspace (dq kernel writes, dkdv kernel reads)
+  float* coef;             // [.., P] MIX: the backward's alpha_j / l_j, a workspace like delta
   float* dalpha;           // [n_qtiles, n_seq, n_masks] partial sums (backward, routed modes)
   const float* alpha;      // float32, strides sa
   const bool* kpad;        // key_padding [G, Nk]

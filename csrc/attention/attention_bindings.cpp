@@ -175,11 +175,11 @@ void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const OptT
   STQ_CHECK_CUDA(attn::attention_fwd(p, stq::dtype_of(q), stq::as_stream(stream)));
 }
 
-// delta: float32 like stats (workspace); dalpha_partial: float32 [n_qtiles, n_seq, p] when routed.
+// delta, coef: float32 like stats (workspaces); dalpha_partial: float32 [n_qtiles, n_seq, p] when routed.
 void attention_bwd(const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                    const Tensor& stats, const OptTensor& alpha, const OptTensor& dense, const OptTensor& key_padding,
                    const OptTensor& frame_lengths, const Tensor& dq, const Tensor& dk, const Tensor& dv,
-                   const Tensor& delta, const OptTensor& dalpha_partial, int64_t frames,
+                   const Tensor& delta, const Tensor& coef, const OptTensor& dalpha_partial, int64_t frames,
                    const std::vector<int64_t>& kinds, const std::vector<int64_t>& radii, int64_t g_start,
                    int64_t g_end, int64_t mode, double scale, int64_t stream) {
   Tensor keep;
@@ -191,6 +191,7 @@ void attention_bwd(const Tensor& grad_out, const Tensor& q, const Tensor& k, con
   check_like(dk, k, k.sizes(), "dk");
   check_like(dv, v, v.sizes(), "dv");
   check_f32(delta, stats.sizes(), "delta");
+  check_f32(coef, stats.sizes(), "coef");
   if (q.numel() == 0 || p.Nk == 0) return;
   const attn::Plan pl = attn::plan_bwd(p.n_seq, p.Nq, p.Nk, p.d);
   p.spp = pl.spp, p.n_qtiles = pl.n_qtiles, p.n_ktiles = pl.n_ktiles;
@@ -210,6 +211,7 @@ void attention_bwd(const Tensor& grad_out, const Tensor& q, const Tensor& k, con
   p.dv = dv.data_ptr();
   p.sdv = strides_of(dv, frames);
   p.delta = delta.data_ptr<float>();
+  p.coef = coef.data_ptr<float>();
   STQ_CHECK_CUDA(attn::attention_bwd(p, stq::dtype_of(q), stq::as_stream(stream)));
 }
 

@@ -1,6 +1,6 @@
 // Per-row attention math shared by the CUDA kernels (attention.cuh) and any CPU backend:
 // mask visibility bits, the mix/scale weights, the online-softmax rebasing, the far masks of the
-// mix forward and the inverse normalisers of the mix backward. Plain C++ with STQ_HD inline
+// mix forward and the exponent bases of the mix backward. Plain C++ with STQ_HD inline
 // functions; no CUDA runtime, no torch. Scores are in base 2 (softmax scale * log2(e) folded in),
 // as in the Triton kernels (kernels/attention/device.py), whose docstring gives the algebra.
 #pragma once
@@ -155,12 +155,15 @@ STQ_HD inline unsigned mix_far_bases(float m, int n, float* mj) {
   return far;
 }
 
-// Mix backward: from lse_j = base_j + log2 l_j, each mask's exponent base and r_j (0 for an empty
-// mask row) with P_j = 2^(s - base[j]) r_j. Masks within kFarMask of m_ref = max_j lse_j share
-// base m_ref (one exp per score) and r_j = 2^(m_ref - lse_j) <= 2^kFarMask; the far ones have
-// base lse_j and r_j = 1, so no r_j overflows and no P_j underflows. Returns the far masks' bits;
-// m_ref is the near masks' base (0 for a row with no visible key).
-STQ_HD inline unsigned mix_inverse_norms(const float* lse, int n, float& m_ref, float* base, float* r) {
+// Mix backward: from lse_j = base_j + log2 l_j, each mask's exponent base, with
+// P~_j = 2^(s - base[j]) on mask j's keys. Masks within kFarMask of m_ref = max_j lse_j share base
+// m_ref (one exp per score), so P~_j <= 2^kFarMask of its mask's own maximum; the far ones have base
+// lse_j, so no P~_j underflows. The backward normalises P_j = P~_j / sum_k P~_j with the sums it
+// takes itself, not with 2^(base_j - lse_j): a rounded lse_j scales the row by (1 + e), sum_k dS is
+// then e delta_j instead of 0, and dq picks up an error that grows with the logits (7x the float32
+// reference's at logits near -100 before this; the Triton and cpu kernels normalise the same way).
+// Returns the far masks' bits; m_ref is the near masks' base (0 for a row with no visible key).
+STQ_HD inline unsigned mix_bases(const float* lse, int n, float& m_ref, float* base) {
   float hi = neg_inf();
 #pragma unroll
   for (int j = 0; j < kMaxMasks; ++j)
@@ -169,10 +172,9 @@ STQ_HD inline unsigned mix_inverse_norms(const float* lse, int n, float& m_ref, 
   unsigned far = 0;
 #pragma unroll
   for (int j = 0; j < kMaxMasks; ++j) {
-    const bool live = j < n && lse[j] > neg_inf(), f = live && m_ref - lse[j] > kFarMask;
+    const bool f = j < n && lse[j] > neg_inf() && m_ref - lse[j] > kFarMask;
     far |= (unsigned)f << j;
     base[j] = f ? lse[j] : m_ref;
-    r[j] = live ? exp2f(base[j] - lse[j]) : 0.f;
   }
   return far;
 }

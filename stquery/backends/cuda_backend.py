@@ -237,11 +237,11 @@ class CudaBackend:
             return dq.zero_(), dk.zero_(), dv.zero_(), torch.zeros_like(alpha) if routed else None
         n_seq, nq, nk = _geometry(q, k, prob)
         _, n_qtiles, _ = module(emulate=q.device.type == "cpu").attention_bwd_plan(n_seq, nq, nk, q.shape[-1])
-        delta = torch.empty(stats.shape, dtype=torch.float32, device=q.device)
+        delta, coef = torch.empty((2, *stats.shape), dtype=torch.float32, device=q.device).unbind(0)
         # per (query tile, sequence) sums of the alpha gradient, added here in a fixed order
         partial = empty((n_qtiles, n_seq, prob.p), torch.float32, q.device) if routed else None
         _run("attention_bwd", q.device, grad_out, q, k, v, out, stats, _alpha32(alpha), dense, key_padding,
-             frame_lengths, dq, dk, dv, delta, partial, *jit.problem_args(prob))
+             frame_lengths, dq, dk, dv, delta, coef, partial, *jit.problem_args(prob))
         return dq, dk, dv, partial.sum(0).view(alpha.shape).to(alpha.dtype) if routed else None
 
     # --- pooling (csrc/pool) ---------------------------------------------------------------

@@ -34,7 +34,8 @@ int run(const Shape& s, int mode, std::vector<int> kinds, std::vector<int> radii
   const size_t nq = size_t(rows_q) * s.H * s.d, nk = size_t(rows_k) * s.H * s.d;
   auto q = stq_tsan::randn(nq, 1), k = stq_tsan::randn(nk, 2), v = stq_tsan::randn(nk, 3);
   auto dout = stq_tsan::randn(nq, 4);
-  std::vector<float> out(nq), dq(nq), dk(nk), dv(nk), stats(size_t(rows_q) * s.H * P), delta(stats.size());
+  std::vector<float> out(nq), dq(nq), dk(nk), dv(nk), stats(size_t(rows_q) * s.H * P), delta(stats.size()),
+      coef(stats.size());
   std::vector<float> alpha(size_t(n_seq) * (n ? n : 1), 0.5f);
   std::unique_ptr<bool[]> dense(new bool[size_t(n) * s.Nq * s.Nk + 1]);
   for (size_t i = 0; i < size_t(n) * s.Nq * s.Nk; ++i) dense[i] = (i * 7919) % 5 < 2;
@@ -46,6 +47,7 @@ int run(const Shape& s, int mode, std::vector<int> kinds, std::vector<int> radii
   attn::Params p{};
   p.q = q.data(), p.k = k.data(), p.v = v.data(), p.out = out.data(), p.dout = dout.data(), p.o = out.data();
   p.dq = dq.data(), p.dk = dk.data(), p.dv = dv.data(), p.stats = stats.data(), p.delta = delta.data();
+  p.coef = coef.data();
   p.alpha = alpha.data();
   p.kpad = key_padding ? kpad.get() : nullptr;
   p.flen = frame_lengths ? flen.data() : nullptr;
