@@ -588,6 +588,7 @@ class Scratch {
  public:
   explicit Scratch(int64_t n) : buf_(n) {}
   float* take(int64_t n) {
+    TORCH_INTERNAL_ASSERT(used_ + n <= static_cast<int64_t>(buf_.size()), "attention scratch overrun");
     float* p = buf_.data() + used_;
     used_ += n;
     return p;
@@ -659,19 +660,24 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
   float* stats = stats_t.data_ptr<float>();
   const Prefetch<T> prefetch{
       P, static_cast<int64_t>(d * sizeof(T)), {{q, qs, Nq, false}, {k, ks, Nk, false}, {v, vs, Nk, false}, {o, os, Nq, true}}};
+  // fwd_row's scratch (S, W, mj, tmp): for a block of rows on the row path, for one row on the tiles
+  // (MIX's hard rows)
+  const bool row_math = !by_keys || P.mode == kMix;
+  const int64_t rows_w = by_keys ? 1 : BM;
   at::parallel_for(0, P.n_seq(), 1, [&](int64_t s0, int64_t s1) {
-    Scratch w(staged * (Nq + 2 * Nk + BM) * dp + dp * Nkp + (2 * BM + kMaxMasks + 2) * Nkp +
-              by_keys * ((Nk + Pw) * BMp + Nk * P.p * kV) + q_gemm * dp * BMp);
+    Scratch w(staged * (Nq + 2 * Nk + BM) * dp + !by_keys * dp * Nkp + Nkp +
+              row_math * (2 * rows_w + kMaxMasks + 1) * Nkp + by_keys * ((Nk + Pw) * BMp + Nk * P.p * kV) +
+              q_gemm * dp * BMp);
     float* Qf = w.take_if(staged, Nq * dp);
     float* Kf = w.take_if(staged, Nk * dp);
     float* Vf = w.take_if(staged, Nk * dp);
     float* Ob = w.take_if(staged, BM * dp);
-    float* Kt = w.take(dp * Nkp);
+    float* Kt = w.take_if(!by_keys, dp * Nkp);
     float* keyok = w.take(Nkp);
-    float* S = w.take(BM * Nkp);
-    float* W = w.take(BM * Nkp);
-    float* mj = w.take(kMaxMasks * Nkp);
-    float* tmp = w.take(Nkp);
+    float* S = w.take_if(row_math, rows_w * Nkp);
+    float* W = w.take_if(row_math, rows_w * Nkp);
+    float* mj = w.take_if(row_math, kMaxMasks * Nkp);
+    float* tmp = w.take_if(row_math, Nkp);
     float* St = w.take_if(by_keys, Nk * BMp);
     float* lse = w.take_if(by_keys, Pw * BMp);
     float* vis = w.take_if(by_keys, Nk * P.p * kV);
@@ -772,9 +778,13 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
   const bool by_keys = P.mode != kNone;
   const bool q_gemm = by_keys && !few_keys(Nk);  // S^T = K Q^T and dP^T = V dO^T as products
   const bool scaled = P.mode == kScale;
+  // bwd_row's scratch (S, DP, A, DS, mj, tmp), as in the forward
+  const bool row_math = !by_keys || P.mode == kMix;
+  const int64_t rows_w = by_keys ? 1 : BM;
   at::parallel_for(0, P.n_seq(), 1, [&](int64_t s0, int64_t s1) {
-    Scratch w(staged * (2 * Nq + 4 * Nk + BM) * dp + 2 * dp * Nkp + (4 * BM + kMaxMasks + 2) * Nkp +
-              by_keys * ((2 * Nk + Pw) * BMp + Nk * P.p * kV) + q_gemm * 2 * dp * BMp + scaled * Nk * BMp);
+    Scratch w(staged * (2 * Nq + 4 * Nk + BM) * dp + !by_keys * 2 * dp * Nkp + Nkp +
+              row_math * (4 * rows_w + kMaxMasks + 1) * Nkp + by_keys * ((2 * Nk + Pw) * BMp + Nk * P.p * kV) +
+              q_gemm * 2 * dp * BMp + scaled * Nk * BMp);
     float* Qf = w.take_if(staged, Nq * dp);
     float* dOf = w.take_if(staged, Nq * dp);
     float* Kf = w.take_if(staged, Nk * dp);
@@ -782,15 +792,15 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
     float* dKf = w.take_if(staged, Nk * dp);
     float* dVf = w.take_if(staged, Nk * dp);
     float* dQb = w.take_if(staged, BM * dp);
-    float* Kt = w.take(dp * Nkp);
-    float* Vt = w.take(dp * Nkp);
+    float* Kt = w.take_if(!by_keys, dp * Nkp);
+    float* Vt = w.take_if(!by_keys, dp * Nkp);
     float* keyok = w.take(Nkp);
-    float* S = w.take(BM * Nkp);
-    float* DP = w.take(BM * Nkp);
-    float* A = w.take(BM * Nkp);
-    float* DS = w.take(BM * Nkp);
-    float* mj = w.take(kMaxMasks * Nkp);
-    float* tmp = w.take(Nkp);
+    float* S = w.take_if(row_math, rows_w * Nkp);
+    float* DP = w.take_if(row_math, rows_w * Nkp);
+    float* A = w.take_if(row_math, rows_w * Nkp);
+    float* DS = w.take_if(row_math, rows_w * Nkp);
+    float* mj = w.take_if(row_math, kMaxMasks * Nkp);
+    float* tmp = w.take_if(row_math, Nkp);
     float* St = w.take_if(by_keys, Nk * BMp);
     float* DPt = w.take_if(by_keys, Nk * BMp);
     float* lse = w.take_if(by_keys, Pw * BMp);
