@@ -304,10 +304,11 @@ struct RowsOut {
   T* dst;
   int64_t stride, d, dp;
   float* scratch;  // null: in place
+  bool stream;     // in place and streamed (streams()): rows written once
   // Where row r (relative to r0, the first row of the current block) is computed.
   Into into(int64_t r0, float mul = 1.f, bool add = false) const {
     if constexpr (std::is_same_v<T, float>) {
-      if (!scratch) return {dst + r0 * stride, stride, mul, add};
+      if (!scratch) return {dst + r0 * stride, stride, mul, add, stream && !add};
     }
     return {scratch, dp, mul, add};
   }
@@ -316,6 +317,15 @@ struct RowsOut {
     for (int64_t r = 0; r < n; ++r) store_row(scratch + r * dp, dst + (r0 + r) * stride, d);
   }
 };
+
+// Whether an output read in place (not staged) is written with streaming stores: every row kV-aligned.
+// The kernels prefetch only the outputs they do not stream (a prefetch for write is the
+// read-for-ownership that streaming avoids).
+bool streams(const at::Tensor& x, bool staged) {
+  bool aligned = !staged && reinterpret_cast<uintptr_t>(x.data_ptr()) % (kV * sizeof(float)) == 0;
+  for (int i = 0; i < 3; ++i) aligned = aligned && x.stride(i) % kV == 0;
+  return aligned;
+}
 
 // Few keys (one vector, half of it padding or more): scores as dot products, no transposed K.
 bool few_keys(int64_t Nk) { return Nk <= kV / 2; }
@@ -658,8 +668,9 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
   const T* v = v_t.const_data_ptr<T>();
   T* o = o_t.data_ptr<T>();
   float* stats = stats_t.data_ptr<float>();
-  const Prefetch<T> prefetch{
-      P, static_cast<int64_t>(d * sizeof(T)), {{q, qs, Nq, false}, {k, ks, Nk, false}, {v, vs, Nk, false}, {o, os, Nq, true}}};
+  const bool o_stream = streams(o_t, staged);
+  Prefetch<T> prefetch{P, static_cast<int64_t>(d * sizeof(T)), {{q, qs, Nq, false}, {k, ks, Nk, false}, {v, vs, Nk, false}}};
+  if (!o_stream) prefetch.streams.push_back({o, os, Nq, true});
   // fwd_row's scratch (S, W, mj, tmp): for a block of rows on the row path, for one row on the tiles
   // (MIX's hard rows)
   const bool row_math = !by_keys || P.mode == kMix;
@@ -688,7 +699,7 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
       const Mat Q = rows_in(q + P.base(seq, qs), qs.n, Nq, d, dp, Qf);
       const Mat K = rows_in(k + P.base(seq, ks), ks.n, Nk, d, dp, Kf);
       const Mat V = rows_in(v + P.base(seq, vs), vs.n, Nk, d, dp, Vf);
-      const RowsOut<T> O{o + P.base(seq, os), os.n, d, dp, Ob};
+      const RowsOut<T> O{o + P.base(seq, os), os.n, d, dp, Ob, o_stream};
       if (by_keys) {
         for (int64_t i0 = 0; i0 < Nq; i0 += BM) {
           const int64_t bm = std::min(BM, Nq - i0);
@@ -742,6 +753,7 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
       }
       next.rows(Nq, Nk);
     }
+    stream_fence();
   });
 }
 
@@ -763,15 +775,14 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
   T* dq = dq_t.data_ptr<T>();
   T* dk = dk_t.data_ptr<T>();
   T* dv = dv_t.data_ptr<T>();
-  const Prefetch<T> prefetch{P,
-                             static_cast<int64_t>(d * sizeof(T)),
-                             {{q, qs, Nq, false},
-                              {g, dos, Nq, false},
-                              {k, ks, Nk, false},
-                              {v, vs, Nk, false},
-                              {dq, dqs, Nq, true},
-                              {dk, dks, Nk, true},
-                              {dv, dvs, Nk, true}}};
+  // dk and dv are written once when one query block covers the sequence
+  const bool dq_stream = streams(dq_t, staged), dk_stream = Nq <= BM && streams(dk_t, staged),
+             dv_stream = Nq <= BM && streams(dv_t, staged);
+  Prefetch<T> prefetch{
+      P, static_cast<int64_t>(d * sizeof(T)), {{q, qs, Nq, false}, {g, dos, Nq, false}, {k, ks, Nk, false}, {v, vs, Nk, false}}};
+  if (!dq_stream) prefetch.streams.push_back({dq, dqs, Nq, true});
+  if (!dk_stream) prefetch.streams.push_back({dk, dks, Nk, true});
+  if (!dv_stream) prefetch.streams.push_back({dv, dvs, Nk, true});
   // Routed masks: transposed tiles, as in the forward (mix_grads_keys, scale_grads_keys); plain
   // attention row by row (bwd_row). At the headline shape they cut the forward+backward by 22% at
   // T = 4 and 2-6% at T = 16-64, in both modes.
@@ -815,9 +826,9 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
       const Mat dO = rows_in(g + P.base(seq, dos), dos.n, Nq, d, dp, dOf);
       const Mat K = rows_in(k + P.base(seq, ks), ks.n, Nk, d, dp, Kf);
       const Mat V = rows_in(v + P.base(seq, vs), vs.n, Nk, d, dp, Vf);
-      const RowsOut<T> dQ{dq + P.base(seq, dqs), dqs.n, d, dp, dQb};
-      const RowsOut<T> dK{dk + P.base(seq, dks), dks.n, d, dp, dKf};
-      const RowsOut<T> dV{dv + P.base(seq, dvs), dvs.n, d, dp, dVf};
+      const RowsOut<T> dQ{dq + P.base(seq, dqs), dqs.n, d, dp, dQb, dq_stream};
+      const RowsOut<T> dK{dk + P.base(seq, dks), dks.n, d, dp, dKf, dk_stream};
+      const RowsOut<T> dV{dv + P.base(seq, dvs), dvs.n, d, dp, dVf, dv_stream};
       double da[kMaxMasks] = {0};
       for (int64_t i0 = 0; by_keys && i0 < Nq; i0 += BM) {
         const int64_t bm = std::min(BM, Nq - i0);
@@ -881,6 +892,7 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
       dV.store(0, Nk);
       for (int j = 0; j < P.p; ++j) dalpha[seq * P.p + j] = static_cast<float>(da[j]);
     }
+    stream_fence();
   });
 }
 

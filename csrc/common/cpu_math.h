@@ -15,6 +15,9 @@
 #include <limits>
 #include <type_traits>
 
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#include <immintrin.h>
+#endif
 #ifdef __linux__
 #include <sys/mman.h>
 #endif
@@ -220,16 +223,42 @@ inline void gemm_dots(const float* A, int64_t lda, const float* B, int64_t ldb, 
   }
 }
 
-// gemm's epilogue: C[r, v * kV ..] = mul * acc (or += when add); C rows ldc floats apart.
+// Streaming (non-temporal) stores of whole vectors: for outputs written once and not read back by the
+// kernel, they skip the read-for-ownership a cached store makes of every line it writes (a quarter of
+// the forward's memory traffic, three tenths of the backward's). Needs kV-float aligned addresses;
+// stream_fence() before another thread may read what they wrote.
+inline void store_stream(float* dst, const Vec& x) {
+#if defined(CPU_CAPABILITY_AVX512)
+  _mm512_stream_ps(dst, x);
+#elif defined(CPU_CAPABILITY_AVX2)
+  _mm256_stream_ps(dst, x);
+#else
+  x.store(dst);
+#endif
+}
+
+inline void stream_fence() {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  _mm_sfence();
+#endif
+}
+
+// gemm's epilogue: C[r, v * kV ..] = mul * acc (or += when add; streamed when stream); C rows ldc
+// floats apart.
 struct Into {
   float* c;
   int64_t ldc;
   float mul = 1.f;
   bool add = false;
+  bool stream = false;
   void operator()(int64_t r, int64_t v, const Vec& acc) const {
     float* dst = c + r * ldc + v * kV;
     const Vec x = mul == 1.f ? acc : acc * Vec(mul);
-    (add ? Vec::loadu(dst) + x : x).store(dst);
+    if (stream) {
+      store_stream(dst, x);
+    } else {
+      (add ? Vec::loadu(dst) + x : x).store(dst);
+    }
   }
 };
 
