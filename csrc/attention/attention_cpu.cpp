@@ -8,11 +8,12 @@
 // reads float32 rows in place (fp16/bf16, or a width that is not whole vectors, are staged as
 // float32 in scratch), prefetches the rows of the sequence a few ahead into L2, and walks its
 // queries in blocks of up to 64 rows. A block's scores against all keys (bm x Nk, never N x N) are
-// computed, masked and normalised, and multiplied into V. Plain attention normalises row by row
-// (fwd_row, bwd_row), except its forward over few keys (a fraction of a vector); that one and
-// routed masks (MIX, SCALE) both ways normalise transposed tiles down the keys, a vector of queries
-// at a time (softmax_keys, mix_grads_keys, scale_grads_keys). Each output element depends only on
-// its own sequence, in a fixed order: results do not depend on the thread count.
+// computed, masked and normalised, and multiplied into V. Routed masks (MIX, SCALE) both ways, and
+// the plain forward unless its blocks are narrower than a vector (over 1024 keys), normalise
+// transposed tiles down the keys, a vector of queries at a time (softmax_keys, mix_grads_keys,
+// scale_grads_keys); the plain backward and those long plain forwards go row by row (fwd_row,
+// bwd_row). Each output element depends only on its own sequence, in a fixed order: results do not
+// depend on the thread count.
 //
 // Masks are never materialised beyond one row: window/causal are key ranges computed from
 // integers, dense masks are read from the shared bool buffer, global tokens and key padding /
@@ -655,11 +656,13 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
   const int64_t d = P.d, dp = round_up(d, kV), Nq = P.Nq, Nk = P.Nk, Nkp = round_up(Nk, kV);
   const int64_t BM = block_rows(Nkp), BMp = round_up(BM, kV), Pw = P.stats_width();
   const bool staged = !in_place<T>(d);
-  // Routed masks, and plain attention over few keys, normalise down transposed score tiles
-  // (softmax_keys); the rest row by row (fwd_row). At issue 13's headline shape the transposed tiles
-  // cut the plain forward by a quarter at T = 4 and 8, and the mix forward by half there and by
-  // 7-18% at T = 16-64; for plain attention over more keys they were 2-5% slower.
-  const bool by_keys = few_keys(Nk) || P.mode != kNone;
+  // Scores normalise down transposed tiles (softmax_keys) when a block of queries fills whole
+  // vectors (BM >= kV: up to 1024 keys with AVX-512), over few keys, and with routed masks; the rest row by row
+  // (fwd_row). At issue 13's headline shape the tiles cut the plain forward by a quarter at T = 4
+  // and 8 and by 4-18% at T = 16-64 (with streaming stores; before those they were 2-5% slower past
+  // few keys), and the mix forward by half at T = 4 and 8 and 7-18% at T = 16-64. Over 2048 keys
+  // (BM = 8: half of every vector idle) the plain forward took 47% longer on tiles.
+  const bool by_keys = few_keys(Nk) || P.mode != kNone || BM >= kV;
   const bool q_gemm = by_keys && !few_keys(Nk);  // S^T = K Q^T as a product with a transposed Q
   const Rows qs = rows_of(q_t, P.frames), ks = rows_of(k_t, P.frames), vs = rows_of(v_t, P.frames);
   const Rows os = rows_of(o_t, P.frames), ss = rows_of(stats_t, P.frames);

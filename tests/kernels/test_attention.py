@@ -128,6 +128,7 @@ TRITON_CASES = [
          dtype=torch.float16, glob=True, pad=True),
     Case(S, "none", n=67, nk=33, groups=2, H=1, d=16, dtype=torch.float16),
     Case(S, "scale", ("window", "dense"), n=9, nk=9, d=40, dtype=torch.bfloat16, glob=True, pad=True),
+    Case(S, "none", n=5, nk=1030, groups=1, H=1, d=16, pad=True),  # cpu: query blocks under a vector, by rows
 ]
 # The CUDA kernels hold whole sequences of up to 64 (d <= 64), 32 (d <= 128) or 16 rows per block
 # and loop over tiles beyond; every emulated CUDA thread is an OS thread, so groups stay small.
