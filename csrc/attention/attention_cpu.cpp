@@ -8,12 +8,11 @@
 // reads float32 rows in place (fp16/bf16, or a width that is not whole vectors, are staged as
 // float32 in scratch), prefetches the rows of the sequence a few ahead into L2, and walks its
 // queries in blocks of up to 64 rows. A block's scores against all keys (bm x Nk, never N x N) are
-// computed, masked and normalised, and multiplied into V. Routed masks (MIX, SCALE) both ways, and
-// the plain forward unless its blocks are narrower than a vector (over 1024 keys), normalise
-// transposed tiles down the keys, a vector of queries at a time (softmax_keys, mix_grads_keys,
-// scale_grads_keys); the plain backward and those long plain forwards go row by row (fwd_row,
-// bwd_row). Each output element depends only on its own sequence, in a fixed order: results do not
-// depend on the thread count.
+// computed, masked and normalised, and multiplied into V: down transposed tiles, a vector of
+// queries at a time (softmax_keys, grads_keys, scale_grads_keys), or, for plain attention whose
+// blocks are narrower than a vector (over 1024 keys with AVX-512), row by row (fwd_row, bwd_row).
+// Each output element depends only on its own sequence, in a fixed order: results do not depend on
+// the thread count.
 //
 // Masks are never materialised beyond one row: window/causal are key ranges computed from
 // integers, dense masks are read from the shared bool buffer, global tokens and key padding /
@@ -198,7 +197,7 @@ float softmax_row(const float* s, const float* vis, float* w, int64_t n) {
   return m + std::log(l);
 }
 
-// Below this, a mask's sum of exps against the union's max (softmax_keys, mix_grads_keys) has lost
+// Below this, a mask's sum of exps against the union's max (softmax_keys, grads_keys) has lost
 // its precision or underflowed (all its scores ~44 nats below the union's max): the row is then
 // normalised mask by mask instead (fwd_row, bwd_row).
 constexpr float kTinySum = 0x1p-64f;
@@ -240,7 +239,7 @@ void renormalised_exp(const float* s, const float* vis, float lse, float* w, int
 
 // Backward for query row i (NONE or MIX): from s (scaled scores), dp (dO . v_k) and the stats -> a
 // (attention weights), ds (gradient w.r.t. s); adds the row's share of dalpha. MIX comes here only
-// for the rows mix_grads_keys hands back (kTinySum), so it goes mask by mask; SCALE never does.
+// for the rows grads_keys hands back (kTinySum), so it goes mask by mask; SCALE never does.
 void bwd_row(const Problem& P, const Seq& q, int64_t i, const float* s, const float* dp, const float* keyok, float* mj,
              float* tmp, const float* st, float* a, float* ds, double* dalpha, int64_t Nkp) {
   if (i >= q.n_alive || (P.mode == kNone && st[0] == -kInf)) {
@@ -274,6 +273,12 @@ void bwd_row(const Problem& P, const Seq& q, int64_t i, const float* s, const fl
 // Query rows per block: a block's scores against all keys (bm x Nkp floats, a bounded tile like a
 // GPU kernel's, never N x N) stay in cache; sequences of up to 64 rows are one block.
 int64_t block_rows(int64_t Nkp) { return std::clamp<int64_t>(int64_t(16384) / Nkp, 8, 64); }
+
+// Whether a call normalises down transposed tiles (softmax_keys, grads_keys, scale_grads_keys):
+// always with routed masks; plain attention when a block of BM queries fills a vector (up to 1024
+// keys with AVX-512). Narrower blocks idle part of every vector (the plain forward over 2048 keys
+// took 47% longer on tiles), so they go row by row (fwd_row, bwd_row).
+bool on_tiles(const Problem& P, int64_t BM) { return P.mode != kNone || BM >= kV; }
 
 // Float32 rows of a matrix: `ld` floats apart.
 struct Mat {
@@ -328,22 +333,17 @@ bool streams(const at::Tensor& x, bool staged) {
   return aligned;
 }
 
-// Few keys (one vector, half of it padding or more): scores as dot products, no transposed K.
+// Few keys (one vector, half of it padding or more): tile scores as dot products, no transposed Q.
 bool few_keys(int64_t Nk) { return Nk <= kV / 2; }
 
-// Keys of a sequence for scores: Kt [d, Nkp] = K^T (padding columns stay 0), unless few_keys.
+// The row paths' scores (blocks narrower than a vector: many keys): Kt [d, Nkp] = K^T, padding
+// columns 0 (keys_for_scores), then S [bm, Nkp] = mul * Q[0:bm] K^T (scores).
 void keys_for_scores(const Mat& K, int64_t Nk, int64_t d, float* Kt, int64_t Nkp) {
-  if (!few_keys(Nk)) at::vec::transpose_mxn<float>(K.p, K.ld, Kt, Nkp, static_cast<int>(Nk), static_cast<int>(d));
+  at::vec::transpose_mxn<float>(K.p, K.ld, Kt, Nkp, static_cast<int>(Nk), static_cast<int>(d));
 }
 
-// S [bm, Nkp] = mul * Q[0:bm] K^T (columns past Nk as they were: 0).
-void scores(const Mat& Q, const Mat& K, const float* Kt, int64_t bm, int64_t Nk, int64_t d, int64_t dp, int64_t Nkp,
-            float mul, float* S) {
-  if (few_keys(Nk)) {
-    gemm_dots(Q.p, Q.ld, K.p, K.ld, bm, Nk, dp, mul, S, Nkp, 1);
-  } else {
-    gemm(Q.p, Q.ld, 1, Kt, Nkp, bm, d, Nkp / kV, Into{S, Nkp, mul});
-  }
+void scores(const Mat& Q, const float* Kt, int64_t bm, int64_t d, int64_t Nkp, float mul, float* S) {
+  gemm(Q.p, Q.ld, 1, Kt, Nkp, bm, d, Nkp / kV, Into{S, Nkp, mul});
 }
 
 // Lanes (queries q0 + lane) that see key k: one Vec per mask, all-ones lanes or zero, into vis[j * kV].
@@ -460,19 +460,20 @@ void softmax_keys(const Problem& P, const Seq& sq, float* St, int64_t ldt, int64
   }
 }
 
-// The MIX backward on transposed tiles: St [Nk, ldt] the scores and DPt the dP = dO V^T of query
-// lanes i0 + r, lse[j * ldt + r] the saved stats. One exp per score, e = exp(s - m_ref) with m_ref
-// = max_j lse_j, so P_j = e M_j / l_j with l_j = sum_k e M_j (normalised again, see the note at the
-// top), delta_j = sum_k P_j dP, A = e sum_j c_j M_j and dS = e sum_j c_j M_j (dP - delta_j) with
-// c_j = alpha_j / l_j, all as sums down the keys. In place, St becomes A^T and DPt dS^T, and each
-// lane's delta_j is added to dalpha[j] in row order. A lane where some live l_j < kTinySum is
-// redone by hard_row(r) (bwd_row, which adds its own dalpha); on_key and vis as in softmax_keys.
-// (Plain attention keeps bwd_row: the same tiles took it 8% down at T = 4 but 7% up at T = 8.)
-template <typename OnKey, typename HardRow>
-void mix_grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, int64_t ldt, int64_t bm, const float* keyok,
-                    int64_t i0, float* vis, const float* lse, double* dalpha, OnKey&& on_key, HardRow&& hard_row) {
+// The NONE and MIX backward on transposed tiles: St [Nk, ldt] the scores and DPt the dP = dO V^T of
+// query lanes i0 + r, lse[j * ldt + r] the saved stats. One exp per score, e = exp(s - m_ref) with
+// m_ref = max_j lse_j, so P_j = e M_j / l_j with l_j = sum_k e M_j (normalised again, see the note
+// at the top), delta_j = sum_k P_j dP, A = e sum_j c_j M_j and dS = e sum_j c_j M_j (dP - delta_j)
+// with c_j = alpha_j / l_j, all as sums down the keys; NONE is one mask, the visible keys, with
+// alpha = 1. In place, St becomes A^T and DPt dS^T. MIX adds each lane's delta_j to dalpha[j] in
+// row order, and a lane where some live l_j < kTinySum is redone by hard_row(r) (bwd_row, which adds
+// its own dalpha); on_key and vis as in softmax_keys.
+template <int kMode, typename OnKey, typename HardRow>
+void grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, int64_t ldt, int64_t bm, const float* keyok,
+                int64_t i0, float* vis, const float* lse, double* dalpha, OnKey&& on_key, HardRow&& hard_row) {
+  constexpr bool kMixMode = kMode == kMix;
   const int64_t Nk = P.Nk;
-  const int n = P.p;
+  const int n = kMixMode ? P.p : 1;
   const Vec ninf(-kInf), zero(0.f), tiny(kTinySum), live_end(static_cast<float>(std::min(i0 + bm, sq.n_alive)));
   for (int64_t c = 0; c < bm; c += kV) {
     const Vec live = Vec::arange(static_cast<float>(i0 + c), 1.f) < live_end;
@@ -483,14 +484,15 @@ void mix_grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, int6
       m = at::vec::maximum(m, Vec::blendv(ninf, x, lj[j]));
     }
     const Vec base = Vec::blendv(m, zero, m == ninf);
-    // The lanes that see key k under live mask j.
-    const auto in = [&](int64_t k, int j) { return Vec::loadu(vis + (k * n + j) * kV) & lj[j]; };
+    // The lanes that see (visible) key k under live mask j; its vis lanes (all in NONE).
+    const auto mask = [&](int64_t k, int j) { return kMixMode ? Vec::loadu(vis + (k * n + j) * kV) : zero == zero; };
+    const auto in = [&](int64_t k, int j) { return mask(k, j) & lj[j]; };
     Vec l[kMaxMasks], g[kMaxMasks];
     for (int j = 0; j < n; ++j) l[j] = g[j] = zero;
     for (int64_t k = 0; k < Nk; ++k) {
       if (c == 0) on_key(k);
       float* s = St + k * ldt + c;
-      key_masks(P, k, keyok[k], i0 + c, vis + k * n * kV);
+      if (kMixMode) key_masks(P, k, keyok[k], i0 + c, vis + k * n * kV);
       if (!(keyok[k] > 0.f)) {
         zero.store(s);
         continue;
@@ -510,7 +512,7 @@ void mix_grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, int6
     for (int j = 0; j < n; ++j) {
       const Vec has = lj[j] & (l[j] > zero), d = Vec::blendv(zero, g[j] / l[j], has);
       hard = hard | (lj[j] & (l[j] < tiny));
-      coef[j] = Vec::blendv(zero, Vec(sq.alpha[j]) / l[j], has);
+      coef[j] = Vec::blendv(zero, Vec(kMixMode ? sq.alpha[j] : 1.f) / l[j], has);
       cd[j] = coef[j] * d;
       d.store(delta[j]);
     }
@@ -519,7 +521,7 @@ void mix_grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, int6
       float* dps = DPt + k * ldt + c;
       Vec cw = zero, gw = zero;
       for (int j = 0; j < n; ++j) {
-        const Vec vis_j = Vec::loadu(vis + (k * n + j) * kV);
+        const Vec vis_j = mask(k, j);
         cw = cw + (coef[j] & vis_j);
         gw = gw + (cd[j] & vis_j);
       }
@@ -527,6 +529,7 @@ void mix_grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, int6
       a.store(s);
       (a * Vec::loadu(dps) - e * gw).store(dps);
     }
+    if (!kMixMode) continue;  // one softmax, l >= 1: no hard rows, no dalpha
     float redo[kV];
     Vec::blendv(zero, Vec(1.f), hard).store(redo);
     for (int64_t r = 0; r < std::min<int64_t>(kV, bm - c); ++r) {
@@ -539,7 +542,7 @@ void mix_grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, int6
   }
 }
 
-// The SCALE backward on transposed tiles (St scores, DPt dP, lse as in mix_grads_keys): per key, w =
+// The SCALE backward on transposed tiles (St scores, DPt dP, lse as in grads_keys): per key, w =
 // sum_j alpha_j M_j over the query lanes, A = exp(s w - lse) over w > 0 normalised again (Et holds
 // the exps between the passes), delta = sum_k A dP, g = A (dP - delta), dS = g w, dalpha_j = sum_k
 // g s M_j; St becomes A^T and DPt dS^T, and each lane's dalpha_j is added in row order. One
@@ -656,13 +659,10 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
   const int64_t d = P.d, dp = round_up(d, kV), Nq = P.Nq, Nk = P.Nk, Nkp = round_up(Nk, kV);
   const int64_t BM = block_rows(Nkp), BMp = round_up(BM, kV), Pw = P.stats_width();
   const bool staged = !in_place<T>(d);
-  // Scores normalise down transposed tiles (softmax_keys) when a block of queries fills whole
-  // vectors (BM >= kV: up to 1024 keys with AVX-512), over few keys, and with routed masks; the rest row by row
-  // (fwd_row). At issue 13's headline shape the tiles cut the plain forward by a quarter at T = 4
-  // and 8 and by 4-18% at T = 16-64 (with streaming stores; before those they were 2-5% slower past
-  // few keys), and the mix forward by half at T = 4 and 8 and 7-18% at T = 16-64. Over 2048 keys
-  // (BM = 8: half of every vector idle) the plain forward took 47% longer on tiles.
-  const bool by_keys = few_keys(Nk) || P.mode != kNone || BM >= kV;
+  // On tiles (on_tiles), at issue 13's headline shape, the plain forward took a quarter less time
+  // than on rows at T = 4 and 8 and 4-18% less at T = 16-64 (with the outputs streamed; before that
+  // it was 2-5% slower past few keys), the mix forward half less at T = 4 and 8 and 7-18% at 16-64.
+  const bool by_keys = on_tiles(P, BM);
   const bool q_gemm = by_keys && !few_keys(Nk);  // S^T = K Q^T as a product with a transposed Q
   const Rows qs = rows_of(q_t, P.frames), ks = rows_of(k_t, P.frames), vs = rows_of(v_t, P.frames);
   const Rows os = rows_of(o_t, P.frames), ss = rows_of(stats_t, P.frames);
@@ -744,7 +744,7 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
       keys_for_scores(K, Nk, d, Kt, Nkp);
       for (int64_t i0 = 0; i0 < Nq; i0 += BM) {
         const int64_t bm = std::min(BM, Nq - i0);
-        scores({Q.row(i0), Q.ld}, K, Kt, bm, Nk, d, dp, Nkp, P.scale, S);
+        scores({Q.row(i0), Q.ld}, Kt, bm, d, Nkp, P.scale, S);
         float st[kMaxMasks];
         for (int64_t r = 0; r < bm; ++r) {
           next.rows(i0 + r, i0 + r + 1);
@@ -786,10 +786,10 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
   if (!dq_stream) prefetch.streams.push_back({dq, dqs, Nq, true});
   if (!dk_stream) prefetch.streams.push_back({dk, dks, Nk, true});
   if (!dv_stream) prefetch.streams.push_back({dv, dvs, Nk, true});
-  // Routed masks: transposed tiles, as in the forward (mix_grads_keys, scale_grads_keys); plain
-  // attention row by row (bwd_row). At the headline shape they cut the forward+backward by 22% at
-  // T = 4 and 2-6% at T = 16-64, in both modes.
-  const bool by_keys = P.mode != kNone;
+  // On tiles (on_tiles), at issue 13's headline shape, the mix and scale forward+backward took 22%
+  // less time than on rows at T = 4 and 2-6% less at T = 16-64; the plain one (with the outputs
+  // streamed) 12% less at T = 4 and 8, 7% at T = 16 and 1-3% at T = 32-64.
+  const bool by_keys = on_tiles(P, BM);
   const bool q_gemm = by_keys && !few_keys(Nk);  // S^T = K Q^T and dP^T = V dO^T as products
   const bool scaled = P.mode == kScale;
   // bwd_row's scratch (S, DP, A, DS, mj, tmp), as in the forward
@@ -861,8 +861,10 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
         };
         if (scaled) {
           scale_grads_keys(P, sq, St, DPt, Et, BMp, bm, keyok, i0, vis, lse, da, prefetch_key);
+        } else if (P.mode == kMix) {
+          grads_keys<kMix>(P, sq, St, DPt, BMp, bm, keyok, i0, vis, lse, da, prefetch_key, hard_row);
         } else {
-          mix_grads_keys(P, sq, St, DPt, BMp, bm, keyok, i0, vis, lse, da, prefetch_key, hard_row);
+          grads_keys<kNone>(P, sq, St, DPt, BMp, bm, keyok, i0, vis, lse, da, prefetch_key, hard_row);
         }
         // St = A^T, DPt = dS^T: dq = scale dS K; dk (+)= scale dS^T Q; dv (+)= A^T dO
         gemm(DPt, 1, BMp, K.p, K.ld, bm, Nk, dp / kV, dQ.into(i0, P.scale));
@@ -876,8 +878,8 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
       }
       for (int64_t i0 = 0; !by_keys && i0 < Nq; i0 += BM) {
         const int64_t bm = std::min(BM, Nq - i0);
-        scores({Q.row(i0), Q.ld}, K, Kt, bm, Nk, d, dp, Nkp, P.scale, S);
-        scores({dO.row(i0), dO.ld}, V, Vt, bm, Nk, d, dp, Nkp, 1.f, DP);
+        scores({Q.row(i0), Q.ld}, Kt, bm, d, Nkp, P.scale, S);
+        scores({dO.row(i0), dO.ld}, Vt, bm, d, Nkp, 1.f, DP);
         for (int64_t r = 0; r < bm; ++r) {
           const int64_t i = i0 + r;
           next.rows(i, i + 1);
