@@ -529,7 +529,7 @@ void grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, int64_t 
       a.store(s);
       (a * Vec::loadu(dps) - e * gw).store(dps);
     }
-    if (!kMixMode) continue;  // one softmax, l >= 1: no hard rows, no dalpha
+    if (!kMixMode) continue;  // one softmax against its own lse (l ~ 1): no hard rows, no dalpha
     float redo[kV];
     Vec::blendv(zero, Vec(1.f), hard).store(redo);
     for (int64_t r = 0; r < std::min<int64_t>(kV, bm - c); ++r) {
