@@ -37,6 +37,8 @@
 
 #include <ATen/Parallel.h>
 
+#include <memory>
+
 #include "common/cpu_math.h"
 
 namespace stquery::cpu {
@@ -597,21 +599,18 @@ void scale_grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, fl
 }
 
 // Per-thread float32 scratch, zero-filled: the padding columns of Kt / Vt (keys that score 0, masked
-// by keyok) and of the score tiles are never written and stay 0.
+// by keyok) and of the score tiles are never written and stay 0. Each buffer taken is its own
+// allocation (a few per thread and call), so no size is worked out ahead of the takes.
 class Scratch {
  public:
-  explicit Scratch(int64_t n) : buf_(n) {}
   float* take(int64_t n) {
-    TORCH_INTERNAL_ASSERT(used_ + n <= static_cast<int64_t>(buf_.size()), "attention scratch overrun");
-    float* p = buf_.data() + used_;
-    used_ += n;
-    return p;
+    blocks_.push_back(std::make_unique<float[]>(n));  // value-initialised: zeros
+    return blocks_.back().get();
   }
   float* take_if(bool cond, int64_t n) { return cond ? take(n) : nullptr; }
 
  private:
-  std::vector<float> buf_;
-  int64_t used_ = 0;
+  std::vector<std::unique_ptr<float[]>> blocks_;
 };
 
 // Software prefetch of the rows of each tensor of a kernel (read, or written), kAhead sequences
@@ -679,9 +678,7 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
   const bool row_math = !by_keys || P.mode == kMix;
   const int64_t rows_w = by_keys ? 1 : BM;
   at::parallel_for(0, P.n_seq(), 1, [&](int64_t s0, int64_t s1) {
-    Scratch w(staged * (Nq + 2 * Nk + BM) * dp + !by_keys * dp * Nkp + Nkp +
-              row_math * (2 * rows_w + kMaxMasks + 1) * Nkp + by_keys * ((Nk + Pw) * BMp + Nk * P.p * kV) +
-              q_gemm * dp * BMp);
+    Scratch w;
     float* Qf = w.take_if(staged, Nq * dp);
     float* Kf = w.take_if(staged, Nk * dp);
     float* Vf = w.take_if(staged, Nk * dp);
@@ -796,9 +793,7 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
   const bool row_math = !by_keys || P.mode == kMix;
   const int64_t rows_w = by_keys ? 1 : BM;
   at::parallel_for(0, P.n_seq(), 1, [&](int64_t s0, int64_t s1) {
-    Scratch w(staged * (2 * Nq + 4 * Nk + BM) * dp + !by_keys * 2 * dp * Nkp + Nkp +
-              row_math * (4 * rows_w + kMaxMasks + 1) * Nkp + by_keys * ((2 * Nk + Pw) * BMp + Nk * P.p * kV) +
-              q_gemm * 2 * dp * BMp + scaled * Nk * BMp);
+    Scratch w;
     float* Qf = w.take_if(staged, Nq * dp);
     float* dOf = w.take_if(staged, Nq * dp);
     float* Kf = w.take_if(staged, Nk * dp);
