@@ -348,13 +348,13 @@ void scores(const Mat& Q, const float* Kt, int64_t bm, int64_t d, int64_t Nkp, f
   gemm(Q.p, Q.ld, 1, Kt, Nkp, bm, d, Nkp / kV, Into{S, Nkp, mul});
 }
 
-// Lanes (queries q0 + lane) that see key k: one Vec per mask, all-ones lanes or zero, into vis[j * kV].
-// The transposed row_masks: keyok (key padding, frame lengths) and global tokens applied the same way.
-void key_masks(const Problem& P, int64_t k, float keyok, int64_t q0, float* vis) {
+// Lanes (queries q0 + lane) that see key k, as if k were not padded: one Vec per mask, all-ones
+// lanes or zero, into vis[j * kV]. The transposed row_masks, global tokens applied the same way;
+// the kernels skip padded keys (keyok) themselves.
+void key_masks(const Problem& P, int64_t k, int64_t q0, float* vis) {
   const Vec zero(0.f), ones = zero == zero;
-  if (!(keyok > 0.f) || (k >= P.gs && k < P.ge)) {
-    const Vec all = keyok > 0.f ? ones : zero;
-    for (int j = 0; j < P.p; ++j) all.store(vis + j * kV);
+  if (k >= P.gs && k < P.ge) {
+    for (int j = 0; j < P.p; ++j) ones.store(vis + j * kV);
     return;
   }
   // query indices and bounds as floats: exact, lanes and bounds clipped to [-1, Nq]
@@ -377,6 +377,47 @@ void key_masks(const Problem& P, int64_t k, float keyok, int64_t q0, float* vis)
   }
 }
 
+// The mask lanes (key_masks) of a query block, every vector of queries c against every key:
+// [c / kV][k][j][kV]. They depend on where the block starts, not on the sequence, so a thread
+// builds them when its block position changes: once per call for sequences of one block (every
+// temporal attention up to 64 frames). NONE has none.
+class BlockMasks {
+ public:
+  BlockMasks(const Problem& P, float* lanes) : P_(P), lanes_(lanes) {}
+  const float* at(int64_t i0, int64_t bm) {
+    if (i0 != i0_ && P_.p) {
+      for (int64_t c = 0; c < bm; c += kV) {
+        for (int64_t k = 0; k < P_.Nk; ++k) key_masks(P_, k, i0 + c, lanes_ + ((c / kV) * P_.Nk + k) * P_.p * kV);
+      }
+      i0_ = i0;
+    }
+    return lanes_;
+  }
+
+ private:
+  const Problem& P_;
+  float* lanes_;
+  int64_t i0_ = -1;
+};
+
+// f(j) for each mask j < n (n <= kMaxMasks), unrolled: per-mask accumulators (Vec arrays indexed
+// by j) then stay in registers. Looped to a runtime n they live in memory, and the load-add-store
+// per key and mask was a sixth of the SCALE backward's own time.
+template <typename F>
+[[gnu::always_inline]] inline void each_mask(int n, F&& f) {
+#pragma GCC unroll 8
+  for (int j = 0; j < kMaxMasks; ++j) {
+    if (j < n) f(j);
+  }
+}
+
+// w = sum_j alpha_j M_j of a key over a vector of queries, from its mask lanes vis[j * kV] (SCALE).
+Vec mask_weight(const Seq& sq, int p, const float* vis) {
+  Vec w(0.f);
+  for (int j = 0; j < p; ++j) w = w + (Vec(sq.alpha[j]) & Vec::loadu(vis + j * kV));
+  return w;
+}
+
 // Softmax on transposed scores St [Nk, ldt] (lane r: query i0 + r), in place: St becomes the
 // attention weights A^T (sum_j alpha_j P_j^T in MIX; SCALE softmaxes s w over w > 0) and lse[j *
 // ldt + r] the log-sum-exp of query r under mask j (one, j = 0, in NONE and SCALE; -inf for a query
@@ -385,39 +426,36 @@ void key_masks(const Problem& P, int64_t k, float keyok, int64_t q0, float* vis)
 // a row's arithmetic when the row is a fraction of a vector (few keys), or with masks, which add
 // their own vector work per row. One exp per score, against the max over the union of the masks;
 // l_j are masked sums of those. A lane where some l_j < kTinySum is redone by hard_row(r), the
-// per-row path (fwd_row). on_key(k) is called once per key row (the caller's prefetch). vis:
-// scratch [Nk * p * kV] (MIX, SCALE).
+// per-row path (fwd_row). on_key(k) is called once per key row (the caller's prefetch). vis: the
+// block's mask lanes (BlockMasks; MIX, SCALE); wt: scratch [Nk * kV] (SCALE's w).
 template <int kMode, typename OnKey, typename HardRow>
 void softmax_keys(const Problem& P, const Seq& sq, float* St, int64_t ldt, int64_t bm, const float* keyok, int64_t i0,
-                  float* vis, float* lse, OnKey&& on_key, HardRow&& hard_row) {
+                  const float* vis, float* wt, float* lse, OnKey&& on_key, HardRow&& hard_row) {
   constexpr bool kMixMode = kMode == kMix, kScaleMode = kMode == kScale;
   const int64_t Nk = P.Nk;
   const int n = kMixMode ? P.p : 1;  // softmaxes per row
-  const Vec ninf(-kInf), zero(0.f), tiny(kTinySum), live_end(static_cast<float>(std::min(i0 + bm, sq.n_alive)));
-  // The lanes that see key k under softmax j (NONE: all lanes of a visible key, no vis needed).
-  const auto in = [&](int64_t k, int j) {
-    return kMode != kNone ? Vec::loadu(vis + (k * n + j) * kV) : Vec(0.f) == zero;
-  };
-  const auto any = [&](int64_t k) {
-    Vec u = in(k, 0);
-    for (int j = 1; j < n; ++j) u = u | in(k, j);
-    return u;
-  };
+  const Vec ninf(-kInf), zero(0.f), ones = zero == zero, tiny(kTinySum);
+  const Vec live_end(static_cast<float>(std::min(i0 + bm, sq.n_alive)));
   for (int64_t c = 0; c < bm; c += kV) {
+    const float* vc = vis + (c / kV) * Nk * P.p * kV;  // this vector's mask lanes
+    // The lanes that see (unpadded) key k under softmax j, and under any of them.
+    const auto in = [&](int64_t k, int j) { return kMixMode ? Vec::loadu(vc + (k * n + j) * kV) : ones; };
+    const auto any = [&](int64_t k) {
+      if constexpr (kScaleMode) return Vec::loadu(wt + k * kV) > zero;
+      Vec u = in(k, 0);
+      for (int j = 1; j < n; ++j) u = u | in(k, j);
+      return u;
+    };
     Vec m = ninf;
     for (int64_t k = 0; k < Nk; ++k) {
-      if (kMixMode) key_masks(P, k, keyok[k], i0 + c, vis + k * n * kV);
+      float* s = St + k * ldt + c;
       if (kScaleMode) {  // s * w over w = sum_j alpha_j M_j > 0
-        float masks[kMaxMasks * kV];
-        key_masks(P, k, keyok[k], i0 + c, masks);
-        Vec w = zero;
-        for (int j = 0; j < P.p; ++j) w = w + (Vec(sq.alpha[j]) & Vec::loadu(masks + j * kV));
-        float* s = St + k * ldt + c;
+        const Vec w = keyok[k] > 0.f ? mask_weight(sq, P.p, vc + k * P.p * kV) : zero;
+        w.store(wt + k * kV);
         (Vec::loadu(s) * w).store(s);
-        (w > zero).store(vis + k * kV);
       }
-      if (kMode == kNone && !(keyok[k] > 0.f)) continue;
-      m = at::vec::maximum(m, Vec::blendv(ninf, Vec::loadu(St + k * ldt + c), any(k)));
+      if (!(keyok[k] > 0.f)) continue;
+      m = at::vec::maximum(m, Vec::blendv(ninf, Vec::loadu(s), any(k)));
     }
     const Vec base = Vec::blendv(m, zero, m == ninf);
     Vec l[kMaxMasks], seen[kMaxMasks];
@@ -425,16 +463,16 @@ void softmax_keys(const Problem& P, const Seq& sq, float* St, int64_t ldt, int64
     for (int64_t k = 0; k < Nk; ++k) {
       if (c == 0) on_key(k);
       float* s = St + k * ldt + c;
-      if (kMode == kNone && !(keyok[k] > 0.f)) {
+      if (!(keyok[k] > 0.f)) {
         zero.store(s);
         continue;
       }
-      const Vec e = (Vec::loadu(s) - base).exp_u20();
-      (kMode != kNone ? e & any(k) : e).store(s);
-      for (int j = 0; j < n; ++j) {
-        l[j] = l[j] + (kMode != kNone ? e & in(k, j) : e);
-        seen[j] = seen[j] | in(k, j);
-      }
+      const Vec u = any(k), x = (Vec::loadu(s) - base).exp_u20(), e = kMode == kNone ? x : x & u;
+      e.store(s);
+      each_mask(n, [&](int j) {
+        l[j] = l[j] + (kMixMode ? e & in(k, j) : e);
+        seen[j] = seen[j] | (kMixMode ? in(k, j) : u);
+      });
     }
     const Vec live = Vec::arange(static_cast<float>(i0 + c), 1.f) < live_end;
     Vec coef[kMaxMasks], hard = zero;
@@ -472,7 +510,7 @@ void softmax_keys(const Problem& P, const Seq& sq, float* St, int64_t ldt, int64
 // its own dalpha); on_key and vis as in softmax_keys.
 template <int kMode, typename OnKey, typename HardRow>
 void grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, int64_t ldt, int64_t bm, const float* keyok,
-                int64_t i0, float* vis, const float* lse, double* dalpha, OnKey&& on_key, HardRow&& hard_row) {
+                int64_t i0, const float* vis, const float* lse, double* dalpha, OnKey&& on_key, HardRow&& hard_row) {
   constexpr bool kMixMode = kMode == kMix;
   const int64_t Nk = P.Nk;
   const int n = kMixMode ? P.p : 1;
@@ -486,15 +524,15 @@ void grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, int64_t 
       m = at::vec::maximum(m, Vec::blendv(ninf, x, lj[j]));
     }
     const Vec base = Vec::blendv(m, zero, m == ninf);
-    // The lanes that see (visible) key k under live mask j; its vis lanes (all in NONE).
-    const auto mask = [&](int64_t k, int j) { return kMixMode ? Vec::loadu(vis + (k * n + j) * kV) : zero == zero; };
+    const float* vc = vis + (c / kV) * Nk * P.p * kV;  // this vector's mask lanes
+    // The lanes that see (unpadded) key k under live mask j; its mask lanes (all in NONE).
+    const auto mask = [&](int64_t k, int j) { return kMixMode ? Vec::loadu(vc + (k * n + j) * kV) : zero == zero; };
     const auto in = [&](int64_t k, int j) { return mask(k, j) & lj[j]; };
     Vec l[kMaxMasks], g[kMaxMasks];
     for (int j = 0; j < n; ++j) l[j] = g[j] = zero;
     for (int64_t k = 0; k < Nk; ++k) {
       if (c == 0) on_key(k);
       float* s = St + k * ldt + c;
-      if (kMixMode) key_masks(P, k, keyok[k], i0 + c, vis + k * n * kV);
       if (!(keyok[k] > 0.f)) {
         zero.store(s);
         continue;
@@ -503,11 +541,11 @@ void grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, int64_t 
       for (int j = 1; j < n; ++j) any = any | in(k, j);
       const Vec e = (Vec::loadu(s) - base).exp_u20() & any, edp = e * Vec::loadu(DPt + k * ldt + c);
       e.store(s);
-      for (int j = 0; j < n; ++j) {
+      each_mask(n, [&](int j) {
         const Vec vis_j = in(k, j);
         l[j] = l[j] + (e & vis_j);
         g[j] = g[j] + (edp & vis_j);
-      }
+      });
     }
     Vec coef[kMaxMasks], cd[kMaxMasks], hard = zero;
     float delta[kMaxMasks][kV];
@@ -545,53 +583,51 @@ void grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, int64_t 
 }
 
 // The SCALE backward on transposed tiles (St scores, DPt dP, lse as in grads_keys): per key, w =
-// sum_j alpha_j M_j over the query lanes, A = exp(s w - lse) over w > 0 normalised again (Et holds
-// the exps between the passes), delta = sum_k A dP, g = A (dP - delta), dS = g w, dalpha_j = sum_k
-// g s M_j; St becomes A^T and DPt dS^T, and each lane's dalpha_j is added in row order. One
-// softmax per row over the forward's lse: no lane needs the per-row path.
+// sum_j alpha_j M_j over the query lanes (kept in wt [Nk * kV]), A = exp(s w - lse) over w > 0
+// normalised again (Et holds the exps between the passes), delta = sum_k A dP, g = A (dP - delta),
+// dS = g w, dalpha_j = sum_k g s M_j; St becomes A^T and DPt dS^T, and each lane's dalpha_j is
+// added in row order. One softmax per row over the forward's lse: no lane needs the per-row path.
 template <typename OnKey>
 void scale_grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, float* Et, int64_t ldt, int64_t bm,
-                      const float* keyok, int64_t i0, float* vis, const float* lse, double* dalpha, OnKey&& on_key) {
+                      const float* keyok, int64_t i0, const float* vis, float* wt, const float* lse, double* dalpha,
+                      OnKey&& on_key) {
   const int64_t Nk = P.Nk;
   const int p = P.p;
   const Vec ninf(-kInf), zero(0.f), live_end(static_cast<float>(std::min(i0 + bm, sq.n_alive)));
-  const auto weight = [&](int64_t k) {  // w = sum_j alpha_j M_j of key k
-    Vec w = zero;
-    for (int j = 0; j < p; ++j) w = w + (Vec(sq.alpha[j]) & Vec::loadu(vis + (k * p + j) * kV));
-    return w;
-  };
   for (int64_t c = 0; c < bm; c += kV) {
+    const float* vc = vis + (c / kV) * Nk * p * kV;  // this vector's mask lanes
     const Vec x = Vec::loadu(lse + c);
     const Vec live = (Vec::arange(static_cast<float>(i0 + c), 1.f) < live_end) & (x > ninf);
     const Vec base = Vec::blendv(zero, x, live);
     // s w rounded in memory, as the forward saw it: fused into exp's argument (the compiler contracts
     // s * w - lse to an FMA) it differs by up to half an ulp of s w, which for logits of 1e10 is 512.
     for (int64_t k = 0; k < Nk; ++k) {
-      key_masks(P, k, keyok[k], i0 + c, vis + k * p * kV);
-      (Vec::loadu(St + k * ldt + c) * weight(k)).store(Et + k * ldt + c);
+      const Vec w = keyok[k] > 0.f ? mask_weight(sq, p, vc + k * p * kV) : zero;
+      w.store(wt + k * kV);
+      (Vec::loadu(St + k * ldt + c) * w).store(Et + k * ldt + c);
     }
     Vec l = zero, edp = zero;
     for (int64_t k = 0; k < Nk; ++k) {
       if (c == 0) on_key(k);
       float* e_k = Et + k * ldt + c;
-      const Vec e = (Vec::loadu(e_k) - base).exp_u20() & (weight(k) > zero) & live;
+      const Vec e = (Vec::loadu(e_k) - base).exp_u20() & (Vec::loadu(wt + k * kV) > zero) & live;
       e.store(e_k);
       l = l + e;
       edp = at::vec::fmadd(e, Vec::loadu(DPt + k * ldt + c), edp);
     }
     const Vec inv = Vec::blendv(zero, Vec(1.f) / l, l > zero), delta = edp * inv;
     Vec da[kMaxMasks];
-    for (int j = 0; j < p; ++j) da[j] = zero;
+    each_mask(p, [&](int j) { da[j] = zero; });
     for (int64_t k = 0; k < Nk; ++k) {
       float* s = St + k * ldt + c;
       float* dps = DPt + k * ldt + c;
       const Vec a = Vec::loadu(Et + k * ldt + c) * inv, g = a * (Vec::loadu(dps) - delta), gs = g * Vec::loadu(s);
-      for (int j = 0; j < p; ++j) da[j] = da[j] + (gs & Vec::loadu(vis + (k * p + j) * kV));
-      (g * weight(k)).store(dps);
+      each_mask(p, [&](int j) { da[j] = da[j] + (gs & Vec::loadu(vc + (k * p + j) * kV)); });
+      (g * Vec::loadu(wt + k * kV)).store(dps);
       a.store(s);
     }
     float lanes[kMaxMasks][kV];
-    for (int j = 0; j < p; ++j) da[j].store(lanes[j]);
+    each_mask(p, [&](int j) { da[j].store(lanes[j]); });
     for (int64_t r = 0; r < std::min<int64_t>(kV, bm - c); ++r) {
       for (int j = 0; j < p; ++j) dalpha[j] += lanes[j][r];
     }
@@ -663,6 +699,7 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
   // it was 2-5% slower past few keys), the mix forward half less at T = 4 and 8 and 7-18% at 16-64.
   const bool by_keys = on_tiles(P, BM);
   const bool q_gemm = by_keys && !few_keys(Nk);  // S^T = K Q^T as a product with a transposed Q
+  const bool scaled = P.mode == kScale;
   const Rows qs = rows_of(q_t, P.frames), ks = rows_of(k_t, P.frames), vs = rows_of(v_t, P.frames);
   const Rows os = rows_of(o_t, P.frames), ss = rows_of(stats_t, P.frames);
   const T* q = q_t.const_data_ptr<T>();
@@ -691,7 +728,8 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
     float* tmp = w.take_if(row_math, Nkp);
     float* St = w.take_if(by_keys, Nk * BMp);
     float* lse = w.take_if(by_keys, Pw * BMp);
-    float* vis = w.take_if(by_keys, Nk * P.p * kV);
+    BlockMasks masks(P, w.take_if(by_keys, BMp * Nk * P.p));
+    float* wt = w.take_if(scaled, Nk * kV);
     float* Qt = w.take_if(q_gemm, dp * BMp);
     for (int64_t seq = s0; seq < s1; ++seq) {
       const auto next = prefetch.next(seq, s1);
@@ -721,12 +759,13 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
             for (int64_t k = 0; k < Nk; ++k) St[k * BMp + r] = W[k];
             for (int j = 0; j < Pw; ++j) lse[j * BMp + r] = st[j];
           };
+          const float* vis = masks.at(i0, bm);
           if (P.mode == kMix) {
-            softmax_keys<kMix>(P, sq, St, BMp, bm, keyok, i0, vis, lse, prefetch_key, hard_row);
-          } else if (P.mode == kScale) {
-            softmax_keys<kScale>(P, sq, St, BMp, bm, keyok, i0, vis, lse, prefetch_key, hard_row);
+            softmax_keys<kMix>(P, sq, St, BMp, bm, keyok, i0, vis, wt, lse, prefetch_key, hard_row);
+          } else if (scaled) {
+            softmax_keys<kScale>(P, sq, St, BMp, bm, keyok, i0, vis, wt, lse, prefetch_key, hard_row);
           } else {
-            softmax_keys<kNone>(P, sq, St, BMp, bm, keyok, i0, vis, lse, prefetch_key, hard_row);
+            softmax_keys<kNone>(P, sq, St, BMp, bm, keyok, i0, vis, wt, lse, prefetch_key, hard_row);
           }
           for (int64_t r = 0; r < bm; ++r) {
             float* st = stats + ss.at(sq.b, sq.l, sq.h, i0 + r);
@@ -813,10 +852,11 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
     float* St = w.take_if(by_keys, Nk * BMp);
     float* DPt = w.take_if(by_keys, Nk * BMp);
     float* lse = w.take_if(by_keys, Pw * BMp);
-    float* vis = w.take_if(by_keys, Nk * P.p * kV);
+    BlockMasks masks(P, w.take_if(by_keys, BMp * Nk * P.p));
     float* Qt = w.take_if(q_gemm, dp * BMp);
     float* dOt = w.take_if(q_gemm, dp * BMp);
     float* Et = w.take_if(scaled, Nk * BMp);
+    float* wt = w.take_if(scaled, Nk * kV);
     for (int64_t seq = s0; seq < s1; ++seq) {
       const auto next = prefetch.next(seq, s1);
       const Seq sq = make_seq(P, seq, keyok, Nkp);
@@ -854,8 +894,9 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
           bwd_row(P, sq, i, S, DP, keyok, mj, tmp, stats + ss.at(sq.b, sq.l, sq.h, i), A, DS, da, Nkp);
           for (int64_t k = 0; k < Nk; ++k) St[k * BMp + r] = A[k], DPt[k * BMp + r] = DS[k];
         };
+        const float* vis = masks.at(i0, bm);
         if (scaled) {
-          scale_grads_keys(P, sq, St, DPt, Et, BMp, bm, keyok, i0, vis, lse, da, prefetch_key);
+          scale_grads_keys(P, sq, St, DPt, Et, BMp, bm, keyok, i0, vis, wt, lse, da, prefetch_key);
         } else if (P.mode == kMix) {
           grads_keys<kMix>(P, sq, St, DPt, BMp, bm, keyok, i0, vis, lse, da, prefetch_key, hard_row);
         } else {
