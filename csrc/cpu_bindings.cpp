@@ -1,9 +1,11 @@
 // pybind11 glue for the cpu backend (stquery/backends/cpu_backend.py), built just in time with the
-// host compiler. The kernels live in csrc/<op>/<op>_cpu.cpp; outputs are allocated by the caller,
-// except attention's, which attention_autograd_cpu.cpp allocates (and records autograd for) in C++.
+// host compiler. The kernels live in csrc/<op>/<op>_cpu.cpp; outputs are allocated by the caller
+// (through `empty`), except attention's, which attention_autograd_cpu.cpp allocates (and records
+// autograd for) in C++. Every output buffer comes from common/output_cache.h.
 #include <torch/extension.h>
 
 #include "attention/attention_autograd_cpu.h"
+#include "common/output_cache.h"
 #include "pool/pool_cpu.h"
 #include "topk/topk_cpu.h"
 
@@ -20,4 +22,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("multiscale_pool_bwd", &multiscale_pool_bwd, "multi-scale pooling backward (fills dy)");
   m.def("st_pool_fwd", &st_pool_fwd, "spatio-temporal means in one pass (fills temporal, spatial)");
   m.def("st_pool_bwd", &st_pool_bwd, "spatio-temporal pooling backward (fills dx)");
+  m.def("empty", &cached_empty, "an uninitialised contiguous output from the output cache");
+  m.def("empty_cache", [] { OutputCache::get().empty_cache(); }, "free the output cache's buffers");
+  m.def("cached_bytes", [] { return OutputCache::get().cached_bytes(); }, "bytes the output cache holds");
 }

@@ -12,6 +12,7 @@
 
 #include "attention/attention_cpu.h"
 #include "common/cpu_math.h"
+#include "common/output_cache.h"
 
 namespace stquery::cpu {
 namespace {
@@ -28,7 +29,7 @@ struct Static {  // everything but the tensors, as the entry points take it
 };
 
 at::Tensor output(at::IntArrayRef shape, at::ScalarType dtype, bool poison) {
-  at::Tensor t = at::empty(shape, dtype);
+  at::Tensor t = cached_empty(shape, dtype);
   if (poison) t.fill_(std::numeric_limits<double>::quiet_NaN());
   return t;
 }

@@ -958,7 +958,6 @@ void attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
               "stats: expected float32 [.., P] with stride(-1) == 1");
   const Problem P = make_problem(q, k, alpha, dense, key_padding, frame_lengths, frames, kinds, radii, global_start,
                                  global_end, mode, scale);
-  advise_huge_pages(out.data_ptr(), out.nbytes());
   dispatch_float(q.scalar_type(), "attention_fwd", [&](auto t) { fwd_impl<decltype(t)>(P, q, k, v, out, stats); });
 }
 
@@ -982,7 +981,6 @@ void attention_bwd(const at::Tensor& grad_out, const at::Tensor& q, const at::Te
                 "dalpha: expected contiguous float32 [B*L*H, p]");
     da = dalpha->data_ptr<float>();
   }
-  for (at::Tensor* g : {&dq, &dk, &dv}) advise_huge_pages(g->data_ptr(), g->nbytes());
   dispatch_float(q.scalar_type(), "attention_bwd",
                  [&](auto t) { bwd_impl<decltype(t)>(P, grad_out, q, k, v, stats, dq, dk, dv, da); });
 }

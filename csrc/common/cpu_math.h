@@ -18,9 +18,6 @@
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 #include <immintrin.h>
 #endif
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
 
 namespace stquery::cpu {
 
@@ -262,7 +259,7 @@ struct Into {
   }
 };
 
-// ------------------------------------------------------------------------ rows read in place, fresh outputs
+// ------------------------------------------------------------------------ rows read in place
 // src[0, n) as float32: src itself for float, else converted into stage[0, n).
 template <typename T>
 inline const float* as_float(const T* src, float* stage, int64_t n) {
@@ -272,18 +269,6 @@ inline const float* as_float(const T* src, float* stage, int64_t n) {
     at::vec::convert(src, stage, n);
     return stage;
   }
-}
-
-// Asks for 2 MiB pages under the whole 2 MiB-aligned part of an output buffer the kernel is about to
-// write first (transparent huge pages in "madvise" mode): a fresh 64 MiB tensor then takes 32 page
-// faults instead of 16384, about 20 ms less CPU time on the project's VM. A hint: no effect elsewhere.
-inline void advise_huge_pages(void* data, int64_t bytes) {
-#ifdef __linux__
-  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
-  const uintptr_t lo = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t hi = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHuge - 1);
-  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
-#endif
 }
 
 }  // namespace stquery::cpu

@@ -152,7 +152,6 @@ void st_pool_fwd(const at::Tensor& x, at::Tensor& temporal, at::Tensor& spatial)
 void st_pool_bwd(const at::Tensor& grad_temporal, const at::Tensor& grad_spatial, at::Tensor& dx) {
   TORCH_CHECK(grad_temporal.stride(2) == 1 && grad_spatial.stride(2) == 1 && dx.stride(3) == 1,
               "st_pool_bwd: the last dims must be contiguous");
-  advise_huge_pages(dx.data_ptr(), dx.nbytes());
   dispatch_float(dx.scalar_type(), "st_pool_bwd",
                  [&](auto t) { st_pool_bwd_impl<decltype(t)>(grad_temporal, grad_spatial, dx); });
 }
@@ -165,7 +164,6 @@ void multiscale_pool_fwd(const at::Tensor& y, const std::vector<int64_t>& scales
 
 void multiscale_pool_bwd(const at::Tensor& grad, const std::vector<int64_t>& scales, at::Tensor& dy) {
   TORCH_CHECK(grad.dim() == 3 && grad.stride(2) == 1, "grad: expected [B, M, C] with stride(-1) == 1");
-  advise_huge_pages(dy.data_ptr(), dy.nbytes());
   dispatch_float(dy.scalar_type(), "multiscale_pool_bwd",
                  [&](auto t) { multiscale_bwd_impl<decltype(t)>(grad, scales, dy); });
 }

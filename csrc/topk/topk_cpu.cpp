@@ -179,7 +179,6 @@ void gather_gate_bwd(const at::Tensor& grad_y, const at::Tensor& x, const at::Te
   TORCH_CHECK(grad_y.stride(2) == 1 && x.stride(2) == 1, "gather_gate_bwd: the last dims must be contiguous");
   const Gate g = gate_of(gate);
   TORCH_CHECK(g == Gate::kNone || dscores.has_value(), "dscores: required with a gate");
-  advise_huge_pages(dx.data_ptr(), dx.nbytes());
   dispatch_float(x.scalar_type(), "gather_gate_bwd", [&](auto t) {
     using T = decltype(t);
     T* ds = dscores.has_value() ? dscores->data_ptr<T>() : nullptr;

@@ -8,12 +8,13 @@ does. The kernels run on ATen's thread pool (``at::parallel_for``, governed by
 float32 registers: fp16/bf16 are converted on load, accumulation is float32, and every output
 element is computed by one task in a fixed order, so results do not depend on the thread count.
 
-Outputs are allocated through :func:`stquery.kernels.empty` (poisoned under the tests) and filled in
-place, except attention's: ``csrc/attention/attention_autograd_cpu.cpp`` allocates them in C++ (poisoned
-when :func:`stquery.kernels.poisoned`) and, for the eager call that records autograd,
-:meth:`CpuBackend.attention_recorded`, also records the backward as a C++ autograd node. On a small
-call the Python allocations and ``torch.autograd.Function`` cost more than the kernel
-(``bench/host_overhead.py``).
+Outputs come from the extension's output cache (``csrc/common/output_cache.h``: freed output buffers
+are kept for the next call instead of being handed back to the OS and faulted in again; see
+:func:`empty_cache`), poisoned under the tests, and are filled in place. Attention's are allocated in
+C++ by ``csrc/attention/attention_autograd_cpu.cpp`` (poisoned when :func:`stquery.kernels.poisoned`),
+which, for the eager call that records autograd, :meth:`CpuBackend.attention_recorded`, also records
+the backward as a C++ autograd node. On a small call the Python allocations and
+``torch.autograd.Function`` cost more than the kernel (``bench/host_overhead.py``).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import functools
 import torch
 
 from . import jit
-from ..kernels import empty, poisoned
+from ..kernels import poison, poisoned
 from ..ops.common import KERNEL_DTYPES as DTYPES
 from ..ops.pool.problem import pooled_length
 
@@ -30,7 +31,6 @@ SOURCES = ("cpu_bindings.cpp", "attention/attention_cpu.cpp", "attention/attenti
            "pool/pool_cpu.cpp", "topk/topk_cpu.cpp")
 OPS = frozenset({"attention", "topk_select", "gather_gate", "multiscale_pool", "st_pool"})
 CACHE_ENV = "STQUERY_CPU_CACHE"  # the build cache's folder (default: torch's extensions folder)
-_CPU = torch.device("cpu")  # parsed once, not on every allocation
 
 
 def cflags() -> list[str]:
@@ -66,8 +66,15 @@ def _build_error() -> str | None:
 
 
 def _empty(shape, dtype) -> torch.Tensor:
-    """An output the kernels write in full, on CPU (the one kernel-output allocator)."""
-    return empty(shape, dtype, _CPU)
+    """An output the kernels write in full, from the extension's output cache (``csrc/common/output_cache.h``)."""
+    return poison(module().empty(shape, dtype))
+
+
+def empty_cache() -> None:
+    """Frees the buffers the cpu backend's output cache holds (``STQUERY_CPU_OUTPUT_CACHE_MB`` caps it;
+    outputs still alive go back to it when freed). Does nothing if the extension was never built."""
+    if module.cache_info().currsize:
+        module().empty_cache()
 
 
 class CpuBackend:
