@@ -6,7 +6,8 @@ Both are built as separate extensions, and the calls alternate between them roun
 issue 13's headline attention shape (fp32, L=32, H=12, d=64, B·T=256; DAR: window(1), window(2),
 global, alpha per (b, l)). Whatever else the machine does slows both alike, so their ratio holds
 where single timings on a shared VM drift by ±30% (two copies of the same tree read within ±2% at
-10 rounds). Prints the minimum ms of each and B/A, forward and forward+backward. After an edit near
+10 rounds). Prints the minimum ms of each and B/A, forward and forward+backward, then the medians
+(which also count the calls that waited on memory or on a neighbour). After an edit near
 ``prefetch_rows``, also check that ``objdump -d`` of the built extension still shows prefetch
 instructions (tests/kernels/test_attention.py does for main).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -68,7 +70,7 @@ def main() -> None:
                 torch.autograd.grad(stq.temporal_attention(*leaves, T, backend="cpu", **kw), inputs, g)
 
             for label, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
-                best = [float("inf")] * len(versions)
+                times: list = [[] for _ in versions]
                 for r in range(args.rounds):
                     for i, version in enumerate(versions):
                         current[0] = version
@@ -76,9 +78,10 @@ def main() -> None:
                             fn()  # warm-up
                         start = time.perf_counter()
                         fn()
-                        best[i] = min(best[i], time.perf_counter() - start)
-                a, b = (t * 1e3 for t in best)
-                print(f"T={T:3d} {mode:5s} {label:7s} A {a:8.2f}  B {b:8.2f}  B/A {b / a:.3f}", flush=True)
+                        times[i].append((time.perf_counter() - start) * 1e3)
+                (a, b), (ma, mb) = ([f(t) for t in times] for f in (min, statistics.median))
+                print(f"T={T:3d} {mode:5s} {label:7s} A {a:8.2f}  B {b:8.2f}  B/A {b / a:.3f}  "
+                      f"(medians {ma:.2f}, {mb:.2f}: {mb / ma:.3f})", flush=True)
 
 
 if __name__ == "__main__":
