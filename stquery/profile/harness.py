@@ -3,7 +3,7 @@
 Timing on a shared machine: a call of 0.05 ms timed alone measures the scheduler (a neighbour's
 time slice of several ms lands on some calls and not others). So each implementation is called in
 batches of at least ``Config.batch_ms`` (the per-call time is the batch's over its count), and the
-implementations of one shape take turns batch by batch (the order rotating each round), so that a
+implementations of one shape take turns batch by batch (in a new order each round), so that a
 neighbour's load falls on all of them alike and their ratios hold. ms, p20 and p80 are over the
 batches. On CUDA each call is timed with events after an L2 flush (as ``triton.testing.do_bench``).
 """
@@ -13,6 +13,7 @@ import dataclasses
 import math
 import os
 import platform
+import random
 import sys
 import time
 from dataclasses import dataclass
@@ -189,12 +190,16 @@ def quantile(xs: list, q: float) -> float:
 
 def interleaved(fns: dict, device: torch.device, batch_ms: float, samples: int) -> dict:
     """``{name: [ms per call of each batch]}``: every fn calibrated to ``batch_ms`` batches, then
-    ``samples`` rounds in which each fn runs one batch, the order rotating each round."""
+    ``samples`` rounds in which each fn runs one batch, in a new order each round (shuffled, with a
+    fixed seed). Rotating one order keeps the cyclic order, so each fn would nearly always run
+    right after the same neighbour and take that neighbour's aftermath alone (on the project's VM,
+    the cpu backend's DAR mix at T = 4 took 12.6 ms timed alone and 18.9 ms in turns with the
+    head-fold peer, whose calls allocate heavily)."""
     counts = {name: calls_per_batch(fn, device, batch_ms) for name, fn in fns.items()}
     times: dict = {name: [] for name in fns}
-    names = list(fns)
-    for r in range(samples if names else 0):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+    names, order = list(fns), random.Random(0)
+    for _ in range(samples if names else 0):
+        for name in order.sample(names, len(names)):
             times[name].append(run_batch(fns[name], counts[name], device))
     return {name: (times[name], counts[name] * samples) for name in names}
 
