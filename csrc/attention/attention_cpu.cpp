@@ -387,12 +387,15 @@ class BlockMasks {
   const float* at(int64_t i0, int64_t bm) {
     if (i0 != i0_ && P_.p) {
       for (int64_t c = 0; c < bm; c += kV) {
-        for (int64_t k = 0; k < P_.Nk; ++k) key_masks(P_, k, i0 + c, lanes_ + ((c / kV) * P_.Nk + k) * P_.p * kV);
+        float* vc = lanes_ + offset(P_, c);
+        for (int64_t k = 0; k < P_.Nk; ++k) key_masks(P_, k, i0 + c, vc + k * P_.p * kV);
       }
       i0_ = i0;
     }
     return lanes_;
   }
+  // Where the lanes of the block's vector of queries c start (key k, mask j: + (k * p + j) * kV).
+  static int64_t offset(const Problem& P, int64_t c) { return (c / kV) * P.Nk * P.p * kV; }
 
  private:
   const Problem& P_;
@@ -437,7 +440,7 @@ void softmax_keys(const Problem& P, const Seq& sq, float* St, int64_t ldt, int64
   const Vec ninf(-kInf), zero(0.f), ones = zero == zero, tiny(kTinySum);
   const Vec live_end(static_cast<float>(std::min(i0 + bm, sq.n_alive)));
   for (int64_t c = 0; c < bm; c += kV) {
-    const float* vc = vis + (c / kV) * Nk * P.p * kV;  // this vector's mask lanes
+    const float* vc = vis + BlockMasks::offset(P, c);  // this vector's mask lanes
     // The lanes that see (unpadded) key k under softmax j, and under any of them.
     const auto in = [&](int64_t k, int j) { return kMixMode ? Vec::loadu(vc + (k * n + j) * kV) : ones; };
     const auto any = [&](int64_t k) {
@@ -524,7 +527,7 @@ void grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, int64_t 
       m = at::vec::maximum(m, Vec::blendv(ninf, x, lj[j]));
     }
     const Vec base = Vec::blendv(m, zero, m == ninf);
-    const float* vc = vis + (c / kV) * Nk * P.p * kV;  // this vector's mask lanes
+    const float* vc = vis + BlockMasks::offset(P, c);  // this vector's mask lanes
     // The lanes that see (unpadded) key k under live mask j; its mask lanes (all in NONE).
     const auto mask = [&](int64_t k, int j) { return kMixMode ? Vec::loadu(vc + (k * n + j) * kV) : zero == zero; };
     const auto in = [&](int64_t k, int j) { return mask(k, j) & lj[j]; };
@@ -595,7 +598,7 @@ void scale_grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, fl
   const int p = P.p;
   const Vec ninf(-kInf), zero(0.f), live_end(static_cast<float>(std::min(i0 + bm, sq.n_alive)));
   for (int64_t c = 0; c < bm; c += kV) {
-    const float* vc = vis + (c / kV) * Nk * p * kV;  // this vector's mask lanes
+    const float* vc = vis + BlockMasks::offset(P, c);  // this vector's mask lanes
     const Vec x = Vec::loadu(lse + c);
     const Vec live = (Vec::arange(static_cast<float>(i0 + c), 1.f) < live_end) & (x > ninf);
     const Vec base = Vec::blendv(zero, x, live);
