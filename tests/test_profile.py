@@ -176,11 +176,19 @@ def test_interleaved_timing_takes_turns():
     times = harness.interleaved(fns, CPU, batch_ms=0.0, samples=3)
     assert {n: len(t) for n, (t, reps) in times.items()} == {"a": 3, "b": 3, "c": 3}
     timed = calls[9:]  # after three calibration calls each
-    rounds = [timed[i:i + 3] for i in range(0, 9, 3)]
+    assert timed[0::2] == timed[1::2]  # each batch after an untimed call of the same fn (settle)
+    rounds = [timed[i:i + 6:2] for i in range(0, 18, 6)]
     assert all(sorted(r) == list("abc") for r in rounds)  # each round: every fn once
     calls.clear()
     harness.interleaved(fns, CPU, batch_ms=0.0, samples=3)
     assert calls[9:] == timed  # the same orders on every run (a fixed seed)
+
+
+def test_settle_gives_the_free_heap_back_then_calls_once(monkeypatch):
+    trims, calls = [], []
+    monkeypatch.setattr(harness, "_malloc_trim", lambda: trims.append)
+    harness.settle(lambda: calls.append(len(trims)), CPU)
+    assert trims == [0] and calls == [1]  # trimmed first, then one call
 
 
 def test_register_adds_the_subcommand_with_this_device_defaults(capsys):

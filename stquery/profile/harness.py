@@ -4,12 +4,16 @@ Timing on a shared machine: a call of 0.05 ms timed alone measures the scheduler
 time slice of several ms lands on some calls and not others). So each implementation is called in
 batches of at least ``Config.batch_ms`` (the per-call time is the batch's over its count), and the
 implementations of one shape take turns batch by batch (in a new order each round), so that a
-neighbour's load falls on all of them alike and their ratios hold. ms, p20 and p80 are over the
-batches. On CUDA each call is timed with events after an L2 flush (as ``triton.testing.do_bench``).
+neighbour's load falls on all of them alike and their ratios hold. Each batch follows one untimed
+call, after the heap earlier batches freed went back to the OS (:func:`settle`), so it runs in its
+own steady state. ms, p20 and p80 are over the batches. On CUDA each call is timed with events
+after an L2 flush (as ``triton.testing.do_bench``).
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import functools
 import math
 import os
 import platform
@@ -188,18 +192,38 @@ def quantile(xs: list, q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
+@functools.lru_cache(maxsize=None)
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim`` (None elsewhere: musl, macOS, Windows)."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def settle(fn: Callable[[], Any], device: torch.device) -> None:
+    """Before each timed batch: on CPU, give the heap that earlier batches left free back to the OS
+    (glibc's ``malloc_trim``); then call ``fn`` once, untimed. The batch then runs in ``fn``'s own
+    steady state, as in a user's loop, and pays for no other implementation's garbage."""
+    trim = _malloc_trim() if device.type == "cpu" else None
+    if trim is not None:
+        trim(0)
+    fn()
+    sync(device)
+
+
 def interleaved(fns: dict, device: torch.device, batch_ms: float, samples: int) -> dict:
     """``{name: [ms per call of each batch]}``: every fn calibrated to ``batch_ms`` batches, then
-    ``samples`` rounds in which each fn runs one batch, in a new order each round (shuffled, with a
-    fixed seed). Rotating one order keeps the cyclic order, so each fn would nearly always run
-    right after the same neighbour and take that neighbour's aftermath alone (on the project's VM,
-    the cpu backend's DAR mix at T = 4 took 12.6 ms timed alone and 18.9 ms in turns with the
-    head-fold peer, whose calls allocate heavily)."""
+    ``samples`` rounds in which each fn runs one batch after :func:`settle`, in a new order each
+    round (shuffled, with a fixed seed, so no fn always follows the same neighbour).
+    Unsettled, glibc gave the heap one fn had freed back to the OS during the next one's calls,
+    which then took the cost (docs/profiling.md §6.3 has the numbers)."""
     counts = {name: calls_per_batch(fn, device, batch_ms) for name, fn in fns.items()}
     times: dict = {name: [] for name in fns}
     names, order = list(fns), random.Random(0)
     for _ in range(samples if names else 0):
         for name in order.sample(names, len(names)):
+            settle(fns[name], device)
             times[name].append(run_batch(fns[name], counts[name], device))
     return {name: (times[name], counts[name] * samples) for name in names}
 
