@@ -458,7 +458,8 @@ void softmax_keys(const Problem& P, const Seq& sq, float* St, int64_t ldt, int64
         (Vec::loadu(s) * w).store(s);
       }
       if (!(keyok[k] > 0.f)) continue;
-      m = at::vec::maximum(m, Vec::blendv(ninf, Vec::loadu(s), any(k)));
+      const Vec x = Vec::loadu(s);
+      m = max_scores(m, kMode == kNone ? x : Vec::blendv(ninf, x, any(k)));
     }
     const Vec base = Vec::blendv(m, zero, m == ninf);
     Vec l[kMaxMasks], seen[kMaxMasks];

@@ -110,6 +110,11 @@ inline float hsum(const Vec& v) {
   return at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, v);
 }
 
+// Lane-wise max(a, b) in one instruction, for running maxima of scores. It does not propagate NaN
+// (where either is NaN the lane gets b; at::vec::maximum propagates it, with three more
+// instructions): a NaN score reaches the softmax sums through its exp all the same.
+inline Vec max_scores(const Vec& a, const Vec& b) { return at::vec::clamp_min(b, a); }
+
 inline float hmax(const Vec& v) {
   return at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, v);
 }
@@ -119,7 +124,7 @@ inline float masked_max(const float* s, const float* w, int64_t n) {
   Vec m(-kInf);
   const Vec zero(0.f), ninf(-kInf);
   for (int64_t k = 0; k < n; k += kV) {
-    m = at::vec::maximum(m, Vec::blendv(ninf, Vec::loadu(s + k), Vec::loadu(w + k) > zero));
+    m = max_scores(m, Vec::blendv(ninf, Vec::loadu(s + k), Vec::loadu(w + k) > zero));
   }
   return hmax(m);
 }
