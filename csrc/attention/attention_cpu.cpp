@@ -380,27 +380,54 @@ void key_masks(const Problem& P, int64_t k, int64_t q0, float* vis) {
 // The mask lanes (key_masks) of a query block, every vector of queries c against every key:
 // [c / kV][k][j][kV]. They depend on where the block starts, not on the sequence, so a thread
 // builds them when its block position changes: once per call for sequences of one block (every
-// temporal attention up to 64 frames). NONE has none.
+// temporal attention up to 64 frames). NONE has none. With a weights buffer, also SCALE's
+// w = sum_j alpha_j M_j of the block ([c / kV][k][kV], padded keys not applied), rebuilt when the
+// block or the sequence's alpha changes: the heads of a (b, l) share it when alpha is broadcast
+// over them.
 class BlockMasks {
  public:
-  BlockMasks(const Problem& P, float* lanes) : P_(P), lanes_(lanes) {}
+  BlockMasks(const Problem& P, float* lanes, float* weights = nullptr) : P_(P), lanes_(lanes), weights_(weights) {}
   const float* at(int64_t i0, int64_t bm) {
     if (i0 != i0_ && P_.p) {
       for (int64_t c = 0; c < bm; c += kV) {
         float* vc = lanes_ + offset(P_, c);
         for (int64_t k = 0; k < P_.Nk; ++k) key_masks(P_, k, i0 + c, vc + k * P_.p * kV);
       }
-      i0_ = i0;
+      i0_ = i0, bm_ = bm, w_i0_ = -1;
     }
     return lanes_;
   }
+  // SCALE's w of the block of the last at(), for sequence sq.
+  const float* weights(const Seq& sq) {
+    if (w_i0_ != i0_ || !std::equal(sq.alpha, sq.alpha + P_.p, alpha_)) {
+      for (int64_t c = 0; c < bm_; c += kV) {
+        const float* vc = lanes_ + offset(P_, c);
+        float* wc = weights_ + weight_offset(P_, c);
+        for (int64_t k = 0; k < P_.Nk; ++k) mask_weight(sq, P_.p, vc + k * P_.p * kV).store(wc + k * kV);
+      }
+      std::copy(sq.alpha, sq.alpha + P_.p, alpha_);
+      w_i0_ = i0_;
+    }
+    return weights_;
+  }
   // Where the lanes of the block's vector of queries c start (key k, mask j: + (k * p + j) * kV).
   static int64_t offset(const Problem& P, int64_t c) { return (c / kV) * P.Nk * P.p * kV; }
+  // Where its weights start (key k: + k * kV).
+  static int64_t weight_offset(const Problem& P, int64_t c) { return (c / kV) * P.Nk * kV; }
 
  private:
+  // w = sum_j alpha_j M_j of a key over a vector of queries, from its mask lanes vis[j * kV].
+  static Vec mask_weight(const Seq& sq, int p, const float* vis) {
+    Vec w(0.f);
+    for (int j = 0; j < p; ++j) w = w + (Vec(sq.alpha[j]) & Vec::loadu(vis + j * kV));
+    return w;
+  }
+
   const Problem& P_;
   float* lanes_;
-  int64_t i0_ = -1;
+  float* weights_;
+  int64_t i0_ = -1, bm_ = 0, w_i0_ = -1;
+  float alpha_[kMaxMasks] = {};
 };
 
 // f(j) for each mask j < n (n <= kMaxMasks), unrolled: per-mask accumulators (Vec arrays indexed
@@ -414,13 +441,6 @@ template <typename F>
   }
 }
 
-// w = sum_j alpha_j M_j of a key over a vector of queries, from its mask lanes vis[j * kV] (SCALE).
-Vec mask_weight(const Seq& sq, int p, const float* vis) {
-  Vec w(0.f);
-  for (int j = 0; j < p; ++j) w = w + (Vec(sq.alpha[j]) & Vec::loadu(vis + j * kV));
-  return w;
-}
-
 // Softmax on transposed scores St [Nk, ldt] (lane r: query i0 + r), in place: St becomes the
 // attention weights A^T (sum_j alpha_j P_j^T in MIX; SCALE softmaxes s w over w > 0) and lse[j *
 // ldt + r] the log-sum-exp of query r under mask j (one, j = 0, in NONE and SCALE; -inf for a query
@@ -430,10 +450,10 @@ Vec mask_weight(const Seq& sq, int p, const float* vis) {
 // their own vector work per row. One exp per score, against the max over the union of the masks;
 // l_j are masked sums of those. A lane where some l_j < kTinySum is redone by hard_row(r), the
 // per-row path (fwd_row). on_key(k) is called once per key row (the caller's prefetch). vis: the
-// block's mask lanes (BlockMasks; MIX, SCALE); wt: scratch [Nk * kV] (SCALE's w).
+// block's mask lanes (BlockMasks; MIX, SCALE); wts: its weights (BlockMasks::weights; SCALE).
 template <int kMode, typename OnKey, typename HardRow>
 void softmax_keys(const Problem& P, const Seq& sq, float* St, int64_t ldt, int64_t bm, const float* keyok, int64_t i0,
-                  const float* vis, float* wt, float* lse, OnKey&& on_key, HardRow&& hard_row) {
+                  const float* vis, const float* wts, float* lse, OnKey&& on_key, HardRow&& hard_row) {
   constexpr bool kMixMode = kMode == kMix, kScaleMode = kMode == kScale;
   const int64_t Nk = P.Nk;
   const int n = kMixMode ? P.p : 1;  // softmaxes per row
@@ -441,10 +461,11 @@ void softmax_keys(const Problem& P, const Seq& sq, float* St, int64_t ldt, int64
   const Vec live_end(static_cast<float>(std::min(i0 + bm, sq.n_alive)));
   for (int64_t c = 0; c < bm; c += kV) {
     const float* vc = vis + BlockMasks::offset(P, c);  // this vector's mask lanes
+    const float* wc = kScaleMode ? wts + BlockMasks::weight_offset(P, c) : nullptr;  // and weights
     // The lanes that see (unpadded) key k under softmax j, and under any of them.
     const auto in = [&](int64_t k, int j) { return kMixMode ? Vec::loadu(vc + (k * n + j) * kV) : ones; };
     const auto any = [&](int64_t k) {
-      if constexpr (kScaleMode) return Vec::loadu(wt + k * kV) > zero;
+      if constexpr (kScaleMode) return Vec::loadu(wc + k * kV) > zero;
       Vec u = in(k, 0);
       for (int j = 1; j < n; ++j) u = u | in(k, j);
       return u;
@@ -452,13 +473,12 @@ void softmax_keys(const Problem& P, const Seq& sq, float* St, int64_t ldt, int64
     Vec m = ninf;
     for (int64_t k = 0; k < Nk; ++k) {
       float* s = St + k * ldt + c;
-      if (kScaleMode) {  // s * w over w = sum_j alpha_j M_j > 0
-        const Vec w = keyok[k] > 0.f ? mask_weight(sq, P.p, vc + k * P.p * kV) : zero;
-        w.store(wt + k * kV);
-        (Vec::loadu(s) * w).store(s);
-      }
       if (!(keyok[k] > 0.f)) continue;
-      const Vec x = Vec::loadu(s);
+      Vec x = Vec::loadu(s);
+      if (kScaleMode) {  // s * w over w = sum_j alpha_j M_j > 0
+        x = x * Vec::loadu(wc + k * kV);
+        x.store(s);
+      }
       m = max_scores(m, kMode == kNone ? x : Vec::blendv(ninf, x, any(k)));
     }
     const Vec base = Vec::blendv(m, zero, m == ninf);
@@ -587,26 +607,28 @@ void grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, int64_t 
 }
 
 // The SCALE backward on transposed tiles (St scores, DPt dP, lse as in grads_keys): per key, w =
-// sum_j alpha_j M_j over the query lanes (kept in wt [Nk * kV]), A = exp(s w - lse) over w > 0
+// sum_j alpha_j M_j over the query lanes (wts: BlockMasks::weights; kept with the padded keys at 0
+// in wt [Nk * kV]), A = exp(s w - lse) over w > 0
 // normalised again (Et holds the exps between the passes), delta = sum_k A dP, g = A (dP - delta),
 // dS = g w, dalpha_j = sum_k g s M_j; St becomes A^T and DPt dS^T, and each lane's dalpha_j is
 // added in row order. One softmax per row over the forward's lse: no lane needs the per-row path.
 template <typename OnKey>
 void scale_grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, float* Et, int64_t ldt, int64_t bm,
-                      const float* keyok, int64_t i0, const float* vis, float* wt, const float* lse, double* dalpha,
-                      OnKey&& on_key) {
+                      const float* keyok, int64_t i0, const float* vis, const float* wts, float* wt, const float* lse,
+                      double* dalpha, OnKey&& on_key) {
   const int64_t Nk = P.Nk;
   const int p = P.p;
   const Vec ninf(-kInf), zero(0.f), live_end(static_cast<float>(std::min(i0 + bm, sq.n_alive)));
   for (int64_t c = 0; c < bm; c += kV) {
     const float* vc = vis + BlockMasks::offset(P, c);  // this vector's mask lanes
+    const float* wc = wts + BlockMasks::weight_offset(P, c);  // and weights
     const Vec x = Vec::loadu(lse + c);
     const Vec live = (Vec::arange(static_cast<float>(i0 + c), 1.f) < live_end) & (x > ninf);
     const Vec base = Vec::blendv(zero, x, live);
     // s w rounded in memory, as the forward saw it: fused into exp's argument (the compiler contracts
     // s * w - lse to an FMA) it differs by up to half an ulp of s w, which for logits of 1e10 is 512.
     for (int64_t k = 0; k < Nk; ++k) {
-      const Vec w = keyok[k] > 0.f ? mask_weight(sq, p, vc + k * p * kV) : zero;
+      const Vec w = keyok[k] > 0.f ? Vec::loadu(wc + k * kV) : zero;
       w.store(wt + k * kV);
       (Vec::loadu(St + k * ldt + c) * w).store(Et + k * ldt + c);
     }
@@ -732,8 +754,7 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
     float* tmp = w.take_if(row_math, Nkp);
     float* St = w.take_if(by_keys, Nk * BMp);
     float* lse = w.take_if(by_keys, Pw * BMp);
-    BlockMasks masks(P, w.take_if(by_keys, BMp * Nk * P.p));
-    float* wt = w.take_if(scaled, Nk * kV);
+    BlockMasks masks(P, w.take_if(by_keys, BMp * Nk * P.p), w.take_if(by_keys && scaled, BMp * Nk));
     float* Qt = w.take_if(q_gemm, dp * BMp);
     for (int64_t seq = s0; seq < s1; ++seq) {
       const auto next = prefetch.next(seq, s1);
@@ -765,11 +786,11 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
           };
           const float* vis = masks.at(i0, bm);
           if (P.mode == kMix) {
-            softmax_keys<kMix>(P, sq, St, BMp, bm, keyok, i0, vis, wt, lse, prefetch_key, hard_row);
+            softmax_keys<kMix>(P, sq, St, BMp, bm, keyok, i0, vis, nullptr, lse, prefetch_key, hard_row);
           } else if (scaled) {
-            softmax_keys<kScale>(P, sq, St, BMp, bm, keyok, i0, vis, wt, lse, prefetch_key, hard_row);
+            softmax_keys<kScale>(P, sq, St, BMp, bm, keyok, i0, vis, masks.weights(sq), lse, prefetch_key, hard_row);
           } else {
-            softmax_keys<kNone>(P, sq, St, BMp, bm, keyok, i0, vis, wt, lse, prefetch_key, hard_row);
+            softmax_keys<kNone>(P, sq, St, BMp, bm, keyok, i0, vis, nullptr, lse, prefetch_key, hard_row);
           }
           for (int64_t r = 0; r < bm; ++r) {
             float* st = stats + ss.at(sq.b, sq.l, sq.h, i0 + r);
@@ -856,7 +877,7 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
     float* St = w.take_if(by_keys, Nk * BMp);
     float* DPt = w.take_if(by_keys, Nk * BMp);
     float* lse = w.take_if(by_keys, Pw * BMp);
-    BlockMasks masks(P, w.take_if(by_keys, BMp * Nk * P.p));
+    BlockMasks masks(P, w.take_if(by_keys, BMp * Nk * P.p), w.take_if(by_keys && scaled, BMp * Nk));
     float* Qt = w.take_if(q_gemm, dp * BMp);
     float* dOt = w.take_if(q_gemm, dp * BMp);
     float* Et = w.take_if(scaled, Nk * BMp);
@@ -900,7 +921,7 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
         };
         const float* vis = masks.at(i0, bm);
         if (scaled) {
-          scale_grads_keys(P, sq, St, DPt, Et, BMp, bm, keyok, i0, vis, wt, lse, da, prefetch_key);
+          scale_grads_keys(P, sq, St, DPt, Et, BMp, bm, keyok, i0, vis, masks.weights(sq), wt, lse, da, prefetch_key);
         } else if (P.mode == kMix) {
           grads_keys<kMix>(P, sq, St, DPt, BMp, bm, keyok, i0, vis, lse, da, prefetch_key, hard_row);
         } else {
