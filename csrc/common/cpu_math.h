@@ -177,7 +177,7 @@ inline void gemm_block(const float* W, int64_t w_r, int64_t w_k, const float* B,
     for (int q = 0; q < NQ; ++q) epi(r0 + r, c0 + q, acc[r][q]);
 }
 
-// Rows [r0, r0 + rest) of one NQ-vector panel, rest < MR, as one block of exactly rest rows.
+// Rows [r0, r0 + rest) of one NQ-vector panel, rest <= R, as one block of exactly rest rows.
 template <int R, int NQ, typename Epi>
 inline void gemm_rest(int64_t rest, const float* W, int64_t w_r, int64_t w_k, const float* B, int64_t ldb,
                       int64_t depth, int64_t r0, int64_t c0, Epi& epi) {
@@ -187,13 +187,18 @@ inline void gemm_rest(int64_t rest, const float* W, int64_t w_r, int64_t w_k, co
   }
 }
 
+// The m rows in blocks of at most MR, of sizes as equal as they come (16 rows: 6, 5, 5, not 6, 6,
+// 4): a block of few rows pays its loop and its accumulators' setup for less work.
 template <int NQ, typename Epi>
 inline void gemm_panel(const float* W, int64_t w_r, int64_t w_k, const float* B, int64_t ldb, int64_t m,
                        int64_t depth, int64_t c0, Epi& epi) {
   constexpr int MR = NQ <= 2 ? 8 : 6;
-  int64_t r = 0;
-  for (; r + MR <= m; r += MR) gemm_block<MR, NQ>(W + r * w_r, w_r, w_k, B, ldb, depth, r, c0, epi);
-  gemm_rest<MR - 1, NQ>(m - r, W + r * w_r, w_r, w_k, B, ldb, depth, r, c0, epi);
+  const int64_t blocks = (m + MR - 1) / MR;
+  for (int64_t b = 0, r = 0; b < blocks; ++b) {
+    const int64_t rows = m / blocks + (b < m % blocks ? 1 : 0);
+    gemm_rest<MR, NQ>(rows, W + r * w_r, w_r, w_k, B, ldb, depth, r, c0, epi);
+    r += rows;
+  }
 }
 
 template <typename Epi>
