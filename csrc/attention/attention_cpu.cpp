@@ -450,7 +450,7 @@ template <typename F>
 // their own vector work per row. One exp per score, against the max over the union of the masks;
 // l_j are masked sums of those. A lane where some l_j < kTinySum is redone by hard_row(r), the
 // per-row path (fwd_row). on_key(k) is called once per key row (the caller's prefetch). vis: the
-// block's mask lanes (BlockMasks; MIX, SCALE); wts: its weights (BlockMasks::weights; SCALE).
+// block's mask lanes (BlockMasks; MIX); wts: its weights (BlockMasks::weights; SCALE).
 template <int kMode, typename OnKey, typename HardRow>
 void softmax_keys(const Problem& P, const Seq& sq, float* St, int64_t ldt, int64_t bm, const float* keyok, int64_t i0,
                   const float* vis, const float* wts, float* lse, OnKey&& on_key, HardRow&& hard_row) {
@@ -607,11 +607,11 @@ void grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, int64_t 
 }
 
 // The SCALE backward on transposed tiles (St scores, DPt dP, lse as in grads_keys): per key, w =
-// sum_j alpha_j M_j over the query lanes (wts: BlockMasks::weights; kept with the padded keys at 0
-// in wt [Nk * kV]), A = exp(s w - lse) over w > 0
-// normalised again (Et holds the exps between the passes), delta = sum_k A dP, g = A (dP - delta),
-// dS = g w, dalpha_j = sum_k g s M_j; St becomes A^T and DPt dS^T, and each lane's dalpha_j is
-// added in row order. One softmax per row over the forward's lse: no lane needs the per-row path.
+// sum_j alpha_j M_j over the query lanes (wts: BlockMasks::weights; copied with the padded keys at
+// 0 into wt [Nk * kV]), A = exp(s w - lse) over w > 0 normalised again (Et holds the exps between
+// the passes), delta = sum_k A dP, g = A (dP - delta), dS = g w, dalpha_j = sum_k g s M_j (vis: the
+// mask lanes M_j); St becomes A^T and DPt dS^T, and each lane's dalpha_j is added in row order. One
+// softmax per row over the forward's lse: no lane needs the per-row path.
 template <typename OnKey>
 void scale_grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, float* Et, int64_t ldt, int64_t bm,
                       const float* keyok, int64_t i0, const float* vis, const float* wts, float* wt, const float* lse,

@@ -110,9 +110,10 @@ inline float hsum(const Vec& v) {
   return at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, v);
 }
 
-// Lane-wise max(a, b) in one instruction, for running maxima of scores. It does not propagate NaN
-// (where either is NaN the lane gets b; at::vec::maximum propagates it, with three more
-// instructions): a NaN score reaches the softmax sums through its exp all the same.
+// Lane-wise max(a, b) in one instruction on x86, for running maxima of scores that feed softmax
+// sums unconditionally. Where either is NaN the lane gets b there (at::vec::maximum keeps the NaN,
+// with three more instructions; other ISAs may keep it too): a NaN score still reaches the sums
+// through its exp. Not for a max whose -inf ends the row early (masked_max).
 inline Vec max_scores(const Vec& a, const Vec& b) { return at::vec::clamp_min(b, a); }
 
 inline float hmax(const Vec& v) {
@@ -124,7 +125,7 @@ inline float masked_max(const float* s, const float* w, int64_t n) {
   Vec m(-kInf);
   const Vec zero(0.f), ninf(-kInf);
   for (int64_t k = 0; k < n; k += kV) {
-    m = max_scores(m, Vec::blendv(ninf, Vec::loadu(s + k), Vec::loadu(w + k) > zero));
+    m = at::vec::maximum(m, Vec::blendv(ninf, Vec::loadu(s + k), Vec::loadu(w + k) > zero));
   }
   return hmax(m);
 }

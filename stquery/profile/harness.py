@@ -195,10 +195,14 @@ def quantile(xs: list, q: float) -> float:
 @functools.lru_cache(maxsize=None)
 def _malloc_trim() -> Callable[[int], int] | None:
     """glibc's ``malloc_trim`` (None elsewhere: musl, macOS, Windows)."""
-    try:
-        return ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+    if not sys.platform.startswith("linux"):
         return None
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
 
 
 def settle(fn: Callable[[], Any], device: torch.device) -> None:

@@ -109,7 +109,8 @@ TRITON_CASES = [
     Case(T, "none", n=17, L=5, d=40, dtype=torch.bfloat16),
     # temporal, looping kernels (T > 64)
     Case(T, "mix", ("window", "causal"), n=70, groups=1, L=1, H=1, d=16, pad=True),
-    Case(T, "scale", ("window", "dense"), n=70, groups=1, L=1, H=1, d=16, dtype=torch.float16, glob=True),
+    Case(T, "scale", ("window", "dense"), n=70, groups=2, L=1, H=2, d=16, dtype=torch.float16, glob=True,
+         alpha="group"),  # cpu: two query blocks a sequence, the heads of a (b, l) sharing alpha
     Case(T, "none", n=66, groups=2, L=1, H=1, d=40, pad=True),
     # spatial / cross, packed
     Case(S, "none", n=9, groups=3, d=16, pad=True),
