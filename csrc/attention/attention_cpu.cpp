@@ -607,14 +607,14 @@ void grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, int64_t 
 }
 
 // The SCALE backward on transposed tiles (St scores, DPt dP, lse as in grads_keys): per key, w =
-// sum_j alpha_j M_j over the query lanes (wts: BlockMasks::weights; copied with the padded keys at
-// 0 into wt [Nk * kV]), A = exp(s w - lse) over w > 0 normalised again (Et holds the exps between
-// the passes), delta = sum_k A dP, g = A (dP - delta), dS = g w, dalpha_j = sum_k g s M_j (vis: the
-// mask lanes M_j); St becomes A^T and DPt dS^T, and each lane's dalpha_j is added in row order. One
-// softmax per row over the forward's lse: no lane needs the per-row path.
+// sum_j alpha_j M_j over the query lanes (wts: BlockMasks::weights), A = exp(s w - lse) over the
+// unpadded keys with w > 0, normalised again (Et holds the exps between the passes), delta =
+// sum_k A dP, g = A (dP - delta), dS = g w, dalpha_j = sum_k g s M_j (vis: the mask lanes M_j);
+// St becomes A^T and DPt dS^T, and each lane's dalpha_j is added in row order. One softmax per row
+// over the forward's lse: no lane needs the per-row path.
 template <typename OnKey>
 void scale_grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, float* Et, int64_t ldt, int64_t bm,
-                      const float* keyok, int64_t i0, const float* vis, const float* wts, float* wt, const float* lse,
+                      const float* keyok, int64_t i0, const float* vis, const float* wts, const float* lse,
                       double* dalpha, OnKey&& on_key) {
   const int64_t Nk = P.Nk;
   const int p = P.p;
@@ -628,15 +628,17 @@ void scale_grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, fl
     // s w rounded in memory, as the forward saw it: fused into exp's argument (the compiler contracts
     // s * w - lse to an FMA) it differs by up to half an ulp of s w, which for logits of 1e10 is 512.
     for (int64_t k = 0; k < Nk; ++k) {
-      const Vec w = keyok[k] > 0.f ? Vec::loadu(wc + k * kV) : zero;
-      w.store(wt + k * kV);
-      (Vec::loadu(St + k * ldt + c) * w).store(Et + k * ldt + c);
+      (Vec::loadu(St + k * ldt + c) * Vec::loadu(wc + k * kV)).store(Et + k * ldt + c);
     }
     Vec l = zero, edp = zero;
     for (int64_t k = 0; k < Nk; ++k) {
       if (c == 0) on_key(k);
       float* e_k = Et + k * ldt + c;
-      const Vec e = (Vec::loadu(e_k) - base).exp_u20() & (Vec::loadu(wt + k * kV) > zero) & live;
+      if (!(keyok[k] > 0.f)) {  // a padded key: A = 0, and so dS = 0 below
+        zero.store(e_k);
+        continue;
+      }
+      const Vec e = (Vec::loadu(e_k) - base).exp_u20() & (Vec::loadu(wc + k * kV) > zero) & live;
       e.store(e_k);
       l = l + e;
       edp = at::vec::fmadd(e, Vec::loadu(DPt + k * ldt + c), edp);
@@ -649,7 +651,7 @@ void scale_grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, fl
       float* dps = DPt + k * ldt + c;
       const Vec a = Vec::loadu(Et + k * ldt + c) * inv, g = a * (Vec::loadu(dps) - delta), gs = g * Vec::loadu(s);
       each_mask(p, [&](int j) { da[j] = da[j] + (gs & Vec::loadu(vc + (k * p + j) * kV)); });
-      (g * Vec::loadu(wt + k * kV)).store(dps);
+      (g * Vec::loadu(wc + k * kV)).store(dps);
       a.store(s);
     }
     float lanes[kMaxMasks][kV];
@@ -881,7 +883,6 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
     float* Qt = w.take_if(q_gemm, dp * BMp);
     float* dOt = w.take_if(q_gemm, dp * BMp);
     float* Et = w.take_if(scaled, Nk * BMp);
-    float* wt = w.take_if(scaled, Nk * kV);
     for (int64_t seq = s0; seq < s1; ++seq) {
       const auto next = prefetch.next(seq, s1);
       const Seq sq = make_seq(P, seq, keyok, Nkp);
@@ -921,7 +922,7 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
         };
         const float* vis = masks.at(i0, bm);
         if (scaled) {
-          scale_grads_keys(P, sq, St, DPt, Et, BMp, bm, keyok, i0, vis, masks.weights(sq), wt, lse, da, prefetch_key);
+          scale_grads_keys(P, sq, St, DPt, Et, BMp, bm, keyok, i0, vis, masks.weights(sq), lse, da, prefetch_key);
         } else if (P.mode == kMix) {
           grads_keys<kMix>(P, sq, St, DPt, BMp, bm, keyok, i0, vis, lse, da, prefetch_key, hard_row);
         } else {
