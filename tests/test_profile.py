@@ -146,6 +146,24 @@ def test_a_wide_spread_row_is_marked_and_not_ranked():
     assert s["speedup"] == pytest.approx(2.0) and s["low"] < 2.0 < s["high"]
 
 
+def test_every_row_gets_the_speedup_it_has_at_least():
+    """at_least = the other peers' fastest p20 over the row's p80: a bound a wide spread can only
+    lower, so rows that can't be ranked still get one, and the summary takes the worst shape's."""
+    rows = [_row("stquery-x", "stquery", ms=1.0, spread=0.1), _row("peer-a", "peer", ms=4.0, spread=0.6),
+            _row("peer-b", "peer", ms=5.0, spread=0.8), _row("stquery-x", "stquery", T=8, ms=1.0, spread=0.1),
+            _row("peer-a", "peer", T=8, ms=3.0, spread=0.1)]
+    report.rank(_dev(), rows, max_spread=0.25)
+    assert rows[0].speedup is None  # both peers wide: not ranked...
+    assert rows[0].at_least == pytest.approx(2.8 / 1.05)  # ...but at least peer-a's p20 over its p80
+    assert rows[1].at_least == pytest.approx(3.0 / 5.2)  # a peer against the other peer only
+    assert rows[3].at_least == pytest.approx(2.85 / 1.05) and rows[4].at_least is None
+    (s,) = report.summary(rows)
+    assert s["at_least"] == pytest.approx(2.8 / 1.05) and s["bounded"] == 2 and s["compared"] == 1
+    assert f"{2.8 / 1.05:.2f}x in 2/2" in report.summary_text(rows)
+    cfg = dataclasses.replace(TINY, sweeps=("s",), passes=("fwd",))
+    assert f"| {2.8 / 1.05:.2f} |" in report.markdown(_dev(), cfg, rows)
+
+
 def test_roof_is_never_above_100_percent():
     """The peaks are the best rates seen: a row faster than the measured matmul raises the peak."""
     rows = [_row("stquery-x", "stquery", ms=0.01, flops=10 ** 9, bytes=10),  # 100 TFLOP/s > 0.01 measured

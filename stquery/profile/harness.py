@@ -60,6 +60,7 @@ class Row:
     rel_err: float | None = None
     speedup: float | None = None  # best peer's ms over this row's; None when not ranked
     wide: bool = False  # p20–p80 spread above Config.max_spread: shown, not ranked
+    at_least: float | None = None  # the other peers' fastest p20 over this row's p80, wide or not
 
 
 @dataclass

@@ -20,7 +20,8 @@ from .cases import make_cases
 from .config import Config
 from .harness import DeviceInfo, Row
 
-COLUMNS = ("T", "B", "impl", "ms", "p20", "p80", "GB/s", "%BW", "TFLOP/s", "%roof", "peak MiB", "×best peer", "note")
+COLUMNS = ("T", "B", "impl", "ms", "p20", "p80", "GB/s", "%BW", "TFLOP/s", "%roof", "peak MiB", "×best peer",
+           "≥×peers", "note")
 
 
 def spread(r: Row) -> float:
@@ -29,10 +30,13 @@ def spread(r: Row) -> float:
 
 
 def rank(dev: DeviceInfo, rows: list, max_spread: float) -> None:
-    """Fill in the rates, %BW, %roof, the wide-spread mark and the speedup over the best peer.
+    """Fill in the rates, %BW, %roof, the wide-spread mark, the speedup over the best peer and the
+    speedup it has at least.
 
     A row whose spread exceeds ``max_spread`` is marked ``wide``: it gets rates but no speedup, and
-    neither it nor a peer row that is wide is used to rank the others.
+    neither it nor a peer row that is wide is used to rank the others. Every row, wide or not, gets
+    ``at_least``: the fastest batches of every other peer (their p20) over its own slowest (its
+    p80), a bound that a wide spread on either side only lowers.
     """
     ok = [r for r in rows if r.ok]
     for r in ok:
@@ -50,9 +54,12 @@ def rank(dev: DeviceInfo, rows: list, max_spread: float) -> None:
                                                            dev.peak_gbps, dev.peak_tflops)
         groups.setdefault((r.case, r.sweep, r.passes, r.T, r.B), []).append(r)
     for group in groups.values():
-        peers = [r.ms for r in group if r.kind == "peer" and not r.wide]
+        peers = [r for r in group if r.kind == "peer"]
+        narrow = [p.ms for p in peers if not p.wide]
         for r in group:
-            r.speedup = min(peers) / r.ms if peers and not r.wide else None
+            r.speedup = min(narrow) / r.ms if narrow and not r.wide else None
+            others = [p.p20 for p in peers if p is not r]
+            r.at_least = min(others) / r.p80 if others else None
 
 
 def _geomean(xs: list) -> float:
@@ -61,16 +68,21 @@ def _geomean(xs: list) -> float:
 
 def summary(rows: list) -> list:
     """Per case and pass: stquery's best backend against the best peer, geometric mean over the
-    shapes (T, B) where both ran with a narrow spread. Returns a list of dicts."""
+    shapes (T, B) where both ran with a narrow spread; and ``at_least``, the smallest over every
+    shape, wide or not, of stquery's best bound (Row.at_least). Returns a list of dicts."""
     out: dict = {}
     for r in rows:
         out.setdefault((r.case, r.passes), {}).setdefault((r.T, r.B), {})[r.impl] = r  # a shared shape once
     result = []
     for (case, passes), shapes in out.items():
-        ratios, lows, highs, stq_wins, peer_wins, wide = [], [], [], {}, {}, 0
+        ratios, lows, highs, stq_wins, peer_wins, wide, bounds = [], [], [], {}, {}, 0, []
         for by_impl in shapes.values():
             ranked = [r for r in by_impl.values() if r.ok and not r.wide]
             wide += any(r.ok and r.wide for r in by_impl.values())
+            bound = max((r.at_least for r in by_impl.values()
+                         if r.ok and r.kind == "stquery" and r.at_least is not None), default=None)
+            if bound is not None:
+                bounds.append(bound)
             stq = min((r for r in ranked if r.kind == "stquery"), key=lambda r: r.ms, default=None)
             peer = min((r for r in ranked if r.kind == "peer"), key=lambda r: r.ms, default=None)
             if stq is None or peer is None:
@@ -84,20 +96,24 @@ def summary(rows: list) -> list:
                            stquery=max(stq_wins, key=stq_wins.get, default=None),
                            peer=max(peer_wins, key=peer_wins.get, default=None),
                            speedup=_geomean(ratios) if ratios else None,
-                           low=_geomean(lows) if ratios else None, high=_geomean(highs) if ratios else None))
+                           low=_geomean(lows) if ratios else None, high=_geomean(highs) if ratios else None,
+                           at_least=min(bounds, default=None), bounded=len(bounds)))
     return result
 
 
 def summary_text(rows: list) -> str:
     """The summary as a fixed-width table (what ``stquery profile`` prints at the end)."""
-    lines = [f"{'case':<15} {'pass':<8} {'stquery best':<15} {'best peer':<14} {'speedup (p20-p80)':<20} shapes",
-             "-" * 86]
+    lines = [f"{'case':<15} {'pass':<8} {'stquery best':<15} {'best peer':<14} {'speedup (p20-p80)':<20} "
+             f"{'shapes':<12} at least", "-" * 98]
     for s in summary(rows):
         ratio = "—" if s["speedup"] is None else f"{s['speedup']:.2f}x ({s['low']:.2f}-{s['high']:.2f})"
         shapes = f"{s['compared']}/{s['shapes']}" + (f", {s['wide']} wide" if s["wide"] else "")
-        lines.append(f"{s['case']:<15} {s['passes']:<8} {s['stquery'] or '—':<15} {s['peer'] or '—':<14} {ratio:<20} {shapes}")
+        bound = "—" if s["at_least"] is None else f"{s['at_least']:.2f}x in {s['bounded']}/{s['shapes']}"
+        lines.append(f"{s['case']:<15} {s['passes']:<8} {s['stquery'] or '—':<15} {s['peer'] or '—':<14} {ratio:<20} "
+                     f"{shapes:<12} {bound}")
     lines.append("speedup: best peer's ms over stquery's best backend's, geometric mean over the shapes compared; "
-                 "'wide': shapes with a row whose p20-p80 spread was too wide to rank.")
+                 "'wide': shapes with a row whose p20-p80 spread was too wide to rank; at least: the smallest, "
+                 "over the shapes, of every peer's p20 over stquery's best backend's p80, wide rows included.")
     return "\n".join(lines)
 
 
@@ -115,7 +131,7 @@ def _row_line(r: Row) -> str:
         note = f"WIDE SPREAD (p20–p80 = {100 * spread(r):.0f}% of the median): not ranked" + (f"; {note}" if note else "")
     return (f"| {r.T} | {r.B} | {r.impl} | {r.ms:.4g} | {r.p20:.4g} | {r.p80:.4g} | {_f(r.gbps, '.3g')} | "
             f"{_f(r.pct_bw, '.3g')} | {_f(r.tflops, '.3g')} | {_f(r.pct_roofline, '.3g')} | {_f(r.peak_mib, '.1f')} | "
-            f"{_f(r.speedup, '.2f')} | {_escape(note)} |")
+            f"{_f(r.speedup, '.2f')} | {_f(r.at_least, '.2f')} | {_escape(note)} |")
 
 
 def _table(group: list) -> list:
@@ -128,11 +144,11 @@ def _table(group: list) -> list:
         if r.impl in always:
             continue
         lines.append(_row_line(r) if r.ok else
-                     f"| {r.T} | {r.B} | {r.impl} |{' — |' * 9} can't run: {_escape(r.reason[:300])} |")
+                     f"| {r.T} | {r.B} | {r.impl} |{' — |' * 10} can't run: {_escape(r.reason[:300])} |")
     for i in impls:
         if i in always:
             r = next(r for r in group if r.impl == i)
-            lines.append(f"| all | | {i} |{' — |' * 9} can't run: {_escape(r.reason[:300])} |")
+            lines.append(f"| all | | {i} |{' — |' * 10} can't run: {_escape(r.reason[:300])} |")
     return lines + [""]
 
 
@@ -153,7 +169,8 @@ def markdown(dev: DeviceInfo, cfg: Config, rows: list, started: str = "") -> str
         "roofline counts of docs/profiling.md §6 (stquery/roofline.py); %BW and %roof against the peaks above "
         "(the best this machine was seen to reach); %roof: max(bytes/BW, FLOPs/peak) over the measured time; "
         "peak MiB: inputs + the call's own allocations (CUDA only); ×best peer: the fastest ranked peer's median "
-        "over this row's.",
+        "over this row's; ≥×peers: the fastest p20 of the other peers, wide or not, over this row's p80, the "
+        "speedup this row has at least.",
         "",
         "## Summary",
         "",
