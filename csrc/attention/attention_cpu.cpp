@@ -33,6 +33,10 @@
 //   dalpha_j = sum_k dS' s M_j; MIX: dS = sum_j alpha_j P_j (dP - delta_j), dalpha_j = sum_i delta_j.
 //   dq = scale dS K, dk = scale dS^T Q, dv = A^T dO with A the final attention weights.
 // dalpha is summed per sequence in row order: [B*L*H, p], which is alpha's expanded shape.
+// NaN: a row whose scores hold a NaN (a NaN in its query, or in a key it sees) has a NaN sum of
+// exps. It is live, not empty: its lse is NaN, not -inf (tests "!= 0", never "> 0", on the sums;
+// "!= -inf" on a saved lse), so the NaN reaches the row's output and its gradients, as in the
+// reference, instead of a silent 0.
 #include "attention/attention_cpu.h"
 
 #include <ATen/Parallel.h>
@@ -501,7 +505,7 @@ void softmax_keys(const Problem& P, const Seq& sq, float* St, int64_t ldt, int64
     const Vec live = Vec::arange(static_cast<float>(i0 + c), 1.f) < live_end;
     Vec coef[kMaxMasks], hard = zero;
     for (int j = 0; j < n; ++j) {
-      const Vec rows = seen[j] & live, has = rows & (l[j] > zero);
+      const Vec rows = seen[j] & live, has = rows & (l[j] != zero);  // != : a NaN sum stays (note at the top)
       hard = hard | (rows & (l[j] < tiny));
       coef[j] = Vec::blendv(zero, Vec(kMixMode ? sq.alpha[j] : 1.f) / l[j], has);
       Vec::blendv(ninf, base + l[j].log(), has).store(lse + j * ldt + c);
@@ -544,7 +548,7 @@ void grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, int64_t 
     Vec lj[kMaxMasks], m = ninf;  // lanes where mask j has a finite lse; the shift max_j lse_j
     for (int j = 0; j < n; ++j) {
       const Vec x = Vec::loadu(lse + j * ldt + c);
-      lj[j] = live & (x > ninf);
+      lj[j] = live & (x != ninf);
       m = at::vec::maximum(m, Vec::blendv(ninf, x, lj[j]));
     }
     const Vec base = Vec::blendv(m, zero, m == ninf);
@@ -574,7 +578,7 @@ void grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, int64_t 
     Vec coef[kMaxMasks], cd[kMaxMasks], hard = zero;
     float delta[kMaxMasks][kV];
     for (int j = 0; j < n; ++j) {
-      const Vec has = lj[j] & (l[j] > zero), d = Vec::blendv(zero, g[j] / l[j], has);
+      const Vec has = lj[j] & (l[j] != zero), d = Vec::blendv(zero, g[j] / l[j], has);
       hard = hard | (lj[j] & (l[j] < tiny));
       coef[j] = Vec::blendv(zero, Vec(kMixMode ? sq.alpha[j] : 1.f) / l[j], has);
       cd[j] = coef[j] * d;
@@ -623,7 +627,7 @@ void scale_grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, fl
     const float* vc = vis + BlockMasks::offset(P, c);  // this vector's mask lanes
     const float* wc = wts + BlockMasks::weight_offset(P, c);  // and weights
     const Vec x = Vec::loadu(lse + c);
-    const Vec live = (Vec::arange(static_cast<float>(i0 + c), 1.f) < live_end) & (x > ninf);
+    const Vec live = (Vec::arange(static_cast<float>(i0 + c), 1.f) < live_end) & (x != ninf);
     const Vec base = Vec::blendv(zero, x, live);
     // s w rounded in memory, as the forward saw it: fused into exp's argument (the compiler contracts
     // s * w - lse to an FMA) it differs by up to half an ulp of s w, which for logits of 1e10 is 512.
@@ -643,7 +647,7 @@ void scale_grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, fl
       l = l + e;
       edp = at::vec::fmadd(e, Vec::loadu(DPt + k * ldt + c), edp);
     }
-    const Vec inv = Vec::blendv(zero, Vec(1.f) / l, l > zero), delta = edp * inv;
+    const Vec inv = Vec::blendv(zero, Vec(1.f) / l, l != zero), delta = edp * inv;
     Vec da[kMaxMasks];
     each_mask(p, [&](int j) { da[j] = zero; });
     for (int64_t k = 0; k < Nk; ++k) {

@@ -366,6 +366,39 @@ def test_radius_beyond_the_sequence_is_unbounded(backend):
         assert_bounded(["out"], [got], [exact], [reference.temporal_attention(q, k, v, 5, masks=masks)])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["none", "mix", "scale"])
+def test_a_nan_query_poisons_its_row_and_stays_in_its_sequence(backend, mode):
+    """NaN in, NaN out (docs/ops.md §1): a NaN in one query makes that query's output and dq rows NaN,
+    not a silent 0, and its sequence's dk and dv; every other sequence's output, dq and dv are
+    bitwise those of the clean input. dk too on the cpu backend (one sequence at a time); the GPU
+    kernels pack short sequences block-diagonally into one tile, where dk = dS^T Q multiplies the
+    NaN query by the zeros of its neighbours' dS."""
+    B, T, L, H, d = 2, 5, 3, 2, 16
+    masks = stq.MaskSet([stq.masks.window(1), stq.masks.causal(None)]) if mode != "none" else None
+    kw = dict(masks=masks, alpha=torch.rand(B, L, 2, device=DEVICE) + 0.1, mode=mode) if masks else {}
+    x = [torch.randn(B * T, L, H, d, device=DEVICE) for _ in range(3)]
+    grad = torch.randn(B * T, L, H, d, device=DEVICE)
+    row = (1 * T + 2, 1, 0)  # query t = 2 of video b = 1, token l = 1, head 0: sequence (1, 1, 0)
+
+    def run(poison):
+        xs = [t.clone() for t in x]
+        if poison:
+            xs[0][row + (3,)] = float("nan")
+        xs = [t.requires_grad_() for t in xs]
+        out = stq.temporal_attention(*xs, T, backend=backend, **kw)
+        return dict(zip(["out", "dq", "dk", "dv"], [out, *torch.autograd.grad(out, xs, grad)]))
+
+    clean, poisoned = run(False), run(True)
+    assert torch.isnan(poisoned["out"][row]).all() and torch.isnan(poisoned["dq"][row]).all()
+    for name in ("dk", "dv"):
+        assert torch.isnan(poisoned[name][T:2 * T, 1, 0]).any(), name
+    others = torch.ones(B * T, L, H, dtype=torch.bool, device=DEVICE)
+    others[T:2 * T, 1, 0] = False  # every sequence but the poisoned one
+    for name in ["out", "dq", "dv"] + (["dk"] if backend == "cpu" else []):
+        assert torch.equal(clean[name][others], poisoned[name][others]), f"{name}: the NaN reached another sequence"
+
+
 @pytest.mark.skipif(DEVICE != "cpu", reason="the cpu backend runs CPU tensors")
 @pytest.mark.parametrize("mode", ["none", "mix", "scale"])
 def test_cpu_results_do_not_depend_on_the_thread_count(mode):
