@@ -130,25 +130,33 @@ def test_speedup_is_over_the_best_peer():
     assert [r.speedup for r in rows] == [2.0, 1.0, 0.5, None, None]
 
 
-def test_a_wide_spread_row_is_marked_and_not_ranked():
+def test_a_wide_spread_ranks_nothing():
+    """The yardstick is the fastest peer and the fastest stquery backend: where either is wide the
+    shape has no ratio (a slower, narrower row in its place would bend the ratio), only a bound."""
     rows = [_row("stquery-x", "stquery", ms=1.0, spread=0.1), _row("peer-a", "peer", ms=0.5, spread=0.6),
-            _row("peer-b", "peer", ms=2.0, spread=0.1), _row("stquery-x", "stquery", T=8, ms=1.0, spread=0.9),
-            _row("peer-b", "peer", T=8, ms=3.0, spread=0.1)]
+            _row("peer-b", "peer", ms=2.0, spread=0.1),  # T=4: the fastest peer is wide
+            _row("stquery-x", "stquery", T=8, ms=1.0, spread=0.9), _row("peer-b", "peer", T=8, ms=3.0, spread=0.1),
+            _row("stquery-x", "stquery", T=16, ms=1.0), _row("stquery-y", "stquery", T=16, ms=1.5),
+            _row("peer-a", "peer", T=16, ms=6.0, spread=0.6), _row("peer-b", "peer", T=16, ms=4.0),
+            _row("stquery-x", "stquery", T=32, ms=1.0, spread=0.9), _row("stquery-y", "stquery", T=32, ms=2.0),
+            _row("peer-b", "peer", T=32, ms=4.0)]  # T=32: stquery's fastest backend is wide
     report.rank(_dev(), rows, max_spread=0.25)
-    assert [r.wide for r in rows] == [False, True, False, True, False]
-    assert rows[0].speedup == 2.0  # over peer-b: the wide peer-a is not a yardstick
-    assert rows[1].speedup is None and rows[3].speedup is None
+    assert [r.wide for r in rows[:5]] == [False, True, False, True, False]
+    assert [r.speedup for r in rows[:5]] == [None, None, None, None, 1.0]  # T=8: peer-b against itself
+    assert rows[5].speedup == 4.0 and rows[6].speedup == pytest.approx(4.0 / 1.5)  # a slower wide peer is no matter
+    assert rows[9].speedup is None and rows[10].speedup == 2.0
     cfg = dataclasses.replace(TINY, sweeps=("s",), passes=("fwd",))
     text = report.markdown(_dev(), cfg, rows)
-    assert text.count("WIDE SPREAD (p20") == 2
+    assert text.count("WIDE SPREAD (p20") == 4
     (s,) = report.summary(rows)
-    assert (s["compared"], s["shapes"], s["wide"], s["stquery"], s["peer"]) == (1, 2, 2, "stquery-x", "peer-b")
-    assert s["speedup"] == pytest.approx(2.0) and s["low"] < 2.0 < s["high"]
+    assert (s["compared"], s["shapes"], s["wide"], s["stquery"], s["peer"]) == (1, 4, 3, "stquery-x", "peer-b")
+    assert s["speedup"] == pytest.approx(4.0) and s["low"] < 4.0 < s["high"] and s["bounded"] == 4
 
 
 def test_every_row_gets_the_speedup_it_has_at_least():
-    """at_least = the other peers' fastest p20 over the row's p80: a bound a wide spread can only
-    lower, so rows that can't be ranked still get one, and the summary takes the worst shape's."""
+    """at_least = the other peers' fastest p20 over the row's p80: a bound that noise, which only
+    slows calls, can only lower; rows that can't be ranked still get one, and the summary takes the
+    worst shape's."""
     rows = [_row("stquery-x", "stquery", ms=1.0, spread=0.1), _row("peer-a", "peer", ms=4.0, spread=0.6),
             _row("peer-b", "peer", ms=5.0, spread=0.8), _row("stquery-x", "stquery", T=8, ms=1.0, spread=0.1),
             _row("peer-a", "peer", T=8, ms=3.0, spread=0.1)]
@@ -161,7 +169,11 @@ def test_every_row_gets_the_speedup_it_has_at_least():
     assert s["at_least"] == pytest.approx(2.8 / 1.05) and s["bounded"] == 2 and s["compared"] == 1
     assert f"{2.8 / 1.05:.2f}x in 2/2" in report.summary_text(rows)
     cfg = dataclasses.replace(TINY, sweeps=("s",), passes=("fwd",))
-    assert f"| {2.8 / 1.05:.2f} |" in report.markdown(_dev(), cfg, rows)
+    rows.append(Row("c", "s", "fwd", 8, 1, "peer-c", "peer", False, reason="not installed"))
+    text = report.markdown(_dev(), cfg, rows)
+    assert f"| {2.8 / 1.05:.2f} |" in text
+    table = [line for line in text.splitlines() if line.startswith("| ") or line.startswith("|-")]
+    assert len(table) == 2 + 6 and {line.count("|") for line in table} == {len(report.COLUMNS) + 1}
 
 
 def test_roof_is_never_above_100_percent():

@@ -33,10 +33,11 @@
 //   dalpha_j = sum_k dS' s M_j; MIX: dS = sum_j alpha_j P_j (dP - delta_j), dalpha_j = sum_i delta_j.
 //   dq = scale dS K, dk = scale dS^T Q, dv = A^T dO with A the final attention weights.
 // dalpha is summed per sequence in row order: [B*L*H, p], which is alpha's expanded shape.
-// NaN: a row whose scores hold a NaN (a NaN in its query, or in a key it sees) has a NaN sum of
-// exps. It is live, not empty: its lse is NaN, not -inf (tests "!= 0", never "> 0", on the sums;
-// "!= -inf" on a saved lse), so the NaN reaches the row's output and its gradients, as in the
-// reference, instead of a silent 0.
+// NaN: a row whose scores hold a NaN (a NaN in its query, or in a key it sees) is live, not empty:
+// its sum of exps is NaN, or +inf where exp clamps its argument first (at::vec's AVX exp_u20
+// takes exp(NaN) to 2^128), and its saved lse NaN or +inf, never -inf. The sums are tested with
+// "!= 0" and a saved lse with "!= -inf" (never "> 0", "> -inf", false for NaN), so the NaN
+// reaches the row's output and its gradients, as in the reference, instead of a silent 0.
 #include "attention/attention_cpu.h"
 
 #include <ATen/Parallel.h>
@@ -505,7 +506,7 @@ void softmax_keys(const Problem& P, const Seq& sq, float* St, int64_t ldt, int64
     const Vec live = Vec::arange(static_cast<float>(i0 + c), 1.f) < live_end;
     Vec coef[kMaxMasks], hard = zero;
     for (int j = 0; j < n; ++j) {
-      const Vec rows = seen[j] & live, has = rows & (l[j] != zero);  // != : a NaN sum stays (note at the top)
+      const Vec rows = seen[j] & live, has = rows & (l[j] != zero);  // a NaN sum is live (note at the top)
       hard = hard | (rows & (l[j] < tiny));
       coef[j] = Vec::blendv(zero, Vec(kMixMode ? sq.alpha[j] : 1.f) / l[j], has);
       Vec::blendv(ninf, base + l[j].log(), has).store(lse + j * ldt + c);
@@ -545,7 +546,7 @@ void grads_keys(const Problem& P, const Seq& sq, float* St, float* DPt, int64_t 
   const Vec ninf(-kInf), zero(0.f), tiny(kTinySum), live_end(static_cast<float>(std::min(i0 + bm, sq.n_alive)));
   for (int64_t c = 0; c < bm; c += kV) {
     const Vec live = Vec::arange(static_cast<float>(i0 + c), 1.f) < live_end;
-    Vec lj[kMaxMasks], m = ninf;  // lanes where mask j has a finite lse; the shift max_j lse_j
+    Vec lj[kMaxMasks], m = ninf;  // lanes where mask j has an lse (not -inf); the shift max_j lse_j
     for (int j = 0; j < n; ++j) {
       const Vec x = Vec::loadu(lse + j * ldt + c);
       lj[j] = live & (x != ninf);

@@ -40,7 +40,7 @@ class Config:
     scheduler time slice of a few ms is a small part of one batch), ``samples`` batches each, the
     implementations of one shape taking turns batch by batch, so that a neighbour's load falls on
     all of them alike. A row whose p20–p80 spread exceeds ``max_spread`` of its median is marked
-    and not ranked.
+    wide (:func:`stquery.profile.report.rank`).
     """
 
     dtype: str = "bf16"
@@ -58,7 +58,7 @@ class Config:
     sweeps: tuple = SWEEPS
     batch_ms: float = 20.0  # least wall time of one timed batch
     samples: int = 7  # timed batches per implementation and shape
-    max_spread: float = 0.25  # (p80 - p20) / median above this: the row is marked, not ranked
+    max_spread: float = 0.25  # (p80 - p20) / median above this: the row is marked wide (report.rank)
     flex_dynamic: bool = True
     quick: bool = False
     cpu_threads: int = 0  # 0: torch's default

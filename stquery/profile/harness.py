@@ -58,8 +58,8 @@ class Row:
     pct_roofline: float | None = None
     peak_mib: float | None = None
     rel_err: float | None = None
-    speedup: float | None = None  # best peer's ms over this row's; None when not ranked
-    wide: bool = False  # p20–p80 spread above Config.max_spread: shown, not ranked
+    speedup: float | None = None  # the fastest peer's ms over this row's; None when either is wide
+    wide: bool = False  # p20–p80 spread above Config.max_spread: no speedup from or against it
     at_least: float | None = None  # the other peers' fastest p20 over this row's p80, wide or not
 
 

@@ -33,10 +33,11 @@ def rank(dev: DeviceInfo, rows: list, max_spread: float) -> None:
     """Fill in the rates, %BW, %roof, the wide-spread mark, the speedup over the best peer and the
     speedup it has at least.
 
-    A row whose spread exceeds ``max_spread`` is marked ``wide``: it gets rates but no speedup, and
-    neither it nor a peer row that is wide is used to rank the others. Every row, wide or not, gets
-    ``at_least``: the fastest batches of every other peer (their p20) over its own slowest (its
-    p80), a bound that a wide spread on either side only lowers.
+    A row whose spread exceeds ``max_spread`` is marked ``wide``. The yardstick of a shape is its
+    fastest peer (by median): a row gets ``speedup`` = that peer's median over its own when neither
+    of the two is wide, and none otherwise (a slower, narrower peer would overstate it). Every row,
+    wide or not, gets ``at_least``: the fastest batches of every other peer (their p20) over its own
+    slowest (its p80), a bound that noise, which only slows calls, can only lower.
     """
     ok = [r for r in rows if r.ok]
     for r in ok:
@@ -55,9 +56,9 @@ def rank(dev: DeviceInfo, rows: list, max_spread: float) -> None:
         groups.setdefault((r.case, r.sweep, r.passes, r.T, r.B), []).append(r)
     for group in groups.values():
         peers = [r for r in group if r.kind == "peer"]
-        narrow = [p.ms for p in peers if not p.wide]
+        best = min(peers, key=lambda p: p.ms, default=None)
         for r in group:
-            r.speedup = min(narrow) / r.ms if narrow and not r.wide else None
+            r.speedup = best.ms / r.ms if best and not (best.wide or r.wide) else None
             others = [p.p20 for p in peers if p is not r]
             r.at_least = min(others) / r.p80 if others else None
 
@@ -67,9 +68,10 @@ def _geomean(xs: list) -> float:
 
 
 def summary(rows: list) -> list:
-    """Per case and pass: stquery's best backend against the best peer, geometric mean over the
-    shapes (T, B) where both ran with a narrow spread; and ``at_least``, the smallest over every
-    shape, wide or not, of stquery's best bound (Row.at_least). Returns a list of dicts."""
+    """Per case and pass (after :func:`rank`): stquery's best backend (the fastest stquery row of
+    each shape) against the best peer, as the geometric mean of its ``speedup`` over the shapes
+    where it has one (neither spread wide); and ``at_least``, the smallest of its ``at_least`` over
+    every shape, wide or not. Returns a list of dicts."""
     out: dict = {}
     for r in rows:
         out.setdefault((r.case, r.passes), {}).setdefault((r.T, r.B), {})[r.impl] = r  # a shared shape once
@@ -77,17 +79,16 @@ def summary(rows: list) -> list:
     for (case, passes), shapes in out.items():
         ratios, lows, highs, stq_wins, peer_wins, wide, bounds = [], [], [], {}, {}, 0, []
         for by_impl in shapes.values():
-            ranked = [r for r in by_impl.values() if r.ok and not r.wide]
-            wide += any(r.ok and r.wide for r in by_impl.values())
-            bound = max((r.at_least for r in by_impl.values()
-                         if r.ok and r.kind == "stquery" and r.at_least is not None), default=None)
-            if bound is not None:
-                bounds.append(bound)
-            stq = min((r for r in ranked if r.kind == "stquery"), key=lambda r: r.ms, default=None)
-            peer = min((r for r in ranked if r.kind == "peer"), key=lambda r: r.ms, default=None)
+            ran = [r for r in by_impl.values() if r.ok]
+            stq = min((r for r in ran if r.kind == "stquery"), key=lambda r: r.ms, default=None)
+            peer = min((r for r in ran if r.kind == "peer"), key=lambda r: r.ms, default=None)
             if stq is None or peer is None:
                 continue
-            ratios.append(peer.ms / stq.ms)
+            bounds.append(stq.at_least)
+            if stq.speedup is None:
+                wide += 1
+                continue
+            ratios.append(stq.speedup)
             lows.append(peer.p20 / stq.p80)
             highs.append(peer.p80 / stq.p20)
             stq_wins[stq.impl] = stq_wins.get(stq.impl, 0) + 1
@@ -112,8 +113,8 @@ def summary_text(rows: list) -> str:
         lines.append(f"{s['case']:<15} {s['passes']:<8} {s['stquery'] or '—':<15} {s['peer'] or '—':<14} {ratio:<20} "
                      f"{shapes:<12} {bound}")
     lines.append("speedup: best peer's ms over stquery's best backend's, geometric mean over the shapes compared; "
-                 "'wide': shapes with a row whose p20-p80 spread was too wide to rank; at least: the smallest, "
-                 "over the shapes, of every peer's p20 over stquery's best backend's p80, wide rows included.")
+                 "'wide': shapes left out because that backend's or the best peer's p20-p80 spread was too wide; "
+                 "at least: the smallest, over every shape, of the lowest peer p20 over that backend's p80.")
     return "\n".join(lines)
 
 
@@ -128,7 +129,7 @@ def _escape(text: str) -> str:
 def _row_line(r: Row) -> str:
     note = r.note
     if r.wide:
-        note = f"WIDE SPREAD (p20–p80 = {100 * spread(r):.0f}% of the median): not ranked" + (f"; {note}" if note else "")
+        note = f"WIDE SPREAD (p20–p80 = {100 * spread(r):.0f}% of the median)" + (f"; {note}" if note else "")
     return (f"| {r.T} | {r.B} | {r.impl} | {r.ms:.4g} | {r.p20:.4g} | {r.p80:.4g} | {_f(r.gbps, '.3g')} | "
             f"{_f(r.pct_bw, '.3g')} | {_f(r.tflops, '.3g')} | {_f(r.pct_roofline, '.3g')} | {_f(r.peak_mib, '.1f')} | "
             f"{_f(r.speedup, '.2f')} | {_f(r.at_least, '.2f')} | {_escape(note)} |")
@@ -165,11 +166,11 @@ def markdown(dev: DeviceInfo, cfg: Config, rows: list, started: str = "") -> str
         f"T = {', '.join(map(str, cfg.T))}; FlexAttention compiled with {'dynamic' if cfg.flex_dynamic else 'static'} shapes",
         f"- ms: {dev.timer or 'time'}, median (p20, p80) of the per-call time over {cfg.samples} batches of at least {cfg.batch_ms:g} ms each, "
         "the implementations of a shape taking turns; a row whose p20–p80 spread exceeds "
-        f"{100 * cfg.max_spread:.0f}% of its median is marked WIDE SPREAD and not ranked. GB/s and TFLOP/s from the "
+        f"{100 * cfg.max_spread:.0f}% of its median is marked WIDE SPREAD. GB/s and TFLOP/s from the "
         "roofline counts of docs/profiling.md §6 (stquery/roofline.py); %BW and %roof against the peaks above "
         "(the best this machine was seen to reach); %roof: max(bytes/BW, FLOPs/peak) over the measured time; "
-        "peak MiB: inputs + the call's own allocations (CUDA only); ×best peer: the fastest ranked peer's median "
-        "over this row's; ≥×peers: the fastest p20 of the other peers, wide or not, over this row's p80, the "
+        "peak MiB: inputs + the call's own allocations (CUDA only); ×best peer: the fastest peer's median "
+        "over this row's, where neither is WIDE; ≥×peers: the fastest p20 of the other peers, wide or not, over this row's p80, the "
         "speedup this row has at least.",
         "",
         "## Summary",

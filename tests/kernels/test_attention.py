@@ -373,7 +373,7 @@ def test_a_nan_query_poisons_its_row_and_stays_in_its_sequence(backend, mode):
     not a silent 0, and its sequence's dk and dv; every other sequence's output, dq and dv are
     bitwise those of the clean input. dk too on the cpu backend (one sequence at a time); the GPU
     kernels pack short sequences block-diagonally into one tile, where dk = dS^T Q multiplies the
-    NaN query by the zeros of its neighbours' dS."""
+    NaN query by its dS row's zeros at the neighbours' keys."""
     B, T, L, H, d = 2, 5, 3, 2, 16
     masks = stq.MaskSet([stq.masks.window(1), stq.masks.causal(None)]) if mode != "none" else None
     kw = dict(masks=masks, alpha=torch.rand(B, L, 2, device=DEVICE) + 0.1, mode=mode) if masks else {}
