@@ -170,8 +170,8 @@ def markdown(dev: DeviceInfo, cfg: Config, rows: list, started: str = "") -> str
         "roofline counts of docs/profiling.md §6 (stquery/roofline.py); %BW and %roof against the peaks above "
         "(the best this machine was seen to reach); %roof: max(bytes/BW, FLOPs/peak) over the measured time; "
         "peak MiB: inputs + the call's own allocations (CUDA only); ×best peer: the fastest peer's median "
-        "over this row's, where neither is WIDE; ≥×peers: the fastest p20 of the other peers, wide or not, over this row's p80, the "
-        "speedup this row has at least.",
+        "over this row's, where neither is WIDE; ≥×peers: the fastest p20 of the other peers, wide or not, "
+        "over this row's p80, the speedup this row has at least.",
         "",
         "## Summary",
         "",
