@@ -720,6 +720,22 @@ struct Prefetch {
       }
     }
   };
+  // A sequence's rows [0, n) asked for in steps spread over `phases` phases of the work on its first
+  // query block (each product, and the softmax pass): tick j of `ticks` in phase i asks for the rows
+  // up to that point's share. Asked for in the softmax pass alone, they stalled on the core's full
+  // miss buffers (perf: a fifth of the forward's own time at T = 64); spread, at issue 13's headline
+  // shape, forward+backward took 8% less time at T = 16 (bench/cpu_ab.py, both orders), the other
+  // T within 2%.
+  struct Drip {
+    const Next& next;
+    int64_t n, phases, done = 0;
+    [[gnu::always_inline]] void upto(int64_t r) {
+      if (r > done) next.rows(done, r), done = r;
+    }
+    [[gnu::always_inline]] void at(int64_t phase, int64_t j, int64_t ticks) {
+      upto(n * (phase * ticks + j + 1) / (phases * ticks));
+    }
+  };
   const Problem& P;
   int64_t row_bytes;
   std::vector<Stream> streams;
@@ -776,6 +792,7 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
     float* Qt = w.take_if(q_gemm, dp * BMp);
     for (int64_t seq = s0; seq < s1; ++seq) {
       const auto next = prefetch.next(seq, s1);
+      typename Prefetch<T>::Drip drip{next, std::max(Nq, Nk), 3};  // S^T, the softmax, O
       const Seq sq = make_seq(P, seq, keyok, Nkp);
       const Mat Q = rows_in(q + P.base(seq, qs), qs.n, Nq, d, dp, Qf);
       const Mat K = rows_in(k + P.base(seq, ks), ks.n, Nk, d, dp, Kf);
@@ -784,16 +801,24 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
       if (by_keys) {
         for (int64_t i0 = 0; i0 < Nq; i0 += BM) {
           const int64_t bm = std::min(BM, Nq - i0);
+          // the prefetch's ticks, always inlined: GCC deletes a call whose only effect is
+          // prefetching (prefetch_rows)
+          int64_t keys_seen = 0;
+          const auto tick_s = [&](int64_t b, int64_t n) __attribute__((always_inline)) {
+            if (i0 == 0) drip.at(0, b, n);
+          };
+          const auto prefetch_key = [&](int64_t) __attribute__((always_inline)) {
+            if (i0 == 0) drip.at(1, keys_seen++, Nk);
+          };
+          const auto tick_o = [&](int64_t b, int64_t n) __attribute__((always_inline)) {
+            if (i0 == 0) drip.at(2, b, n);
+          };
           if (q_gemm) {  // St = S^T
             at::vec::transpose_mxn<float>(Q.row(i0), Q.ld, Qt, BMp, static_cast<int>(bm), static_cast<int>(d));
-            gemm(K.p, K.ld, 1, Qt, BMp, Nk, d, round_up(bm, kV) / kV, Into{St, BMp, P.scale});
+            gemm(K.p, K.ld, 1, Qt, BMp, Nk, d, round_up(bm, kV) / kV, Into{St, BMp, P.scale}, tick_s);
           } else {
             gemm_dots(Q.row(i0), Q.ld, K.p, K.ld, bm, Nk, dp, P.scale, St, 1, BMp);
           }
-          // always inlined: GCC deletes a call whose only effect is prefetching (prefetch_rows)
-          const auto prefetch_key = [&](int64_t j) __attribute__((always_inline)) {
-            if (i0 == 0) next.rows(j, j + 1);
-          };
           // a query whose mask sums underflowed: its scores again as a row, through fwd_row
           const auto hard_row = [&](int64_t r) {
             gemm_dots(Q.row(i0 + r), Q.ld, K.p, K.ld, 1, Nk, dp, P.scale, S, 0, 1);
@@ -814,10 +839,10 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
             float* st = stats + ss.at(sq.b, sq.l, sq.h, i0 + r);
             for (int j = 0; j < Pw; ++j) st[j] = lse[j * BMp + r];
           }
-          gemm(St, 1, BMp, V.p, V.ld, bm, Nk, dp / kV, O.into(i0));
+          gemm(St, 1, BMp, V.p, V.ld, bm, Nk, dp / kV, O.into(i0), tick_o);
           O.store(i0, bm);
         }
-        next.rows(Nk, Nq);
+        drip.upto(drip.n);
         continue;
       }
       keys_for_scores(K, Nk, d, Kt, Nkp);
@@ -826,14 +851,14 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
         scores({Q.row(i0), Q.ld}, Kt, bm, d, Nkp, P.scale, S);
         float st[kMaxMasks];
         for (int64_t r = 0; r < bm; ++r) {
-          next.rows(i0 + r, i0 + r + 1);
+          drip.upto(i0 + r + 1);
           fwd_row(P, sq, i0 + r, S + r * Nkp, keyok, mj, tmp, W + r * Nkp, st, Nkp);
           std::memcpy(stats + ss.at(sq.b, sq.l, sq.h, i0 + r), st, Pw * sizeof(float));
         }
         gemm(W, Nkp, 1, V.p, V.ld, bm, Nk, dp / kV, O.into(i0));
         O.store(i0, bm);
       }
-      next.rows(Nq, Nk);
+      drip.upto(drip.n);
     }
     stream_fence();
   });
@@ -901,6 +926,7 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
     float* Et = w.take_if(scaled, Nk * BMp);
     for (int64_t seq = s0; seq < s1; ++seq) {
       const auto next = prefetch.next(seq, s1);
+      typename Prefetch<T>::Drip drip{next, std::max(Nq, Nk), 6};  // S^T, dP^T, the grads, dQ, dK, dV
       const Seq sq = make_seq(P, seq, keyok, Nkp);
       const Mat Q = rows_in(q + P.base(seq, qs), qs.n, Nq, d, dp, Qf);
       const Mat dO = rows_in(g + P.base(seq, dos), dos.n, Nq, d, dp, dOf);
@@ -912,12 +938,22 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
       double da[kMaxMasks] = {0};
       for (int64_t i0 = 0; by_keys && i0 < Nq; i0 += BM) {
         const int64_t bm = std::min(BM, Nq - i0);
+        // the prefetch's ticks in phase i (always inlined, as in the forward)
+        int64_t keys_seen = 0;
+        const auto tick = [&](int64_t i) {
+          return [&, i](int64_t b, int64_t n) __attribute__((always_inline)) {
+            if (i0 == 0) drip.at(i, b, n);
+          };
+        };
+        const auto prefetch_key = [&](int64_t) __attribute__((always_inline)) {
+          if (i0 == 0) drip.at(2, keys_seen++, Nk);
+        };
         if (q_gemm) {
           const int64_t nv = round_up(bm, kV) / kV;
           at::vec::transpose_mxn<float>(Q.row(i0), Q.ld, Qt, BMp, static_cast<int>(bm), static_cast<int>(d));
           at::vec::transpose_mxn<float>(dO.row(i0), dO.ld, dOt, BMp, static_cast<int>(bm), static_cast<int>(d));
-          gemm(K.p, K.ld, 1, Qt, BMp, Nk, d, nv, Into{St, BMp, P.scale});
-          gemm(V.p, V.ld, 1, dOt, BMp, Nk, d, nv, Into{DPt, BMp});
+          gemm(K.p, K.ld, 1, Qt, BMp, Nk, d, nv, Into{St, BMp, P.scale}, tick(0));
+          gemm(V.p, V.ld, 1, dOt, BMp, Nk, d, nv, Into{DPt, BMp}, tick(1));
         } else {
           gemm_dots(Q.row(i0), Q.ld, K.p, K.ld, bm, Nk, dp, P.scale, St, 1, BMp);
           gemm_dots(dO.row(i0), dO.ld, V.p, V.ld, bm, Nk, dp, 1.f, DPt, 1, BMp);
@@ -926,9 +962,6 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
           const float* st = stats + ss.at(sq.b, sq.l, sq.h, i0 + r);
           for (int j = 0; j < Pw; ++j) lse[j * BMp + r] = st[j];
         }
-        const auto prefetch_key = [&](int64_t j) __attribute__((always_inline)) {
-          if (i0 == 0) next.rows(j, j + 1);
-        };
         const auto hard_row = [&](int64_t r) {  // a query whose mask sums underflowed, as a row
           const int64_t i = i0 + r;
           gemm_dots(Q.row(i), Q.ld, K.p, K.ld, 1, Nk, dp, P.scale, S, 0, 1);
@@ -945,10 +978,10 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
           grads_keys<kNone>(P, sq, St, DPt, BMp, bm, keyok, i0, vis, lse, da, prefetch_key, hard_row);
         }
         // St = A^T, DPt = dS^T: dq = scale dS K; dk (+)= scale dS^T Q; dv (+)= A^T dO
-        gemm(DPt, 1, BMp, K.p, K.ld, bm, Nk, dp / kV, dQ.into(i0, P.scale));
+        gemm(DPt, 1, BMp, K.p, K.ld, bm, Nk, dp / kV, dQ.into(i0, P.scale), tick(3));
         dQ.store(i0, bm);
-        gemm(DPt, BMp, 1, Q.row(i0), Q.ld, Nk, bm, dp / kV, dK.into(0, P.scale, i0 > 0));
-        gemm(St, BMp, 1, dO.row(i0), dO.ld, Nk, bm, dp / kV, dV.into(0, 1.f, i0 > 0));
+        gemm(DPt, BMp, 1, Q.row(i0), Q.ld, Nk, bm, dp / kV, dK.into(0, P.scale, i0 > 0), tick(4));
+        gemm(St, BMp, 1, dO.row(i0), dO.ld, Nk, bm, dp / kV, dV.into(0, 1.f, i0 > 0), tick(5));
       }
       if (!by_keys) {
         keys_for_scores(K, Nk, d, Kt, Nkp);
@@ -960,7 +993,7 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
         scores({dO.row(i0), dO.ld}, Vt, bm, d, Nkp, 1.f, DP);
         for (int64_t r = 0; r < bm; ++r) {
           const int64_t i = i0 + r;
-          next.rows(i, i + 1);
+          drip.upto(i + 1);
           bwd_row(P, sq, i, S + r * Nkp, DP + r * Nkp, keyok, mj, tmp, stats + ss.at(sq.b, sq.l, sq.h, i), A + r * Nkp,
                   DS + r * Nkp, da, Nkp);
         }
@@ -970,7 +1003,7 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
         gemm(DS, 1, Nkp, Q.row(i0), Q.ld, Nk, bm, dp / kV, dK.into(0, P.scale, i0 > 0));
         gemm(A, 1, Nkp, dO.row(i0), dO.ld, Nk, bm, dp / kV, dV.into(0, 1.f, i0 > 0));
       }
-      next.rows(Nq, Nk);
+      drip.upto(drip.n);
       dK.store(0, Nk);
       dV.store(0, Nk);
       for (int j = 0; j < P.p; ++j) dalpha[seq * P.p + j] = static_cast<float>(da[j]);

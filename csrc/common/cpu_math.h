@@ -191,28 +191,36 @@ inline void gemm_rest(int64_t rest, const float* W, int64_t w_r, int64_t w_k, co
 }
 
 // The m rows in blocks of at most MR, of sizes as equal as they come (16 rows: 6, 5, 5, not 6, 6,
-// 4): a block of few rows pays its loop and its accumulators' setup for less work.
-template <int NQ, typename Epi>
+// 4): a block of few rows pays its loop and its accumulators' setup for less work. tick(b, blocks)
+// after block b.
+template <int NQ, typename Epi, typename Tick>
 inline void gemm_panel(const float* W, int64_t w_r, int64_t w_k, const float* B, int64_t ldb, int64_t m,
-                       int64_t depth, int64_t c0, Epi& epi) {
+                       int64_t depth, int64_t c0, Epi& epi, Tick& tick) {
   constexpr int MR = NQ <= 2 ? 8 : 6;
   const int64_t blocks = (m + MR - 1) / MR;
   for (int64_t b = 0, r = 0; b < blocks; ++b) {
     const int64_t rows = m / blocks + (b < m % blocks ? 1 : 0);
     gemm_rest<MR, NQ>(rows, W + r * w_r, w_r, w_k, B, ldb, depth, r, c0, epi);
+    tick(b, blocks);
     r += rows;
   }
 }
 
-template <typename Epi>
+struct NoTick {
+  void operator()(int64_t, int64_t) const {}
+};
+
+// tick(b, blocks) after each register block b of a panel of NQ vector columns (the caller's
+// prefetch, spread over the product's time).
+template <typename Epi, typename Tick = NoTick>
 inline void gemm(const float* W, int64_t w_r, int64_t w_k, const float* B, int64_t ldb, int64_t m, int64_t depth,
-                 int64_t nvec, Epi&& epi) {
+                 int64_t nvec, Epi&& epi, Tick&& tick = {}) {
   int64_t c = 0;
-  for (; c + 4 <= nvec; c += 4) gemm_panel<4>(W, w_r, w_k, B + c * kV, ldb, m, depth, c, epi);
+  for (; c + 4 <= nvec; c += 4) gemm_panel<4>(W, w_r, w_k, B + c * kV, ldb, m, depth, c, epi, tick);
   switch (nvec - c) {
-    case 3: gemm_panel<3>(W, w_r, w_k, B + c * kV, ldb, m, depth, c, epi); break;
-    case 2: gemm_panel<2>(W, w_r, w_k, B + c * kV, ldb, m, depth, c, epi); break;
-    case 1: gemm_panel<1>(W, w_r, w_k, B + c * kV, ldb, m, depth, c, epi); break;
+    case 3: gemm_panel<3>(W, w_r, w_k, B + c * kV, ldb, m, depth, c, epi, tick); break;
+    case 2: gemm_panel<2>(W, w_r, w_k, B + c * kV, ldb, m, depth, c, epi, tick); break;
+    case 1: gemm_panel<1>(W, w_r, w_k, B + c * kV, ldb, m, depth, c, epi, tick); break;
     default: break;
   }
 }
