@@ -4,7 +4,7 @@
 //     base + b * s_b + l * s_l + h * s_h + n * s_n
 // (spatial [G, N, H, d]: s_b = stride(0), s_l = 0, s_n = stride(1); temporal [B*T, L, H, d]:
 // s_b = T * stride(0), s_l = stride(1), s_n = stride(0)), so the BT x L <-> BL x T swap is only
-// an addressing choice. One thread owns a whole sequence (at::parallel_for over sequences): it
+// an addressing choice. One thread owns a whole sequence (dealt out in chunks, Deal): it
 // reads float32 rows in place (fp16/bf16, or a width that is not whole vectors, are staged as
 // float32 in scratch), prefetches the rows of the sequence a few ahead into L2, and walks its
 // queries in blocks of up to 64 rows. A block's scores against all keys (bm x Nk, never N x N) are
@@ -42,6 +42,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <atomic>
 #include <memory>
 
 #include "common/cpu_math.h"
@@ -65,6 +66,73 @@ Rows rows_of(const at::Tensor& x, int64_t frames) {
 // plain forward+backward took 3-5% less time at T = 16 and 1-2% at T = 8-64 (mix and scale 2-4%
 // at T = 16), the same at T = 4 (1 ahead: the same as 2).
 constexpr int64_t kAhead = 2;
+
+// The sequences dealt out to the threads (at::parallel_for, one body per thread) from an atomic
+// counter, guided: a claim takes a (2 x threads)-th of what is left, down to a floor (chunk). A
+// thread that a neighbour on the machine slows then takes less of the tail instead of holding the
+// whole call up, as it did with fixed shares: with a busy loop on a quarter of one core beside
+// bench/cpu_ab.py at issue 13's headline shape, 9 of 10 forward+backward medians at T = 8, 16, 64
+// (both orders) took 4-17% less time, one 7% more; unloaded, the same within noise. Each thread
+// claims its next chunk as it starts one, so it knows the sequence kAhead after the one in hand
+// (the prefetch). One thread computes a whole sequence: the results do not depend on which, or on
+// the thread count.
+class Deal {
+ public:
+  // n sequences of `work` score x channel products each (Nq Nk d). The floor of a claim: about 2^20
+  // products (4 sequences of 64 x 64 x 64, 1024 of 4 x 4 x 64), at least kAhead sequences and at
+  // most an eighth of each thread's share.
+  Deal(int64_t n, int64_t work)
+      : n_(n),
+        threads_(at::get_num_threads()),
+        chunk_(std::max(kAhead, std::min((n + 8 * threads_ - 1) / (8 * threads_),
+                                         (int64_t(1) << 20) / std::max<int64_t>(work, 1)))) {}
+  class Cursor {
+   public:
+    explicit Cursor(Deal& deal) : deal_(deal) {
+      deal_.claim(a_, b_);
+      deal_.claim(c_, e_);
+    }
+    // This thread's next sequence, into seq; false when none is left.
+    bool take(int64_t& seq) {
+      if (a_ == b_) {
+        a_ = c_, b_ = e_;
+        deal_.claim(c_, e_);
+      }
+      if (a_ == b_) return false;
+      seq = a_++;
+      return true;
+    }
+    // The sequence this thread takes kAhead after the one in hand; -1 when it has none claimed.
+    int64_t ahead() const {
+      const int64_t i = a_ - 1 + kAhead, j = c_ + (i - b_);
+      return i < b_ ? i : j < e_ ? j : -1;
+    }
+
+   private:
+    Deal& deal_;
+    int64_t a_, b_, c_, e_;  // the chunk in hand [a_, b_) (a_ past the sequence taken), the next [c_, e_)
+  };
+  template <typename F>
+  void run(F&& body) {  // body(Cursor&) on each thread
+    at::parallel_for(0, threads_, 1, [&](int64_t, int64_t) {
+      Cursor cursor(*this);
+      body(cursor);
+    });
+  }
+
+ private:
+  void claim(int64_t& lo, int64_t& hi) {
+    lo = next_.load(std::memory_order_relaxed);
+    int64_t take;
+    do {
+      take = std::max(chunk_, (n_ - lo) / (2 * threads_));
+    } while (lo < n_ && !next_.compare_exchange_weak(lo, lo + take, std::memory_order_relaxed));
+    lo = std::min(lo, n_);
+    hi = std::min(n_, lo + take);
+  }
+  std::atomic<int64_t> next_{0};
+  const int64_t n_, threads_, chunk_;
+};
 
 struct Problem {
   int64_t B, L, H, Nq, Nk, d, frames;
@@ -694,10 +762,10 @@ class Scratch {
 };
 
 // Software prefetch of the rows of each tensor of a kernel (read, or written), kAhead sequences
-// ahead. `next` finds the rows of sequence seq + kAhead; the kernel asks for them a few at a time,
-// row i beside its query row i, not in one burst per sequence: a burst of T rows x 4-7 tensors
-// fills the core's miss buffers and stalls the loads the computation itself is waiting for (in one
-// burst the forward at issue 13's headline shape took 48% longer at T = 16).
+// ahead. `next` finds the rows of the sequence the thread takes kAhead later (Deal::Cursor::ahead);
+// the kernel asks for them a few at a time (Drip), not in one burst per sequence: a burst of T rows
+// x 4-7 tensors fills the core's miss buffers and stalls the loads the computation itself is waiting
+// for (in one burst the forward at issue 13's headline shape took 48% longer at T = 16).
 template <typename T>
 struct Prefetch {
   static constexpr int kMaxStreams = 7;
@@ -708,7 +776,7 @@ struct Prefetch {
     bool write;
   };
   struct Next {
-    const Prefetch* pf = nullptr;  // null: no sequence kAhead ahead in this thread's range
+    const Prefetch* pf = nullptr;  // null: no sequence claimed kAhead ahead
     const T* row0[kMaxStreams];
     // Rows [r0, r1) of every stream (clipped to the stream's length).
     [[gnu::always_inline]] void rows(int64_t r0, int64_t r1) const {
@@ -739,11 +807,11 @@ struct Prefetch {
   const Problem& P;
   int64_t row_bytes;
   std::vector<Stream> streams;
-  Next next(int64_t seq, int64_t s1) const {
+  Next next(int64_t seq) const {  // the rows of sequence seq (none when seq < 0)
     Next nx;
-    if (seq + kAhead >= s1) return nx;
+    if (seq < 0) return nx;
     nx.pf = this;
-    for (size_t j = 0; j < streams.size(); ++j) nx.row0[j] = streams[j].x + P.base(seq + kAhead, streams[j].rows);
+    for (size_t j = 0; j < streams.size(); ++j) nx.row0[j] = streams[j].x + P.base(seq, streams[j].rows);
     return nx;
   }
 };
@@ -774,7 +842,7 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
   // (MIX's hard rows)
   const bool row_math = !by_keys || P.mode == kMix;
   const int64_t rows_w = by_keys ? 1 : BM;
-  at::parallel_for(0, P.n_seq(), 1, [&](int64_t s0, int64_t s1) {
+  Deal(P.n_seq(), Nq * Nk * d).run([&](Deal::Cursor& deal) {
     Scratch w;
     float* Qf = w.take_if(staged, Nq * dp);
     float* Kf = w.take_if(staged, Nk * dp);
@@ -790,8 +858,8 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
     float* lse = w.take_if(by_keys, Pw * BMp);
     BlockMasks masks(P, w.take_if(by_keys, BMp * Nk * P.p), w.take_if(by_keys && scaled, BMp * Nk));
     float* Qt = w.take_if(q_gemm, dp * BMp);
-    for (int64_t seq = s0; seq < s1; ++seq) {
-      const auto next = prefetch.next(seq, s1);
+    for (int64_t seq; deal.take(seq);) {
+      const auto next = prefetch.next(deal.ahead());
       typename Prefetch<T>::Drip drip{next, std::max(Nq, Nk), 3};  // S^T, the softmax, O
       const Seq sq = make_seq(P, seq, keyok, Nkp);
       const Mat Q = rows_in(q + P.base(seq, qs), qs.n, Nq, d, dp, Qf);
@@ -899,7 +967,7 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
   // bwd_row's scratch (S, DP, A, DS, mj, tmp), as in the forward
   const bool row_math = !by_keys || P.mode == kMix;
   const int64_t rows_w = by_keys ? 1 : BM;
-  at::parallel_for(0, P.n_seq(), 1, [&](int64_t s0, int64_t s1) {
+  Deal(P.n_seq(), Nq * Nk * d).run([&](Deal::Cursor& deal) {
     Scratch w;
     float* Qf = w.take_if(staged, Nq * dp);
     float* dOf = w.take_if(staged, Nq * dp);
@@ -924,8 +992,8 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
     float* Qt = w.take_if(q_gemm, dp * BMp);
     float* dOt = w.take_if(q_gemm, dp * BMp);
     float* Et = w.take_if(scaled, Nk * BMp);
-    for (int64_t seq = s0; seq < s1; ++seq) {
-      const auto next = prefetch.next(seq, s1);
+    for (int64_t seq; deal.take(seq);) {
+      const auto next = prefetch.next(deal.ahead());
       typename Prefetch<T>::Drip drip{next, std::max(Nq, Nk), 6};  // S^T, dP^T, the grads, dQ, dK, dV
       const Seq sq = make_seq(P, seq, keyok, Nkp);
       const Mat Q = rows_in(q + P.base(seq, qs), qs.n, Nq, d, dp, Qf);
