@@ -114,7 +114,8 @@ class Deal {
   };
   template <typename F>
   void run(F&& body) {  // body(Cursor&) on each thread
-    at::parallel_for(0, threads_, 1, [&](int64_t, int64_t) {
+    // a body per thread, or per chunk where there are fewer (each body zero-fills its scratch)
+    at::parallel_for(0, std::min(threads_, (n_ + chunk_ - 1) / chunk_), 1, [&](int64_t, int64_t) {
       Cursor cursor(*this);
       body(cursor);
     });

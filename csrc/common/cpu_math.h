@@ -190,18 +190,21 @@ inline void gemm_rest(int64_t rest, const float* W, int64_t w_r, int64_t w_k, co
   }
 }
 
+// Rows of a register block of gemm's panels of nq vector columns (at most 24 accumulators).
+constexpr int gemm_rows(int nq) { return nq <= 2 ? 8 : 6; }
+
 // The m rows in blocks of at most MR, of sizes as equal as they come (16 rows: 6, 5, 5, not 6, 6,
-// 4): a block of few rows pays its loop and its accumulators' setup for less work. tick(b, blocks)
-// after block b.
+// 4): a block of few rows pays its loop and its accumulators' setup for less work. tick(t0 + b,
+// ticks) after block b.
 template <int NQ, typename Epi, typename Tick>
 inline void gemm_panel(const float* W, int64_t w_r, int64_t w_k, const float* B, int64_t ldb, int64_t m,
-                       int64_t depth, int64_t c0, Epi& epi, Tick& tick) {
-  constexpr int MR = NQ <= 2 ? 8 : 6;
+                       int64_t depth, int64_t c0, Epi& epi, Tick& tick, int64_t t0, int64_t ticks) {
+  constexpr int MR = gemm_rows(NQ);
   const int64_t blocks = (m + MR - 1) / MR;
   for (int64_t b = 0, r = 0; b < blocks; ++b) {
     const int64_t rows = m / blocks + (b < m % blocks ? 1 : 0);
     gemm_rest<MR, NQ>(rows, W + r * w_r, w_r, w_k, B, ldb, depth, r, c0, epi);
-    tick(b, blocks);
+    tick(t0 + b, ticks);
     r += rows;
   }
 }
@@ -210,17 +213,19 @@ struct NoTick {
   void operator()(int64_t, int64_t) const {}
 };
 
-// tick(b, blocks) after each register block b of a panel of NQ vector columns (the caller's
-// prefetch, spread over the product's time).
+// tick(t, ticks) after each register block t of the product's `ticks`, over all its panels (the
+// caller's prefetch, spread over the product's time).
 template <typename Epi, typename Tick = NoTick>
 inline void gemm(const float* W, int64_t w_r, int64_t w_k, const float* B, int64_t ldb, int64_t m, int64_t depth,
                  int64_t nvec, Epi&& epi, Tick&& tick = {}) {
-  int64_t c = 0;
-  for (; c + 4 <= nvec; c += 4) gemm_panel<4>(W, w_r, w_k, B + c * kV, ldb, m, depth, c, epi, tick);
-  switch (nvec - c) {
-    case 3: gemm_panel<3>(W, w_r, w_k, B + c * kV, ldb, m, depth, c, epi, tick); break;
-    case 2: gemm_panel<2>(W, w_r, w_k, B + c * kV, ldb, m, depth, c, epi, tick); break;
-    case 1: gemm_panel<1>(W, w_r, w_k, B + c * kV, ldb, m, depth, c, epi, tick); break;
+  const auto blocks = [m](int nq) -> int64_t { return (m + gemm_rows(nq) - 1) / gemm_rows(nq); };
+  const int64_t rest = nvec % 4, ticks = nvec / 4 * blocks(4) + (rest ? blocks(rest) : 0);
+  int64_t c = 0, t = 0;
+  for (; c + 4 <= nvec; c += 4, t += blocks(4)) gemm_panel<4>(W, w_r, w_k, B + c * kV, ldb, m, depth, c, epi, tick, t, ticks);
+  switch (rest) {
+    case 3: gemm_panel<3>(W, w_r, w_k, B + c * kV, ldb, m, depth, c, epi, tick, t, ticks); break;
+    case 2: gemm_panel<2>(W, w_r, w_k, B + c * kV, ldb, m, depth, c, epi, tick, t, ticks); break;
+    case 1: gemm_panel<1>(W, w_r, w_k, B + c * kV, ldb, m, depth, c, epi, tick, t, ticks); break;
     default: break;
   }
 }
