@@ -804,6 +804,19 @@ struct Prefetch {
     [[gnu::always_inline]] void at(int64_t phase, int64_t j, int64_t ticks) {
       upto(n * (phase * ticks + j + 1) / (phases * ticks));
     }
+    // Phase i's ticks while `on` (the first query block): a product's (gemm's tick), and a pass's
+    // over nk keys (the tile kernels' on_key, once per key, counted here). Always inlined: GCC
+    // deletes a call whose only effect is prefetching (prefetch_rows).
+    auto product(int64_t i, bool on) {
+      return [this, i, on](int64_t b, int64_t ticks) __attribute__((always_inline)) {
+        if (on) at(i, b, ticks);
+      };
+    }
+    auto keys(int64_t i, int64_t nk, bool on) {
+      return [this, i, nk, on, k = int64_t(0)](int64_t) mutable __attribute__((always_inline)) {
+        if (on) at(i, k++, nk);
+      };
+    }
   };
   const Problem& P;
   int64_t row_bytes;
@@ -870,21 +883,11 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
       if (by_keys) {
         for (int64_t i0 = 0; i0 < Nq; i0 += BM) {
           const int64_t bm = std::min(BM, Nq - i0);
-          // the prefetch's ticks, always inlined: GCC deletes a call whose only effect is
-          // prefetching (prefetch_rows)
-          int64_t keys_seen = 0;
-          const auto tick_s = [&](int64_t b, int64_t n) __attribute__((always_inline)) {
-            if (i0 == 0) drip.at(0, b, n);
-          };
-          const auto prefetch_key = [&](int64_t) __attribute__((always_inline)) {
-            if (i0 == 0) drip.at(1, keys_seen++, Nk);
-          };
-          const auto tick_o = [&](int64_t b, int64_t n) __attribute__((always_inline)) {
-            if (i0 == 0) drip.at(2, b, n);
-          };
+          const auto tick = [&](int64_t i) { return drip.product(i, i0 == 0); };
+          auto prefetch_key = drip.keys(1, Nk, i0 == 0);
           if (q_gemm) {  // St = S^T
             at::vec::transpose_mxn<float>(Q.row(i0), Q.ld, Qt, BMp, static_cast<int>(bm), static_cast<int>(d));
-            gemm(K.p, K.ld, 1, Qt, BMp, Nk, d, round_up(bm, kV) / kV, Into{St, BMp, P.scale}, tick_s);
+            gemm(K.p, K.ld, 1, Qt, BMp, Nk, d, round_up(bm, kV) / kV, Into{St, BMp, P.scale}, tick(0));
           } else {
             gemm_dots(Q.row(i0), Q.ld, K.p, K.ld, bm, Nk, dp, P.scale, St, 1, BMp);
           }
@@ -908,7 +911,7 @@ void fwd_impl(const Problem& P, const at::Tensor& q_t, const at::Tensor& k_t, co
             float* st = stats + ss.at(sq.b, sq.l, sq.h, i0 + r);
             for (int j = 0; j < Pw; ++j) st[j] = lse[j * BMp + r];
           }
-          gemm(St, 1, BMp, V.p, V.ld, bm, Nk, dp / kV, O.into(i0), tick_o);
+          gemm(St, 1, BMp, V.p, V.ld, bm, Nk, dp / kV, O.into(i0), tick(2));
           O.store(i0, bm);
         }
         drip.upto(drip.n);
@@ -1007,16 +1010,8 @@ void bwd_impl(const Problem& P, const at::Tensor& do_t, const at::Tensor& q_t, c
       double da[kMaxMasks] = {0};
       for (int64_t i0 = 0; by_keys && i0 < Nq; i0 += BM) {
         const int64_t bm = std::min(BM, Nq - i0);
-        // the prefetch's ticks in phase i (always inlined, as in the forward)
-        int64_t keys_seen = 0;
-        const auto tick = [&](int64_t i) {
-          return [&, i](int64_t b, int64_t n) __attribute__((always_inline)) {
-            if (i0 == 0) drip.at(i, b, n);
-          };
-        };
-        const auto prefetch_key = [&](int64_t) __attribute__((always_inline)) {
-          if (i0 == 0) drip.at(2, keys_seen++, Nk);
-        };
+        const auto tick = [&](int64_t i) { return drip.product(i, i0 == 0); };
+        auto prefetch_key = drip.keys(2, Nk, i0 == 0);
         if (q_gemm) {
           const int64_t nv = round_up(bm, kV) / kV;
           at::vec::transpose_mxn<float>(Q.row(i0), Q.ld, Qt, BMp, static_cast<int>(bm), static_cast<int>(d));
